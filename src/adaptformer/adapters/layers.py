@@ -1,0 +1,47 @@
+"""Which transformer blocks receive an adapter or prompt: all, top:k, bottom:k, or an explicit list."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import AdaptFormerError
+
+LayerSpec = str | Sequence[int]
+
+
+def resolve_layers(spec: LayerSpec, depth: int) -> list[int]:
+    """Turn a layer spec into sorted block indices in ``[0, depth)``.
+
+    ``all``; ``top:k`` (the k blocks nearest the output); ``bottom:k`` (the k nearest the input);
+    ``"0,3,5"`` or ``[0, 3, 5]``; negative indices count from the end like Python.
+    """
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text == "all":
+            return list(range(depth))
+        for side in ("top", "bottom"):
+            if text.startswith(side + ":"):
+                k = _parse_int(text[len(side) + 1:], spec)
+                if not 1 <= k <= depth:
+                    raise AdaptFormerError(f"layers: {spec!r} asks for {k} blocks, the model has {depth}")
+                return list(range(depth - k, depth)) if side == "top" else list(range(k))
+        items = [_parse_int(part, spec) for part in text.split(",") if part.strip()]
+    else:
+        items = [_parse_int(str(item), spec) for item in spec]
+    if not items:
+        raise AdaptFormerError(f"layers: {spec!r} selects no block")
+    resolved = set()
+    for index in items:
+        if not -depth <= index < depth:
+            raise AdaptFormerError(f"layers: block {index} is out of range for a model with {depth} blocks")
+        resolved.add(index % depth)
+    return sorted(resolved)
+
+
+def _parse_int(text: str, spec: LayerSpec) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise AdaptFormerError(
+            f"layers: expected 'all', 'top:K', 'bottom:K' or a comma-separated list of block indices, got {spec!r}"
+        ) from None

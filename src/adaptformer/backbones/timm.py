@@ -1,0 +1,137 @@
+"""Create ViT backbones by name: any timm ViT, a local checkpoint file, or an embedded backbone.
+
+``create_backbone("vit_base_patch16_224", checkpoint="mae_pretrain_vit_base.pth", num_classes=100)``
+builds the timm model and loads the file through timm's own ``pretrained_cfg_overlay`` path (so position
+embeddings are resampled and EMA weights preferred, as timm does), after reading and normalising the file
+ourselves (safe loading, MAE/reference key clean-up). Because timm loads non-strictly when the head changes,
+we then check which weights the file really set and fail loudly when backbone weights were left random.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ..errors import AdaptFormerError
+from .checkpoints import read_state_dict, to_timm_vit
+from .embedded import EMBEDDED, EmbeddedBackbone, get_embedded
+
+ALLOWED_MISSING_PREFIXES = ("head.", "fc_norm.", "head_drop.")
+
+
+def create_backbone(name: str, pretrained: bool = True, checkpoint: str | Path | None = None,
+                    num_classes: int | None = None, **timm_kwargs: Any) -> nn.Module:
+    """A timm ViT by name. Embedded names (``adaptformer/...``) load their shipped weights when
+    ``pretrained``; ``checkpoint`` loads a local file; otherwise ``pretrained`` uses timm's hub download."""
+    embedded = get_embedded(name)
+    if embedded is not None:
+        return _create_embedded(embedded, pretrained and checkpoint is None, checkpoint, num_classes,
+                                timm_kwargs)
+    _check_timm_name(name)
+    kwargs = dict(timm_kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if checkpoint is None:
+        try:
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
+        except (OSError, RuntimeError) as error:
+            raise AdaptFormerError(
+                f"model {name}: cannot fetch pretrained weights ({str(error).splitlines()[0]}); "
+                "pass --checkpoint FILE or --no-pretrained"
+            ) from None
+    return _create_from_file(name, Path(checkpoint), kwargs)
+
+
+def _check_timm_name(name: str) -> None:
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:5] if name else []
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        embedded = ", ".join(EMBEDDED)
+        raise AdaptFormerError(f"model {name!r}: not a timm model or an embedded backbone ({embedded}){hint}")
+
+
+def _create_from_file(name: str, path: Path, kwargs: dict[str, Any]) -> nn.Module:
+    state = to_timm_vit(read_state_dict(path))
+    num_classes = kwargs.get("num_classes", timm.get_pretrained_cfg_value(name, "num_classes") or 1000)
+    head = state.get("head.weight")
+    if head is None or head.shape[0] != num_classes:  # a head for other classes is of no use here
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    # timm loads strictly only when the head is kept; either way _check_all_loaded verifies the result
+    kwargs = {**kwargs, "pretrained_strict": False}
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        reference = timm.create_model(name, pretrained=False, **kwargs)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        try:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(state_dict=state),
+                                      **kwargs)
+        except RuntimeError as error:
+            raise AdaptFormerError(
+                f"checkpoint {path}: does not fit {name} ({str(error).strip().splitlines()[0][:200]})"
+            ) from None
+    _check_all_loaded(model, reference, path, name)
+    return model
+
+
+def _check_all_loaded(model: nn.Module, reference: nn.Module, path: Path, name: str) -> None:
+    """timm's non-strict load only logs unknown keys. Both models were built from the same seed, so a
+    randomly initialised weight that is still bit-equal to its twin was not provided by the file (constant
+    inits such as zero biases or unit LayerNorm scales cannot be told apart this way and are skipped)."""
+    ref = dict(reference.named_parameters())
+    untouched = [k for k, p in model.named_parameters()
+                 if not k.startswith(ALLOWED_MISSING_PREFIXES) and _is_random(ref[k]) and torch.equal(p, ref[k])]
+    if untouched:
+        listed = ", ".join(untouched[:3]) + (f" and {len(untouched) - 3} more" if len(untouched) > 3 else "")
+        raise AdaptFormerError(
+            f"checkpoint {path}: does not provide {len(untouched)} weights of {name} ({listed}); "
+            "is it a ViT checkpoint of this architecture?"
+        )
+
+
+def _is_random(tensor: torch.Tensor) -> bool:
+    return tensor.numel() > 1 and bool((tensor != tensor.flatten()[0]).any())
+
+
+def _create_embedded(entry: EmbeddedBackbone, pretrained: bool, checkpoint: str | Path | None,
+                     num_classes: int | None, timm_kwargs: dict[str, Any]) -> nn.Module:
+    kwargs = {**entry.timm_kwargs, **timm_kwargs}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    model = timm.create_model(entry.timm_name, pretrained=False, **kwargs)
+    model.pretrained_cfg = {**model.pretrained_cfg, "mean": entry.mean, "std": entry.std,
+                            "input_size": (3, entry.input_size, entry.input_size), "crop_pct": 1.0,
+                            "interpolation": "bicubic", "architecture": entry.name}
+    if pretrained or checkpoint is not None:
+        path = Path(checkpoint) if checkpoint is not None else entry.weights_path()
+        if checkpoint is None and not path.is_file():
+            raise AdaptFormerError(
+                f"model {entry.name}: weights {path} are not installed; reinstall adaptformer or run "
+                "`adaptformer pretrain`"
+            )
+        state = load_file(str(path)) if path.suffix == ".safetensors" else read_state_dict(path)
+        load_backbone_weights(model, state, path)
+    return model
+
+
+def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Strict load of everything but a head whose class count differs."""
+    own = model.state_dict()
+    state = {k: v for k, v in state.items()
+             if not (k.startswith("head.") and (k not in own or own[k].shape != v.shape))}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(ALLOWED_MISSING_PREFIXES)]
+    if missing or unexpected:
+        raise AdaptFormerError(
+            f"checkpoint {path}: keys do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+
+
+def backbone_input_config(model: nn.Module) -> dict[str, Any]:
+    """Input size, mean/std and interpolation the backbone was pretrained with (timm's data config)."""
+    return timm.data.resolve_data_config({}, model=model)

@@ -1,0 +1,9 @@
+"""The one exception type users see.
+
+Library code raises :class:`AdaptFormerError` with a one-line message that names the file or option at fault
+and what was expected. The CLI turns it into ``error: <message>`` and exit status 2, never a traceback.
+"""
+
+
+class AdaptFormerError(ValueError):
+    """A problem with user input (a file, an option, a dataset) described in one line."""

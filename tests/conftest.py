@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny timm ViTs (width 32, depth 2) so the whole suite runs in minutes on 2 CPU cores."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+
+
+def tiny_vit(num_classes: int = 5, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A real timm VisionTransformer, small enough to run instantly; same seed -> same weights."""
+    torch.manual_seed(seed)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=num_classes,
+                              **{**TINY, **overrides})
+    return model.eval()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pooled, pre-head features of a timm ViT (what the head sees)."""
+    return model.forward_head(model.forward_features(x), pre_logits=True)
