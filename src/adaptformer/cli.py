@@ -4,6 +4,7 @@ with explicit arguments; user errors print ``error: <one line>`` and exit with s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -81,6 +82,125 @@ def run_params(args: argparse.Namespace) -> int:
     for key, value in rows:
         print(f"{key:<{width}}  {value:>14}")
     return 0
+
+
+def _optional(kind):
+    def parse(text: str):
+        return None if text.lower() in ("none", "null", "") else kind(text)
+
+    return parse
+
+
+TYPE_PARSERS = {"int": int, "float": float, "str": str, "int | None": _optional(int),
+                "float | None": _optional(float), "str | None": _optional(str), "float | str": parse_scale}
+TRAIN_HELP = {
+    "dataset": "cifar10 | cifar100 | svhn | food101 | imagefolder | digits | lfw-faces",
+    "data_root": "dataset directory (torchvision layout; see README)",
+    "effective_batch": "batch per optimizer step over all processes (gradient accumulation fills it)",
+    "blr": "base lr: lr = blr * effective_batch / 256",
+    "out": "run directory (default runs/<dataset>-<method>)",
+    "verify": "MD5-check CIFAR/SVHN files (--no-verify for re-packed files)",
+    "precision": "auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs with native bf16 and on recent GPUs)",
+}
+
+
+def add_train_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field; defaults come from --config (then the dataclass)."""
+    from .train.config import TrainConfig
+
+    parser.add_argument("--config", default=None,
+                        help="YAML file or packaged config name, e.g. image/cifar100_adaptformer")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=TRAIN_HELP.get(f.name, f"(default: {f.default})"))
+        else:
+            parser.add_argument(flag, dest=f.name, type=TYPE_PARSERS[f.type], default=None,
+                                help=TRAIN_HELP.get(f.name, "") + f" (default: {f.default})")
+
+
+def train_config_from_args(args: argparse.Namespace):
+    from .train.config import FIELD_TYPES, load_config_file, make_config
+
+    file_values = load_config_file(args.config) if args.config else {}
+    overrides = {name: getattr(args, name) for name in FIELD_TYPES if getattr(args, name, None) is not None}
+    return make_config(file_values, overrides)
+
+
+@command("train", "train a method on a dataset with the paper's recipe (torchrun for several processes)",
+         add_train_config_arguments)
+def run_train(args: argparse.Namespace) -> int:
+    from .train.loop import fit
+
+    summary = fit(train_config_from_args(args))
+    if summary.get("rank", 0) == 0:
+        print(json.dumps(summary))
+    return 0
+
+
+def _task_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help="task file (.safetensors) written by train / save_task")
+    parser.add_argument("--model", default=None, help="backbone name (default: the one recorded in the task)")
+    parser.add_argument("--checkpoint", default=None, help="local backbone weights file")
+    parser.add_argument("--no-check-backbone", dest="check_backbone", action="store_false",
+                        help="load even if the backbone weights differ from those the task was trained on")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    _task_arguments(parser)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--split", choices=("test", "train"), default="test")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-verify", dest="verify", action="store_false")
+    parser.add_argument("--max-samples", type=int, default=None)
+
+
+@command("eval", "top-1 / top-5 of a task file on a dataset split", _eval_arguments)
+def run_eval(args: argparse.Namespace) -> int:
+    from .inference import evaluate_task, load_for_inference
+
+    loaded = load_for_inference(args.task, args.model, args.checkpoint, device=args.device,
+                                precision=args.precision, check_backbone=args.check_backbone)
+    result = evaluate_task(loaded, args.dataset, args.data_root, train_split=args.split == "train",
+                           batch_size=args.batch_size, workers=args.workers, verify=args.verify,
+                           max_samples=args.max_samples)
+    if args.json:
+        print(json.dumps({"task": args.task, "dataset": args.dataset, "split": args.split, **result}))
+    else:
+        print(f"{args.dataset} {args.split}: top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  "
+              f"loss {result['loss']:.4f}  ({result['samples']} images)")
+    return 0
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    _task_arguments(parser)
+    parser.add_argument("images", nargs="+", help="image files and/or folders")
+    parser.add_argument("--top-k", type=int, default=5)
+
+
+@command("predict", "top-k labels for image files or folders", _predict_arguments)
+def run_predict(args: argparse.Namespace) -> int:
+    from .inference import collect_images, load_for_inference, predict_files
+
+    files = collect_images(args.images)
+    loaded = load_for_inference(args.task, args.model, args.checkpoint, device=args.device,
+                                precision=args.precision, check_backbone=args.check_backbone)
+    results = predict_files(loaded, files, top_k=args.top_k, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    for row in results:
+        if "error" in row:
+            print(f"{row['file']}  ERROR {row['error']}")
+        else:
+            print(f"{row['file']}  " + "  ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"]))
+    return 1 if all("error" in row for row in results) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,204 @@
+"""Image datasets by name, in their real on-disk formats (torchvision), plus two that ship inside packages.
+
+=============  ==================================================  =========================================
+name           root holds                                          splits
+=============  ==================================================  =========================================
+cifar10        ``cifar-10-batches-py/`` (python pickles)            official train / test
+cifar100       ``cifar-100-python/``                               official train / test (fine labels)
+svhn           ``train_32x32.mat``, ``test_32x32.mat``               official train / test
+food101        ``food-101/images``, ``food-101/meta/*.json``       official train / test
+imagefolder    ``<class>/<image>`` or ``train/`` + ``val|test/``    given folders, else every 5th file -> test
+digits         nothing (scikit-learn's 8x8 digits, 1,797 images)   fixed stratified 80/20 (seed 0)
+lfw-faces      nothing (scikit-image's lfw_subset, 200 images)     fixed stratified 75/25 (seed 0)
+=============  ==================================================  =========================================
+
+torchvision MD5-checks CIFAR and SVHN files even without downloading; ``verify=False`` skips that check (for
+files re-packed in the same format). ``download=True`` fetches the official archives (needs a network).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import datasets as tvd
+
+from ..errors import AdaptFormerError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+@dataclass
+class ImageSplit:
+    dataset: Dataset
+    classes: list[str]
+
+
+def _unverified(cls):
+    """A torchvision dataset class whose files are only checked for existence, not MD5."""
+    attrs = {}
+    for name in ("train_list", "test_list"):
+        if hasattr(cls, name):
+            attrs[name] = [[f, None] for f, _ in getattr(cls, name)]
+    if hasattr(cls, "meta") and isinstance(cls.meta, dict):
+        attrs["meta"] = {**cls.meta, "md5": None}
+    if hasattr(cls, "split_list"):
+        attrs["split_list"] = {k: [v[0], v[1], None] for k, v in cls.split_list.items()}
+    return type(f"Unverified{cls.__name__}", (cls,), attrs)
+
+
+def _torchvision(cls, root: Path, verify: bool, download: bool, what: str, **kwargs):
+    klass = cls if verify or download else _unverified(cls)
+    try:
+        return klass(str(root), download=download, **kwargs)
+    except RuntimeError as error:
+        hint = "" if not verify else " (re-packed files? pass --no-verify to skip the MD5 check)"
+        raise AdaptFormerError(f"--data-root {root}: {what} not found or corrupted: {error}{hint}") from None
+    except (OSError, ValueError, KeyError) as error:
+        raise AdaptFormerError(f"--data-root {root}: cannot read {what} ({error})") from None
+
+
+def _cifar(cls, what):
+    def build(root: Path, train: bool, verify: bool, download: bool) -> ImageSplit:
+        ds = _torchvision(cls, root, verify, download, what, train=train)
+        return ImageSplit(ds, list(ds.classes))
+
+    return build
+
+
+def _svhn(root: Path, train: bool, verify: bool, download: bool) -> ImageSplit:
+    ds = _torchvision(tvd.SVHN, root, verify, download, "SVHN train_32x32.mat/test_32x32.mat",
+                      split="train" if train else "test")
+    return ImageSplit(ds, [str(i) for i in range(10)])
+
+
+def _food101(root: Path, train: bool, verify: bool, download: bool) -> ImageSplit:
+    ds = _torchvision(tvd.Food101, root, verify, download, "Food-101 (food-101/images, food-101/meta)",
+                      split="train" if train else "test")
+    return ImageSplit(ds, list(ds.classes))
+
+
+class FileImageDataset(Dataset):
+    """(path, label) pairs decoded lazily with PIL; exposes ``samples`` like ImageFolder."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform: Callable | None = None):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+        return (self.transform(image) if self.transform else image), label
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _class_folders(root: Path) -> list[str]:
+    if not root.is_dir():
+        raise AdaptFormerError(f"--data-root {root}: not a directory (expected <root>/<class>/<image>)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise AdaptFormerError(f"--data-root {root}: no class sub-folders (expected <root>/<class>/<image>)")
+    return classes
+
+
+def _imagefolder(root: Path, train: bool, verify: bool, download: bool) -> ImageSplit:
+    if download:
+        raise AdaptFormerError("--download: imagefolder datasets are local folders; nothing to download")
+    test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and test_dir is not None:
+        folder = root / "train" if train else test_dir
+        classes = _class_folders(root / "train")
+        samples = [(str(p), i) for i, c in enumerate(classes) for p in _list_images(folder / c)]
+    else:
+        classes = _class_folders(root)
+        samples = []
+        for i, c in enumerate(classes):
+            files = _list_images(root / c)
+            # deterministic split: every 5th file (by sorted name) is a test image
+            samples += [(str(p), i) for k, p in enumerate(files) if (k % 5 == 4) != train]
+    if not samples:
+        raise AdaptFormerError(f"--data-root {root}: no images with suffixes {', '.join(IMAGE_SUFFIXES)}")
+    return ImageSplit(FileImageDataset(samples), classes)
+
+
+class ArrayImageDataset(Dataset):
+    """uint8 HxWx3 images held in memory."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index])
+        return (self.transform(image) if self.transform else image), int(self.labels[index])
+
+
+def _fixed_split(images: np.ndarray, labels: np.ndarray, train: bool, test_size: float) -> tuple:
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(labels))
+    train_idx, test_idx = train_test_split(index, test_size=test_size, random_state=0, stratify=labels)
+    chosen = np.sort(train_idx if train else test_idx)
+    return images[chosen], labels[chosen]
+
+
+def _digits(root: Path | None, train: bool, verify: bool, download: bool) -> ImageSplit:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    gray = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    images, labels = _fixed_split(rgb, digits.target, train, 0.2)
+    return ImageSplit(ArrayImageDataset(images, labels), [str(i) for i in range(10)])
+
+
+def _lfw_faces(root: Path | None, train: bool, verify: bool, download: bool) -> ImageSplit:
+    from skimage.data import lfw_subset
+
+    faces = lfw_subset()  # (200, 25, 25) floats in [0, 1]: 100 faces then 100 non-faces
+    gray = np.clip(faces * 255.0, 0, 255).astype(np.uint8)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    labels = np.array([0] * 100 + [1] * 100)
+    images, labels = _fixed_split(rgb, labels, train, 0.25)
+    return ImageSplit(ArrayImageDataset(images, labels), ["face", "non-face"])
+
+
+BUILDERS: dict[str, Callable[..., ImageSplit]] = {
+    "cifar10": _cifar(tvd.CIFAR10, "CIFAR-10 (cifar-10-batches-py)"),
+    "cifar100": _cifar(tvd.CIFAR100, "CIFAR-100 (cifar-100-python)"),
+    "svhn": _svhn,
+    "food101": _food101,
+    "imagefolder": _imagefolder,
+    "digits": _digits,
+    "lfw-faces": _lfw_faces,
+}
+NEEDS_ROOT = {"cifar10", "cifar100", "svhn", "food101", "imagefolder"}
+
+
+def build_image_split(name: str, root: str | Path | None, train: bool, transform: Callable | None = None,
+                      verify: bool = True, download: bool = False) -> ImageSplit:
+    """The train or test split of a named dataset, with ``transform`` applied to each PIL image."""
+    if name not in BUILDERS:
+        raise AdaptFormerError(f"--dataset: expected one of {', '.join(BUILDERS)}, got {name!r}")
+    if name in NEEDS_ROOT:
+        if root is None:
+            raise AdaptFormerError(f"--data-root is required for dataset {name}")
+        root = Path(root)
+        if not root.exists() and not download:
+            raise AdaptFormerError(f"--data-root {root}: no such directory")
+    split = BUILDERS[name](root, train, verify, download)
+    split.dataset.transform = transform
+    return split

@@ -1,0 +1,100 @@
+"""DataLoaders shared by single-process and distributed training.
+
+* Every run shards with a :class:`ResumableSampler` (a DistributedSampler, also for one process), so a batch of
+  ``b`` on each of ``n`` ranks covers exactly the images one process sees with a batch of ``n*b``, and a run
+  resumed mid-epoch continues with the very same order.
+* Unreadable images do not stop training: :class:`SkipUnreadable` turns a decode error into a marker that the
+  collate function drops and reports, so the loop can count and log them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import default_collate as torch_default_collate
+
+
+@dataclass
+class Unreadable:
+    index: int
+    path: str
+    reason: str
+
+
+class SkipUnreadable(Dataset):
+    """Wrap a dataset so an image that fails to decode yields :class:`Unreadable` instead of raising."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+            samples = getattr(self.dataset, "samples", None) or getattr(self.dataset, "_image_files", None)
+            path = str(samples[index][0] if samples and isinstance(samples[index], tuple) else
+                       samples[index] if samples else f"item {index}")
+            return Unreadable(index, path, f"{type(error).__name__}: {str(error).splitlines()[0][:120]}")
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor | None
+    labels: torch.Tensor | None
+    skipped: list[Unreadable]
+
+    def __len__(self) -> int:
+        return 0 if self.labels is None else len(self.labels)
+
+
+def collate_skipping_unreadable(items: list) -> Batch:
+    good = [item for item in items if not isinstance(item, Unreadable)]
+    skipped = [item for item in items if isinstance(item, Unreadable)]
+    if not good:
+        return Batch(None, None, skipped)
+    images, labels = torch_default_collate(good)
+    return Batch(images, labels, skipped)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler whose epoch order can be entered part-way (``skip`` samples of this rank)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int,
+                 drop_last: bool = False):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=drop_last)
+        self.skip = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip:])
+
+    def __len__(self) -> int:
+        return max(0, super().__len__() - self.skip)
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Evaluation shard without padding: rank r sees items r, r+n, r+2n... so every item counts once."""
+
+    def __init__(self, length: int, num_replicas: int, rank: int):
+        self.indices = list(range(rank, length, num_replicas))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def make_loader(dataset: Dataset, batch_size: int, sampler, workers: int, seed: int,
+                drop_last: bool) -> DataLoader:
+    return DataLoader(
+        SkipUnreadable(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
+        collate_fn=collate_skipping_unreadable, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(seed), persistent_workers=False,
+    )

@@ -1,0 +1,102 @@
+"""Evaluate a task file on a dataset, or predict labels for image files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from .backbones.timm import create_backbone
+from .data.image import IMAGE_SUFFIXES, build_image_split
+from .data.loading import ShardSampler, make_loader
+from .data.transforms import InputSpec, eval_transform
+from .errors import AdaptFormerError
+from .tasks import apply_task, read_task
+from .train.distributed import pick_device
+from .train.loop import evaluate
+from .train.precision import autocast, resolve_precision
+
+
+@dataclass
+class LoadedTask:
+    model: nn.Module
+    classes: list[str]
+    spec: InputSpec
+    device: torch.device
+    precision: str
+
+
+def load_for_inference(task: str | Path, model_name: str | None = None, checkpoint: str | None = None,
+                       pretrained: bool = True, device: str = "auto", precision: str = "auto",
+                       check_backbone: bool = True) -> LoadedTask:
+    meta, _ = read_task(task)
+    name = model_name or meta["backbone"]["name"]
+    if not name:
+        raise AdaptFormerError(f"task file {task}: records no backbone; pass --model")
+    backbone = create_backbone(name, pretrained=pretrained, checkpoint=checkpoint)
+    model = apply_task(backbone, task, check_backbone=check_backbone)
+    classes = meta["classes"] or [str(i) for i in range(meta["num_classes"])]
+    torch_device = pick_device(device)
+    return LoadedTask(model.to(torch_device).eval(), classes, InputSpec.from_model(model), torch_device,
+                      resolve_precision(precision, torch_device))
+
+
+def evaluate_task(loaded: LoadedTask, dataset: str, data_root: str | None, train_split: bool = False,
+                  batch_size: int = 128, workers: int = 2, verify: bool = True,
+                  max_samples: int | None = None) -> dict:
+    split = build_image_split(dataset, data_root, train_split, eval_transform(loaded.spec), verify=verify)
+    if len(split.classes) != len(loaded.classes):
+        raise AdaptFormerError(
+            f"--dataset {dataset}: has {len(split.classes)} classes, the task was trained on {len(loaded.classes)}"
+        )
+    data = split.dataset
+    if max_samples:
+        data = torch.utils.data.Subset(data, range(min(max_samples, len(data))))
+    loader = make_loader(data, batch_size, ShardSampler(len(data), 1, 0), workers, 0, drop_last=False)
+    return evaluate(loaded.model, loader, loaded.device, loaded.precision, len(loaded.classes), show_progress=True)
+
+
+def collect_images(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise AdaptFormerError(f"{path}: no such file or directory")
+    if not files:
+        raise AdaptFormerError(f"no images found in {', '.join(paths)}")
+    return files
+
+
+@torch.no_grad()
+def predict_files(loaded: LoadedTask, files: list[Path], top_k: int = 5, batch_size: int = 64) -> list[dict]:
+    """Top-k labels and probabilities per image; unreadable files get an ``error`` entry instead."""
+    transform = eval_transform(loaded.spec)
+    k = min(top_k, len(loaded.classes))
+    results: list[dict] = []
+    for start in range(0, len(files), batch_size):
+        chunk, tensors = [], []
+        for path in files[start:start + batch_size]:
+            try:
+                with Image.open(path) as image:
+                    tensors.append(transform(image.convert("RGB")))
+                chunk.append(path)
+            except (OSError, UnidentifiedImageError, ValueError) as error:
+                results.append({"file": str(path), "error": f"unreadable image ({type(error).__name__})"})
+        if not tensors:
+            continue
+        with autocast(loaded.precision, loaded.device):
+            logits = loaded.model(torch.stack(tensors).to(loaded.device))
+        probs = logits.float().softmax(dim=1)
+        values, indices = probs.topk(k, dim=1)
+        for path, vals, idxs in zip(chunk, values.tolist(), indices.tolist(), strict=True):
+            results.append({"file": str(path), "top": [{"label": loaded.classes[i], "index": i, "prob": round(v, 5)}
+                                                      for v, i in zip(vals, idxs, strict=True)]})
+    order = {str(p): i for i, p in enumerate(files)}
+    return sorted(results, key=lambda r: order[r["file"]])
