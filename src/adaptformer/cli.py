@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -91,7 +92,17 @@ def _optional(kind):
     return parse
 
 
-TYPE_PARSERS = {"int": int, "float": float, "str": str, "int | None": _optional(int),
+def _json_mapping(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"drop_path_rate\": 0.1}}', got {text!r}")
+    return value
+
+
+TYPE_PARSERS = {"dict | None": _json_mapping, "int": int, "float": float, "str": str, "int | None": _optional(int),
                 "float | None": _optional(float), "str | None": _optional(str), "float | str": parse_scale}
 TRAIN_HELP = {
     "dataset": "cifar10 | cifar100 | svhn | food101 | imagefolder | digits | lfw-faces",
@@ -134,7 +145,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .train.loop import fit
 
     summary = fit(train_config_from_args(args))
-    if summary.get("rank", 0) == 0:
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(json.dumps(summary))
     return 0
 
@@ -201,6 +212,27 @@ def run_predict(args: argparse.Namespace) -> int:
         else:
             print(f"{row['file']}  " + "  ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"]))
     return 1 if all("error" in row for row in results) else 0
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="demo-report", help="report directory (default: %(default)s)")
+    parser.add_argument("--config", default="demo", help="demo config (default: the packaged demo.yaml)")
+    parser.add_argument("--methods", default=None, help="comma-separated subset, e.g. linear,adaptformer")
+    parser.add_argument("--epochs", type=int, default=None, help="override the epochs of every method")
+
+
+@command("demo", "adapt the embedded ViT to a real offline dataset with every method; table, report, plot",
+         _demo_arguments)
+def run_demo_command(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    if args.epochs:
+        overrides["warmup_epochs"] = min(args.epochs, 2)
+        overrides["eval_every"] = args.epochs
+    run_demo(args.out, args.config, args.methods.split(",") if args.methods else None, overrides)
+    print(f"report: {args.out}/report.md, plot: {args.out}/accuracy_vs_params.png")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

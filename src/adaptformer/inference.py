@@ -36,7 +36,8 @@ def load_for_inference(task: str | Path, model_name: str | None = None, checkpoi
     name = model_name or meta["backbone"]["name"]
     if not name:
         raise AdaptFormerError(f"task file {task}: records no backbone; pass --model")
-    backbone = create_backbone(name, pretrained=pretrained, checkpoint=checkpoint)
+    kwargs = meta["backbone"].get("timm_kwargs", {}) if model_name is None else {}
+    backbone = create_backbone(name, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
     model = apply_task(backbone, task, check_backbone=check_backbone)
     classes = meta["classes"] or [str(i) for i in range(meta["num_classes"])]
     torch_device = pick_device(device)

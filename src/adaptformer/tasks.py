@@ -9,7 +9,6 @@ on other pretrained weights is refused), the exact key set and every shape.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from .adapters.methods import AdaptConfig, adapt, adapt_config_of, tuned_prefixe
 from .backbones.checkpoints import read_state_dict
 from .errors import AdaptFormerError
 from .utils.atomic import atomic_write, atomic_write_json
+from .utils.hashing import hash_tensors
 
 FORMAT = "adaptformer.task"
 FORMAT_VERSION = 1
@@ -42,17 +42,14 @@ def backbone_fingerprint(model: nn.Module) -> str | None:
     tuned = tuned_prefixes(model)
     if tuned == [""]:
         return None
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if _is_under(name, tuned):
-            continue
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()[:32]
+    frozen = ((k, v) for k, v in sorted(model.state_dict().items()) if not _is_under(k, tuned))
+    return hash_tensors(frozen)[:32]
 
 
 def backbone_name(model: nn.Module) -> str | None:
+    created = getattr(model, "adaptformer_backbone", None)
+    if created:
+        return created["name"]
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return cfg.get("architecture")
 
@@ -70,6 +67,7 @@ def task_metadata(model: nn.Module, classes: list[str] | None = None,
         "classes": list(classes) if classes is not None else None,
         "backbone": {
             "name": backbone_name(model),
+            "timm_kwargs": getattr(model, "adaptformer_backbone", {}).get("timm_kwargs", {}),
             "fingerprint": backbone_fingerprint(model),
             "embed_dim": int(model.embed_dim),
             "depth": len(model.blocks),
@@ -192,7 +190,8 @@ def load_task(path: str | Path, backbone: nn.Module | None = None, pretrained: b
         name = meta["backbone"]["name"]
         if not name:
             raise AdaptFormerError(f"task file {path}: records no backbone name; pass the backbone explicitly")
-        backbone = create_backbone(name, pretrained=pretrained, checkpoint=checkpoint)
+        backbone = create_backbone(name, pretrained=pretrained, checkpoint=checkpoint,
+                                   **meta["backbone"].get("timm_kwargs", {}))
     return apply_task(backbone, path, check_backbone=check_backbone)
 
 

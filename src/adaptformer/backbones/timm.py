@@ -28,6 +28,14 @@ def create_backbone(name: str, pretrained: bool = True, checkpoint: str | Path |
                     num_classes: int | None = None, **timm_kwargs: Any) -> nn.Module:
     """A timm ViT by name. Embedded names (``adaptformer/...``) load their shipped weights when
     ``pretrained``; ``checkpoint`` loads a local file; otherwise ``pretrained`` uses timm's hub download."""
+    model = _create(name, pretrained, checkpoint, num_classes, timm_kwargs)
+    # remembered so a task file can re-create the same backbone (e.g. a non-default img_size)
+    model.adaptformer_backbone = {"name": name, "timm_kwargs": dict(timm_kwargs)}
+    return model
+
+
+def _create(name: str, pretrained: bool, checkpoint: str | Path | None, num_classes: int | None,
+            timm_kwargs: dict[str, Any]) -> nn.Module:
     embedded = get_embedded(name)
     if embedded is not None:
         return _create_embedded(embedded, pretrained and checkpoint is None, checkpoint, num_classes,
@@ -104,8 +112,9 @@ def _create_embedded(entry: EmbeddedBackbone, pretrained: bool, checkpoint: str 
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     model = timm.create_model(entry.timm_name, pretrained=False, **kwargs)
+    size = kwargs["img_size"]
     model.pretrained_cfg = {**model.pretrained_cfg, "mean": entry.mean, "std": entry.std,
-                            "input_size": (3, entry.input_size, entry.input_size), "crop_pct": 1.0,
+                            "input_size": (3, size, size), "crop_pct": 1.0,
                             "interpolation": "bicubic", "architecture": entry.name}
     if pretrained or checkpoint is not None:
         path = Path(checkpoint) if checkpoint is not None else entry.weights_path()
@@ -120,7 +129,11 @@ def _create_embedded(entry: EmbeddedBackbone, pretrained: bool, checkpoint: str 
 
 
 def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Strict load of everything but a head whose class count differs."""
+    """Strict load of everything but a head whose class count differs; position embeddings are resampled
+    (timm's filter) when the model runs at another image size than the weights were trained at."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    state = checkpoint_filter_fn(state, model)
     own = model.state_dict()
     state = {k: v for k, v in state.items()
              if not (k.startswith("head.") and (k not in own or own[k].shape != v.shape))}

@@ -22,6 +22,9 @@ class InputSpec:
     def from_model(cls, model) -> InputSpec:
         cfg = getattr(model, "pretrained_cfg", None) or {}
         size = int(cfg.get("input_size", (3, 224, 224))[-1])
+        patch_embed = getattr(model, "patch_embed", None)
+        if getattr(patch_embed, "img_size", None):  # the size the model was built for (e.g. img_size=16)
+            size = int(patch_embed.img_size[-1])
         return cls(size=size, mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
                    std=tuple(cfg.get("std", (0.229, 0.224, 0.225))), crop_pct=float(cfg.get("crop_pct", 0.875)))
 

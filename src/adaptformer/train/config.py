@@ -31,6 +31,8 @@ class TrainConfig:
     model: str = "vit_base_patch16_224"
     checkpoint: str | None = None
     pretrained: bool = True
+    img_size: int | None = None  # run the backbone at another input size (position embeddings are resampled)
+    model_kwargs: dict | None = None  # extra timm.create_model keywords, e.g. {drop_path_rate: 0.1}
     # method (see AdaptConfig)
     method: str = "adaptformer"
     bottleneck: int = 64
@@ -76,6 +78,12 @@ class TrainConfig:
                            layernorm=self.layernorm, dropout=self.adapter_dropout, init=self.init,
                            placement=self.placement, layers=self.layers, vpt_tokens=self.vpt_tokens,
                            vpt_mode=self.vpt_mode, head_batchnorm=self.head_batchnorm)
+
+    def timm_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.model_kwargs or {})
+        if self.img_size:
+            kwargs["img_size"] = self.img_size
+        return kwargs
 
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / f"{self.dataset}-{self.method}"

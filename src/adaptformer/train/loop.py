@@ -31,6 +31,7 @@ from ..data.transforms import InputSpec, eval_transform, train_transform
 from ..errors import AdaptFormerError
 from ..tasks import backbone_fingerprint, load_tuned_tensors, save_task, tuned_state_dict
 from ..utils.atomic import atomic_write_text
+from ..utils.hashing import hash_tensors
 from .config import RUN_CONTROL, TrainConfig, dump_yaml
 from .distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, use_global_batchnorm
 from .metrics import MetricsLogger
@@ -233,7 +234,8 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     precision = resolve_precision(cfg.precision, info.device)
 
     # the backbone first: its input size / mean / std decide the transforms
-    backbone = create_backbone(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint)
+    backbone = create_backbone(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint,
+                               **cfg.timm_kwargs())
     train_set, test_set, classes = build_data(cfg, InputSpec.from_model(backbone))
     torch.manual_seed(cfg.seed)  # the same initial adapters / head on every rank
     model = adapt(backbone, num_classes=len(classes), config=cfg.adapt_config()).to(info.device)
@@ -323,11 +325,22 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         save_checkpoint()
     metrics.close()
     summary = summarize(cfg, model, progress, plan, classes, run_dir)
+    if info.distributed:
+        summary["ranks_in_sync"] = ranks_hold_identical_weights(model, info)
+        if not summary["ranks_in_sync"]:
+            log.warning("the ranks ended with different weights; check for non-deterministic custom code")
     if info.is_main:
         from ..utils.atomic import atomic_write_json
 
         atomic_write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def ranks_hold_identical_weights(model: nn.Module, info: DistInfo) -> bool:
+    """All-gather a hash of every rank's tuned tensors: DDP must leave them bit-identical."""
+    hashes = [None] * info.world_size
+    torch.distributed.all_gather_object(hashes, hash_tensors(sorted(tuned_state_dict(model).items())))
+    return len(set(hashes)) == 1
 
 
 def task_extra(cfg: TrainConfig, record: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,86 @@
+"""Writers of small datasets in the real on-disk formats (FORMATS.md §1-3, §8)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def _rows(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 3072), dtype=np.uint8)
+
+
+def write_cifar10(root: Path, per_batch: int = 4) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        labels = [(i + j) % 10 for j in range(per_batch)]
+        blob = {"data": _rows(per_batch, i), "labels": labels, "batch_label": name,
+                "filenames": [f"{name}_{j}.png" for j in range(per_batch)]}
+        (folder / name).write_bytes(pickle.dumps(blob, protocol=2))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    meta = {"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return root
+
+
+def write_cifar100(root: Path, train: int = 20, test: int = 10) -> Path:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name, n in (("train", train), ("test", test)):
+        fine = [j % 100 for j in range(n)]
+        blob = {"data": _rows(n, n), "fine_labels": fine, "coarse_labels": [f // 5 for f in fine],
+                "batch_label": name, "filenames": [f"{j}.png" for j in range(n)]}
+        (folder / name).write_bytes(pickle.dumps(blob, protocol=2))
+    meta = {"fine_label_names": [f"class_{k:03d}" for k in range(100)],
+            "coarse_label_names": [f"super_{k:02d}" for k in range(20)]}
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return root
+
+
+def write_svhn(root: Path, train: int = 12, test: int = 6) -> Path:
+    from scipy.io import savemat
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, n in (("train", train), ("test", test)):
+        x = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
+        y = np.array([[1 + (j % 10)] for j in range(n)], dtype=np.uint8)  # 1..10, 10 means digit 0
+        savemat(root / f"{name}_32x32.mat", {"X": x, "y": y})
+    return root
+
+
+def write_food101(root: Path, classes=("apple_pie", "baby_back_ribs", "churros"), per_class: int = 4) -> Path:
+    base = root / "food-101"
+    rng = np.random.default_rng(0)
+    splits = {"train": {}, "test": {}}
+    for c in classes:
+        (base / "images" / c).mkdir(parents=True)
+        for j in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(base / "images" / c / f"{j}.jpg")
+            splits["train" if j < per_class - 1 else "test"].setdefault(c, []).append(f"{c}/{j}")
+    (base / "meta").mkdir()
+    for split, entries in splits.items():
+        (base / "meta" / f"{split}.json").write_text(json.dumps(entries))
+    (base / "meta" / "classes.txt").write_text("\n".join(classes) + "\n")
+    return root
+
+
+def write_imagefolder(root: Path, classes=("cats", "dogs"), per_class: int = 10, size: int = 32,
+                      split_folders: bool = False) -> Path:
+    """Class-coloured noisy images (learnable: the class decides the mean colour)."""
+    rng = np.random.default_rng(0)
+    for split in (("train", "val") if split_folders else ("",)):
+        for index, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for j in range(per_class):
+                colour = np.zeros(3)
+                colour[index % 3] = 200
+                pixels = np.clip(colour + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{j:03d}.png")
+    return root

@@ -1,0 +1,133 @@
+"""Training end to end on a tiny ViT: outputs, resume exactness, refusals, skipped images."""
+
+import json
+
+import pytest
+import torch
+from helpers import tiny_train_config
+
+import adaptformer
+from adaptformer import AdaptFormerError
+from adaptformer.tasks import read_task
+from adaptformer.train import loop
+from adaptformer.train.loop import fit
+from adaptformer.train.metrics import read_metrics
+from adaptformer.train.state import load_training_state
+
+
+def test_fit_writes_a_complete_run_directory(tmp_path):
+    cfg = tiny_train_config(tmp_path, epochs=2)
+    summary = fit(cfg)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "checkpoint.pt", "metrics.jsonl", "train.log", "summary.json",
+                 "best.safetensors", "best.json", "last.safetensors", "last.json"):
+        assert (run / name).exists(), name
+    assert any((run / "tensorboard").iterdir())
+    epochs = [r for r in read_metrics(run / "metrics.jsonl") if "test_top1" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert all(0 <= r["test_top1"] <= r["test_top5"] <= 100 for r in epochs)
+    assert summary["epochs"] == 2 and summary["trainable"] > 0
+    meta, _ = read_task(run / "last.safetensors")
+    assert meta["classes"] == ["blue", "green", "red"] and meta["extra"]["epoch"] == 2
+    assert meta["backbone"]["timm_kwargs"]["embed_dim"] == 32
+    assert "imagefolder" in (run / "config.yaml").read_text()
+
+
+def test_adaptformer_learns_a_separable_task(tmp_path):
+    summary = fit(tiny_train_config(tmp_path, epochs=6, lr=0.2, augment=False))
+    assert summary["best_top1"] == 100.0
+
+
+def test_saved_task_reloads_onto_the_same_backbone_only(tmp_path):
+    cfg = tiny_train_config(tmp_path, epochs=1)
+    fit(cfg)
+    path = tmp_path / "run" / "last.safetensors"
+    model = adaptformer.load_task(path, checkpoint=cfg.checkpoint)
+    assert model.num_classes == 3 and model.blocks[0].adaptmlp.down_proj.in_features == 32
+    with pytest.raises(AdaptFormerError, match="different backbone weights"):
+        adaptformer.load_task(path, pretrained=False)
+
+
+class Killed(Exception):
+    pass
+
+
+def _kill_after(monkeypatch, calls: int):
+    """Simulate a kill right after the ``calls``-th checkpoint write."""
+    real = loop.save_training_state
+    count = {"n": 0}
+
+    def save_then_maybe_die(*args, **kwargs):
+        real(*args, **kwargs)
+        count["n"] += 1
+        if count["n"] == calls:
+            raise Killed
+
+    monkeypatch.setattr(loop, "save_training_state", save_then_maybe_die)
+
+
+@pytest.mark.parametrize("kill_at, every", [(1, 0), (5, 1)])  # after epoch 1; mid-epoch 2 (step checkpoints)
+def test_resume_continues_exactly(tmp_path, monkeypatch, kill_at, every):
+    straight = fit(tiny_train_config(tmp_path / "a", checkpoint_every_steps=every))
+    _kill_after(monkeypatch, kill_at)
+    with pytest.raises(Killed):
+        fit(tiny_train_config(tmp_path / "b", checkpoint_every_steps=every))
+    monkeypatch.undo()
+    state = load_training_state(tmp_path / "b" / "run" / "checkpoint.pt")
+    assert state["progress"]["global_step"] < 3 * 3
+    resumed = fit(tiny_train_config(tmp_path / "b", checkpoint_every_steps=every, resume=True))
+    a = load_training_state(tmp_path / "a" / "run" / "checkpoint.pt")
+    b = load_training_state(tmp_path / "b" / "run" / "checkpoint.pt")
+    for key, value in a["tuned"].items():
+        assert torch.equal(value, b["tuned"][key]), key
+    assert resumed["top1"] == straight["top1"]
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
+
+
+def test_existing_run_is_protected(tmp_path):
+    fit(tiny_train_config(tmp_path, epochs=1))
+    before = (tmp_path / "run" / "last.safetensors").read_bytes()
+    with pytest.raises(AdaptFormerError, match="already holds a run.*--resume.*--overwrite"):
+        fit(tiny_train_config(tmp_path, epochs=1))
+    assert (tmp_path / "run" / "last.safetensors").read_bytes() == before
+    fit(tiny_train_config(tmp_path, epochs=1, overwrite=True, seed=1))
+    assert (tmp_path / "run" / "last.safetensors").read_bytes() != before
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    fit(tiny_train_config(tmp_path, epochs=1))
+    with pytest.raises(AdaptFormerError, match="other settings.*bottleneck"):
+        fit(tiny_train_config(tmp_path, epochs=1, bottleneck=8, resume=True))
+
+
+def test_unreadable_images_are_skipped_counted_and_logged(tmp_path):
+    cfg = tiny_train_config(tmp_path, epochs=1)
+    broken = tmp_path / "data" / "red" / "000.png"
+    broken.write_bytes(b"this is not a png")
+    summary = fit(cfg)
+    assert summary["skipped_images"] >= 1
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "skipped unreadable image" in log and "000.png" in log
+
+
+def test_gradient_accumulation_matches_the_large_batch(tmp_path):
+    common = dict(epochs=1, head_batchnorm=False, augment=False, adapter_dropout=0.0, warmup_epochs=0)
+    fit(tiny_train_config(tmp_path / "big", batch_size=8, effective_batch=8, **common))
+    fit(tiny_train_config(tmp_path / "acc", batch_size=4, effective_batch=8, **common))
+    big = load_training_state(tmp_path / "big" / "run" / "checkpoint.pt")["tuned"]
+    acc = load_training_state(tmp_path / "acc" / "run" / "checkpoint.pt")["tuned"]
+    for key in big:
+        torch.testing.assert_close(acc[key], big[key], rtol=1e-4, atol=1e-6)
+
+
+def test_batch_plan_errors(tmp_path):
+    with pytest.raises(AdaptFormerError, match="not a multiple"):
+        fit(tiny_train_config(tmp_path, batch_size=3, effective_batch=8))
+    with pytest.raises(AdaptFormerError, match="only 24 images"):
+        fit(tiny_train_config(tmp_path, batch_size=8, effective_batch=32, overwrite=True))
+
+
+def test_summary_is_json(tmp_path):
+    fit(tiny_train_config(tmp_path, epochs=1))
+    data = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert data["method"] == "adaptformer" and data["effective_batch"] == 8
