@@ -115,20 +115,25 @@ TRAIN_HELP = {
 }
 
 
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, help_texts: dict[str, str]) -> None:
+    """One ``--option`` per dataclass field, parsed by its type; unset options stay None (= the default)."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = "required" if f.default is dataclasses.MISSING else f"default: {f.default}"
+        text = f"{help_texts.get(f.name, '')} ({default})".strip()
+        if f.type == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=TYPE_PARSERS[f.type], default=None, help=text)
+
+
 def add_train_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field; defaults come from --config (then the dataclass)."""
     from .train.config import TrainConfig
 
     parser.add_argument("--config", default=None,
                         help="YAML file or packaged config name, e.g. image/cifar100_adaptformer")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=TRAIN_HELP.get(f.name, f"(default: {f.default})"))
-        else:
-            parser.add_argument(flag, dest=f.name, type=TYPE_PARSERS[f.type], default=None,
-                                help=TRAIN_HELP.get(f.name, "") + f" (default: {f.default})")
+    add_dataclass_arguments(parser, TrainConfig, TRAIN_HELP)
 
 
 def train_config_from_args(args: argparse.Namespace):
@@ -232,6 +237,31 @@ def run_demo_command(args: argparse.Namespace) -> int:
         overrides["eval_every"] = args.epochs
     run_demo(args.out, args.config, args.methods.split(",") if args.methods else None, overrides)
     print(f"report: {args.out}/report.md, plot: {args.out}/accuracy_vs_params.png")
+    return 0
+
+
+def _pretrain_arguments(parser: argparse.ArgumentParser) -> None:
+    from .pretrain import PretrainConfig
+
+    add_dataclass_arguments(parser, PretrainConfig, {
+        "data": "ImageFolder root with train/ and test/ (e.g. the CIFAR-10 JPEG copy)",
+        "out": "run directory; an existing checkpoint.pt there is resumed",
+    })
+    parser.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing checkpoint")
+
+
+@command("pretrain", "train a small ViT from scratch (how the embedded backbone was made); resumable",
+         _pretrain_arguments)
+def run_pretrain(args: argparse.Namespace) -> int:
+    from .pretrain import PretrainConfig, pretrain
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)
+              if getattr(args, f.name) is not None}
+    for required in ("data", "out"):
+        if required not in values:
+            raise AdaptFormerError(f"--{required} is required")
+    card = pretrain(PretrainConfig(**values), resume=args.resume)
+    print(json.dumps({k: card[k] for k in ("test_top1", "epochs_done", "train_minutes")}))
     return 0
 
 

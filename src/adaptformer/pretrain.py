@@ -139,10 +139,11 @@ def pretrain(cfg: PretrainConfig, resume: bool = True) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     data = Path(cfg.data)
+    test_dir = next((data / n for n in ("test", "val") if (data / n).is_dir()), data / "test")
     train_x, train_y, classes = cached_split(data / "train", cfg.img_size, out)
-    test_x, test_y, test_classes = cached_split(data / "test", cfg.img_size, out)
+    test_x, test_y, test_classes = cached_split(test_dir, cfg.img_size, out)
     if test_classes != classes:
-        raise AdaptFormerError(f"--data: class folders differ between {data / 'train'} and {data / 'test'}")
+        raise AdaptFormerError(f"--data: class folders differ between {data / 'train'} and {test_dir}")
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -161,6 +162,11 @@ def pretrain(cfg: PretrainConfig, resume: bool = True) -> dict:
     start_epoch, elapsed = 0, 0.0
     checkpoint = out / "checkpoint.pt"
     if resume and checkpoint.exists():
+        saved = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+        changed = [k for k, v in asdict(cfg).items() if k not in ("out", "threads") and saved.get(k, v) != v]
+        if changed:
+            raise AdaptFormerError(f"--out {out}: holds a pretraining run with other settings ({', '.join(changed)}); "
+                                   "use another --out or --no-resume")
         state = torch.load(checkpoint, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

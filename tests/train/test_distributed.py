@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import torch
-from helpers import TINY_KWARGS, tiny_train_config
 
 from adaptformer.train.loop import fit
 from adaptformer.train.state import load_training_state
+from training_helpers import TINY_KWARGS, tiny_train_config
 
 COMMON = dict(epochs=2, warmup_epochs=1, augment=False, adapter_dropout=0.0, effective_batch=8, lr=0.05)
 

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_train_config
 
 import adaptformer
 from adaptformer import AdaptFormerError
@@ -13,6 +12,7 @@ from adaptformer.train import loop
 from adaptformer.train.loop import fit
 from adaptformer.train.metrics import read_metrics
 from adaptformer.train.state import load_training_state
+from training_helpers import tiny_train_config
 
 
 def test_fit_writes_a_complete_run_directory(tmp_path):

@@ -1,0 +1,95 @@
+"""The eval / predict / train commands as a user runs them, including bad input."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adaptformer.cli import main
+from adaptformer.train.config import list_packaged_configs, load_config_file, make_config
+from adaptformer.train.loop import fit
+from training_helpers import tiny_train_config
+
+
+@pytest.fixture(scope="module")
+def trained_task(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("trained")
+    cfg = tiny_train_config(tmp_path, epochs=2, lr=0.2, augment=False)
+    fit(cfg)
+    return cfg, tmp_path / "run" / "best.safetensors"
+
+
+def test_eval_reports_top1_and_top5(trained_task, capsys):
+    cfg, task = trained_task
+    code = main(["eval", "--task", str(task), "--checkpoint", cfg.checkpoint, "--dataset", "imagefolder",
+                 "--data-root", cfg.data_root, "--workers", "0", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["samples"] == 6 and 0 <= result["top1"] <= result["top5"] == 100.0
+
+
+def test_eval_refuses_a_dataset_with_other_classes(trained_task, capsys):
+    cfg, task = trained_task
+    assert main(["eval", "--task", str(task), "--checkpoint", cfg.checkpoint, "--dataset", "digits"]) == 2
+    assert "has 10 classes, the task was trained on 3" in capsys.readouterr().err
+
+
+def test_predict_files_and_folders_with_an_unreadable_image(trained_task, tmp_path, capsys):
+    cfg, task = trained_task
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    red = np.zeros((32, 32, 3), np.uint8)
+    red[..., 0] = 220
+    Image.fromarray(red).save(folder / "red.png")
+    (folder / "broken.jpg").write_bytes(b"nope")
+    assert main(["predict", "--task", str(task), "--checkpoint", cfg.checkpoint, str(folder), "--top-k", "2",
+                 "--json"]) == 0
+    rows = {r["file"].split("/")[-1]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["broken.jpg"]["error"].startswith("unreadable image")
+    assert len(rows["red.png"]["top"]) == 2 and rows["red.png"]["top"][0]["label"] == "red"
+    assert main(["predict", "--task", str(task), "--checkpoint", cfg.checkpoint, str(folder / "red.png")]) == 0
+    assert "red.png  red " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "--task", "missing.safetensors", "x.png"], "x.png: no such file"),
+    (["eval", "--task", "missing.safetensors", "--dataset", "digits"], "missing.safetensors: no such file"),
+    (["train", "--dataset", "nope", "--model", "vit_tiny_patch16_224", "--no-pretrained"], "--dataset"),
+    (["train", "--config", "image/imagenet_magic"], "no such file or packaged config"),
+    (["train", "--method", "lora"], "method: expected one of"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_every_packaged_paper_config_is_valid():
+    names = list_packaged_configs()
+    expected = {f"image/{d}_{m}" for d in ("cifar100", "svhn", "food101") for m in ("adaptformer", "linear", "vpt",
+                                                                                     "full")}
+    assert expected <= set(names)
+    for name in expected:
+        cfg = make_config(load_config_file(name), {})
+        assert cfg.epochs == 100 and cfg.warmup_epochs == 20 and cfg.effective_batch == 1024 and cfg.blr == 0.1
+        assert cfg.momentum == 0.9 and cfg.weight_decay == 0.0 and cfg.model == "vit_base_patch16_224"
+        assert cfg.method == name.rsplit("_", 1)[1]
+
+
+def test_command_line_overrides_the_config_file(tmp_path):
+    from adaptformer.cli import build_parser, train_config_from_args
+
+    args = build_parser().parse_args(["train", "--config", "image/svhn_adaptformer", "--bottleneck", "8",
+                                      "--scale", "learnable", "--no-augment", "--model-kwargs", '{"depth": 2}'])
+    cfg = train_config_from_args(args)
+    assert (cfg.dataset, cfg.bottleneck, cfg.scale, cfg.augment) == ("svhn", 8, "learnable", False)
+    assert cfg.model_kwargs == {"depth": 2} and cfg.epochs == 100
+
+
+def test_unknown_config_keys_are_refused(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: cifar100\nlearning_rate: 3\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "unknown option(s) learning_rate" in capsys.readouterr().err
