@@ -144,3 +144,23 @@ def test_unsupported_models_fail_with_one_line_errors():
         adaptformer.adapt(tiny_vit(block_fn=__import__("timm").models.vision_transformer.ResPostBlock))
     with pytest.raises(AdaptFormerError, match="method"):
         adaptformer.adapt(tiny_vit(), "lora")
+
+
+@pytest.mark.parametrize("name, width, depth", [
+    ("vit_tiny_patch16_224", 192, 12),
+    ("vit_small_patch16_224", 384, 12),
+    ("deit_small_patch16_224", 384, 12),
+    ("deit3_small_patch16_224", 384, 12),  # LayerScale blocks
+    ("vit_base_patch16_224.mae", 768, 12),
+    ("vit_large_patch16_224", 1024, 24),
+])
+def test_timm_vit_family(name, width, depth):
+    import timm
+
+    model = adaptformer.adapt(timm.create_model(name, pretrained=False, num_classes=10), "adaptformer")
+    report = adaptformer.parameter_report(model)
+    assert report.adapters == depth * (2 * width * 64 + width + 64)
+    assert report.head == width * 10 + 10
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert model.eval()(x).shape == (1, 10)
