@@ -23,12 +23,11 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .backbones.embedded import CIFAR10_MEAN, CIFAR10_STD
+from .data.image import class_folders, list_images
 from .errors import AdaptFormerError
 from .train.metrics import MetricsLogger
 from .train.precision import autocast, resolve_precision
 from .utils.atomic import atomic_write, atomic_write_json
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 @dataclass
@@ -61,16 +60,10 @@ def load_imagefolder_uint8(root: Path, size: int) -> tuple[torch.Tensor, torch.T
     """Decode ``root/<class>/*`` into (N,3,size,size) uint8 + labels; classes sorted like ImageFolder."""
     from PIL import Image
 
-    if not root.is_dir():
-        raise AdaptFormerError(f"--data: {root} is not a directory (expected <root>/<class>/<image>)")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise AdaptFormerError(f"--data: {root} has no class sub-folders (expected <root>/<class>/<image>)")
+    classes = class_folders(root, "--data")
     images, labels = [], []
     for index, name in enumerate(classes):
-        for path in sorted((root / name).iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
+        for path in list_images(root / name):
             with Image.open(path) as image:
                 image = image.convert("RGB")
                 if image.size != (size, size):

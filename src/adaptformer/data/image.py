@@ -99,16 +99,17 @@ class FileImageDataset(Dataset):
         return (self.transform(image) if self.transform else image), label
 
 
-def _list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _class_folders(root: Path) -> list[str]:
+def class_folders(root: Path, option: str = "--data-root") -> list[str]:
+    """Sorted class sub-folder names of an ImageFolder root (labels are their indices)."""
     if not root.is_dir():
-        raise AdaptFormerError(f"--data-root {root}: not a directory (expected <root>/<class>/<image>)")
+        raise AdaptFormerError(f"{option} {root}: is not a directory (expected <root>/<class>/<image>)")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise AdaptFormerError(f"--data-root {root}: no class sub-folders (expected <root>/<class>/<image>)")
+        raise AdaptFormerError(f"{option} {root}: no class sub-folders (expected <root>/<class>/<image>)")
     return classes
 
 
@@ -118,13 +119,13 @@ def _imagefolder(root: Path, train: bool, verify: bool, download: bool) -> Image
     test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and test_dir is not None:
         folder = root / "train" if train else test_dir
-        classes = _class_folders(root / "train")
-        samples = [(str(p), i) for i, c in enumerate(classes) for p in _list_images(folder / c)]
+        classes = class_folders(root / "train")
+        samples = [(str(p), i) for i, c in enumerate(classes) for p in list_images(folder / c)]
     else:
-        classes = _class_folders(root)
+        classes = class_folders(root)
         samples = []
         for i, c in enumerate(classes):
-            files = _list_images(root / c)
+            files = list_images(root / c)
             # deterministic split: every 5th file (by sorted name) is a test image
             samples += [(str(p), i) for k, p in enumerate(files) if (k % 5 == 4) != train]
     if not samples:
