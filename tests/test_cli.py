@@ -58,6 +58,9 @@ def test_predict_files_and_folders_with_an_unreadable_image(trained_task, tmp_pa
     (["train", "--dataset", "nope", "--model", "vit_tiny_patch16_224", "--no-pretrained"], "--dataset"),
     (["train", "--config", "image/imagenet_magic"], "no such file or packaged config"),
     (["train", "--method", "lora"], "method: expected one of"),
+    (["train", "--dataset", "digits", "--model", "vit_tiny_patch16_224", "--no-pretrained", "--precision", "fp16",
+      "--device", "cpu"], "--precision fp16 needs a CUDA device"),
+    (["train", "--dataset", "digits", "--device", "tpu9"], "--device"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import AdaptFormerError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -35,9 +37,13 @@ class DistInfo:
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if preference == "cuda":
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(preference)
+    try:
+        device = torch.device(f"cuda:{local_rank}" if preference == "cuda" else preference)
+    except RuntimeError:
+        raise AdaptFormerError(f"--device: expected auto, cpu, cuda or cuda:N, got {preference!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AdaptFormerError(f"--device {preference}: CUDA is not available on this machine")
+    return device
 
 
 def init_distributed(device_preference: str = "auto") -> DistInfo:

@@ -90,12 +90,12 @@ def prepare_run_dir(cfg: TrainConfig, info: DistInfo) -> Path:
     """Refuse to mix two runs in one directory unless told to resume or overwrite."""
     run_dir = cfg.run_dir()
     existing = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if info.is_main and existing and not cfg.resume:
-        if not cfg.overwrite:
-            raise AdaptFormerError(
-                f"--out {run_dir}: already holds a run ({', '.join(existing[:3])}); "
-                "pass --resume to continue it or --overwrite to replace it"
-            )
+    if existing and not cfg.resume and not cfg.overwrite:  # every rank refuses, so none waits for the others
+        raise AdaptFormerError(
+            f"--out {run_dir}: already holds a run ({', '.join(existing[:3])}); "
+            "pass --resume to continue it or --overwrite to replace it"
+        )
+    if info.is_main and existing and cfg.overwrite:
         for name in existing:
             target = run_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink()

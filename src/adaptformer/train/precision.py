@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from ..errors import AdaptFormerError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -20,10 +22,10 @@ def cpu_supports_bf16() -> bool:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """Turn ``auto`` into a concrete precision for ``device``; reject unknown names."""
     if precision not in PRECISIONS:
-        raise ValueError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise AdaptFormerError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
-            raise ValueError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+            raise AdaptFormerError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
