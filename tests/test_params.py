@@ -41,6 +41,12 @@ def test_params_command_json(capsys):
     assert report["percent"] == pytest.approx(1.4547, abs=1e-4)
 
 
+def test_params_command_needs_no_weights(capsys):
+    # no --no-pretrained: counting must still not try to download anything
+    assert main(["params", "--model", "vit_small_patch16_224", "--num-classes", "10", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["adapters"] == 12 * (2 * 384 * 64 + 384 + 64)
+
+
 def test_params_command_table_and_errors(capsys):
     assert main(["params", "--model", "vit_small_patch16_224", "--method", "linear", "--num-classes", "10",
                  "--no-pretrained"]) == 0

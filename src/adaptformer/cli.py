@@ -69,8 +69,9 @@ def run_params(args: argparse.Namespace) -> int:
     from .adapters.report import parameter_report
     from .builder import create_model
 
-    model = create_model(args.model, num_classes=args.num_classes, pretrained=args.pretrained,
-                         checkpoint=args.checkpoint, config=method_config(args))
+    # counting needs no weights: the architecture is built with random ones (nothing is downloaded)
+    model = create_model(args.model, num_classes=args.num_classes, pretrained=False, checkpoint=args.checkpoint,
+                         config=method_config(args))
     report = parameter_report(model)
     if args.json:
         print(json.dumps({"model": args.model, "method": args.method, **report.to_dict()}))
