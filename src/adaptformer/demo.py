@@ -88,12 +88,18 @@ def plot_accuracy_vs_params(rows: list[dict[str, Any]], path: Path, title: str =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for r in rows:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ordered = sorted(rows, key=lambda r: r["trainable"])
+    for i, r in enumerate(ordered):
         ax.scatter(r["trainable"], r["top1"], s=60, zorder=3)
-        ax.annotate(f"{r['label']}\n{r['top1']:.1f} %", (r["trainable"], r["top1"]), textcoords="offset points",
-                    xytext=(6, -4), fontsize=8)
+        # alternate labels left-above / right-below so neighbours with close parameter counts stay readable
+        ax.annotate(f"{r['label']}: {r['top1']:.1f} %", (r["trainable"], r["top1"]), textcoords="offset points",
+                    xytext=(-7, 5) if i % 2 == 0 else (7, -11), ha="right" if i % 2 == 0 else "left", fontsize=8)
     ax.set_xscale("log")
+    counts = [r["trainable"] for r in rows]
+    ax.set_xlim(min(counts) / 20, max(counts) * 20)
+    tops = [r["top1"] for r in rows]
+    ax.set_ylim(min(tops) - 5, min(100.5, max(tops) + 4))
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title, fontsize=9)
