@@ -68,6 +68,7 @@ def task_metadata(model: nn.Module, classes: list[str] | None = None,
         "backbone": {
             "name": backbone_name(model),
             "timm_kwargs": getattr(model, "adaptformer_backbone", {}).get("timm_kwargs", {}),
+            "checkpoint": getattr(model, "adaptformer_backbone", {}).get("checkpoint"),
             "fingerprint": backbone_fingerprint(model),
             "embed_dim": int(model.embed_dim),
             "depth": len(model.blocks),
@@ -139,9 +140,11 @@ def apply_task(model: nn.Module, path: str | Path, check_backbone: bool = True) 
         adapt(model, config=config, num_classes=meta["num_classes"])
     expected = meta["backbone"]["fingerprint"]
     if check_backbone and expected is not None and backbone_fingerprint(model) != expected:
+        source = meta["backbone"].get("checkpoint")
+        weights = f"{meta['backbone']['name']}" + (f" from {source}" if source else "")
         raise AdaptFormerError(
-            f"task file {path}: trained on different backbone weights ({meta['backbone']['name']}, fingerprint "
-            f"{expected}); load it onto that backbone or pass check_backbone=False / --no-check-backbone"
+            f"task file {path}: trained on other backbone weights ({weights}, fingerprint {expected}); load it "
+            "onto those (--checkpoint) or pass check_backbone=False / --no-check-backbone"
         )
     load_tuned_tensors(model, tensors, path)
     model.task_metadata = meta

@@ -30,7 +30,8 @@ def create_backbone(name: str, pretrained: bool = True, checkpoint: str | Path |
     ``pretrained``; ``checkpoint`` loads a local file; otherwise ``pretrained`` uses timm's hub download."""
     model = _create(name, pretrained, checkpoint, num_classes, timm_kwargs)
     # remembered so a task file can re-create the same backbone (e.g. a non-default img_size)
-    model.adaptformer_backbone = {"name": name, "timm_kwargs": dict(timm_kwargs)}
+    model.adaptformer_backbone = {"name": name, "timm_kwargs": dict(timm_kwargs),
+                                  "checkpoint": Path(checkpoint).name if checkpoint is not None else None}
     return model
 
 
