@@ -54,8 +54,10 @@ def backbone_name(model: nn.Module) -> str | None:
     return cfg.get("architecture")
 
 
-def task_metadata(model: nn.Module, classes: list[str] | None = None,
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def task_metadata(model: nn.Module, classes: list[str] | None = None, extra: dict[str, Any] | None = None,
+                  fingerprint: str | None = None) -> dict[str, Any]:
+    """The description stored with a task; ``fingerprint`` may be passed when already known (frozen weights do
+    not change while training, so the loop hashes them once)."""
     config = adapt_config_of(model)
     data_cfg = getattr(model, "pretrained_cfg", None) or {}
     return {
@@ -69,7 +71,7 @@ def task_metadata(model: nn.Module, classes: list[str] | None = None,
             "name": backbone_name(model),
             "timm_kwargs": getattr(model, "adaptformer_backbone", {}).get("timm_kwargs", {}),
             "checkpoint": getattr(model, "adaptformer_backbone", {}).get("checkpoint"),
-            "fingerprint": backbone_fingerprint(model),
+            "fingerprint": fingerprint or backbone_fingerprint(model),
             "embed_dim": int(model.embed_dim),
             "depth": len(model.blocks),
             "input_size": list(data_cfg.get("input_size", ())),
@@ -81,14 +83,14 @@ def task_metadata(model: nn.Module, classes: list[str] | None = None,
 
 
 def save_task(model: nn.Module, path: str | Path, classes: list[str] | None = None,
-              extra: dict[str, Any] | None = None) -> Path:
+              extra: dict[str, Any] | None = None, fingerprint: str | None = None) -> Path:
     """Write ``path`` (.safetensors, atomically) and its ``.json`` description; returns the weights path."""
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
     if classes is not None and len(classes) != model.num_classes:
         raise AdaptFormerError(f"classes: {len(classes)} names given for a {model.num_classes}-class head")
-    meta = task_metadata(model, classes, extra)
+    meta = task_metadata(model, classes, extra, fingerprint)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tuned_state_dict(model).items()}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)}))
     atomic_write_json(path.with_suffix(".json"), meta)

@@ -131,3 +131,9 @@ def test_summary_is_json(tmp_path):
     fit(tiny_train_config(tmp_path, epochs=1))
     data = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert data["method"] == "adaptformer" and data["effective_batch"] == 8
+
+
+def test_resume_accepts_changed_run_control_options(tmp_path):
+    fit(tiny_train_config(tmp_path, epochs=1))
+    summary = fit(tiny_train_config(tmp_path, epochs=1, resume=True, tensorboard=False, eval_every=5))
+    assert summary["epochs"] == 1

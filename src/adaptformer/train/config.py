@@ -108,7 +108,9 @@ class TrainConfig:
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
-RUN_CONTROL = {"resume", "overwrite", "out"}  # may differ between a run and its resumption
+# may differ between a run and its resumption: they do not change what is trained
+RUN_CONTROL = {"resume", "overwrite", "out", "workers", "tensorboard", "eval_every", "checkpoint_every_steps",
+               "download", "verify"}
 
 
 def config_search_path(name: str) -> Path:

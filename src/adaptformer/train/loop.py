@@ -315,13 +315,15 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
             if result["top1"] > progress.best_top1:
                 progress.best_top1, progress.best_epoch = result["top1"], progress.epoch
                 if info.is_main:
-                    save_task(model, run_dir / "best.safetensors", classes, extra=task_extra(cfg, record))
+                    save_task(model, run_dir / "best.safetensors", classes, extra=task_extra(cfg, record),
+                              fingerprint=fingerprint)
             log.info("epoch %d: loss %.4f, top-1 %.2f, top-5 %.2f (best %.2f @ %d)", progress.epoch,
                      stats["train_loss"], result["top1"], result["top5"], progress.best_top1, progress.best_epoch)
         progress.history.append(record)
         metrics.log(progress.global_step, **record)
         if info.is_main:
-            save_task(model, run_dir / "last.safetensors", classes, extra=task_extra(cfg, record))
+            save_task(model, run_dir / "last.safetensors", classes, extra=task_extra(cfg, record),
+                      fingerprint=fingerprint)
         save_checkpoint()
     metrics.close()
     summary = summarize(cfg, model, progress, plan, classes, run_dir)
