@@ -19,7 +19,7 @@ import time
 
 
 def measure(model_name: str, method: str, precision: str, batch: int, steps: int, warmup: int,
-            device_name: str) -> dict:
+            device_name: str, options: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -31,7 +31,8 @@ def measure(model_name: str, method: str, precision: str, batch: int, steps: int
     device = pick_device(device_name)
     precision = resolve_precision(precision, device)
     torch.manual_seed(0)
-    model = adaptformer.create_model(model_name, method, num_classes=100, pretrained=False).to(device).train()
+    model = adaptformer.create_model(model_name, method, num_classes=100, pretrained=False,
+                                     **(options if method == "adaptformer" else {})).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     scaler = make_grad_scaler(precision, device)
@@ -91,6 +92,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--adapter-options", default="{}",
+                        help='JSON options for the adaptformer method, e.g. \'{"layers": "top:6"}\'')
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -98,7 +101,8 @@ def main() -> int:
     for precision in args.precisions.split(","):
         for method in args.methods.split(","):
             row = run_isolated(model_name=args.model, method=method, precision=precision, batch=args.batch,
-                               steps=args.steps, warmup=args.warmup, device_name=args.device)
+                               steps=args.steps, warmup=args.warmup, device_name=args.device,
+                               options=json.loads(args.adapter_options))
             if "error" in row:
                 print(f"{method} {precision}: {row['error']}", file=sys.stderr)
                 return 1
