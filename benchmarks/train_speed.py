@@ -18,8 +18,9 @@ import sys
 import time
 
 
-def measure(model_name: str, method: str, precision: str, batch: int, steps: int, warmup: int,
-            device_name: str, options: dict) -> dict:
+def measure(
+    model_name: str, method: str, precision: str, batch: int, steps: int, warmup: int, device_name: str, options: dict
+) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -31,8 +32,13 @@ def measure(model_name: str, method: str, precision: str, batch: int, steps: int
     device = pick_device(device_name)
     precision = resolve_precision(precision, device)
     torch.manual_seed(0)
-    model = adaptformer.create_model(model_name, method, num_classes=100, pretrained=False,
-                                     **(options if method == "adaptformer" else {})).to(device).train()
+    model = (
+        adaptformer.create_model(
+            model_name, method, num_classes=100, pretrained=False, **(options if method == "adaptformer" else {})
+        )
+        .to(device)
+        .train()
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     scaler = make_grad_scaler(precision, device)
@@ -57,13 +63,23 @@ def measure(model_name: str, method: str, precision: str, batch: int, steps: int
             torch.cuda.synchronize(device)
         if step >= warmup:
             times.append(time.perf_counter() - began)
-    peak_mb = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak_mb = (
+        torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     times.sort()
     baseline_mb = 0.0 if device.type == "cuda" else rss_before / 1024  # process + model before training
-    return {"method": method, "precision": precision, "device": str(device), "step_s": times[len(times) // 2],
-            "images_per_s": batch / times[len(times) // 2], "peak_mb": round(peak_mb, 1),
-            "training_mb": round(peak_mb - baseline_mb, 1), "trainable": sum(p.numel() for p in params)}
+    return {
+        "method": method,
+        "precision": precision,
+        "device": str(device),
+        "step_s": times[len(times) // 2],
+        "images_per_s": batch / times[len(times) // 2],
+        "peak_mb": round(peak_mb, 1),
+        "training_mb": round(peak_mb - baseline_mb, 1),
+        "trainable": sum(p.numel() for p in params),
+    }
 
 
 def _child(queue, kwargs):
@@ -92,36 +108,48 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--adapter-options", default="{}",
-                        help='JSON options for the adaptformer method, e.g. \'{"layers": "top:6"}\'')
+    parser.add_argument(
+        "--adapter-options", default="{}", help='JSON options for the adaptformer method, e.g. \'{"layers": "top:6"}\''
+    )
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
     rows = []
     for precision in args.precisions.split(","):
         for method in args.methods.split(","):
-            row = run_isolated(model_name=args.model, method=method, precision=precision, batch=args.batch,
-                               steps=args.steps, warmup=args.warmup, device_name=args.device,
-                               options=json.loads(args.adapter_options))
+            row = run_isolated(
+                model_name=args.model,
+                method=method,
+                precision=precision,
+                batch=args.batch,
+                steps=args.steps,
+                warmup=args.warmup,
+                device_name=args.device,
+                options=json.loads(args.adapter_options),
+            )
             if "error" in row:
                 print(f"{method} {precision}: {row['error']}", file=sys.stderr)
                 return 1
             row["requested"] = precision
             rows.append(row)
-            print(f"{method:<12} {row['precision']:<5} {row['step_s'] * 1000:9.1f} ms/step "
-                  f"{row['images_per_s']:8.1f} img/s  peak {row['peak_mb']:6.0f} MB "
-                  f"(+{row['training_mb']:.0f} training)  trainable {row['trainable']:,}",
-                  flush=True)
+            print(
+                f"{method:<12} {row['precision']:<5} {row['step_s'] * 1000:9.1f} ms/step "
+                f"{row['images_per_s']:8.1f} img/s  peak {row['peak_mb']:6.0f} MB "
+                f"(+{row['training_mb']:.0f} training)  trainable {row['trainable']:,}",
+                flush=True,
+            )
     by = {(r["method"], r["requested"]): r for r in rows}
     ratios = {}
     for precision in args.precisions.split(","):
         if ("adaptformer", precision) in by and ("full", precision) in by:
             ratios[f"adaptformer/full step time ({by['adaptformer', precision]['precision']})"] = (
-                by["adaptformer", precision]["step_s"] / by["full", precision]["step_s"])
+                by["adaptformer", precision]["step_s"] / by["full", precision]["step_s"]
+            )
     if "auto" in args.precisions.split(",") and "fp32" in args.precisions.split(","):
         for method in args.methods.split(","):
             ratios[f"{method}: fp32 / {by[method, 'auto']['precision']} step time"] = (
-                by[method, "fp32"]["step_s"] / by[method, "auto"]["step_s"])
+                by[method, "fp32"]["step_s"] / by[method, "auto"]["step_s"]
+            )
     print(f"\n{args.model}, batch {args.batch}, device {rows[0]['device']}")
     for name, value in ratios.items():
         print(f"  {name}: {value:.2f}")

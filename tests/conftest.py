@@ -12,8 +12,9 @@ TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 def tiny_vit(num_classes: int = 5, seed: int = 0, **overrides) -> torch.nn.Module:
     """A real timm VisionTransformer, small enough to run instantly; same seed -> same weights."""
     torch.manual_seed(seed)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=num_classes,
-                              **{**TINY, **overrides})
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=num_classes, **{**TINY, **overrides}
+    )
     return model.eval()
 
 

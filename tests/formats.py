@@ -19,8 +19,12 @@ def write_cifar10(root: Path, per_batch: int = 4) -> Path:
     folder.mkdir(parents=True)
     for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
         labels = [(i + j) % 10 for j in range(per_batch)]
-        blob = {"data": _rows(per_batch, i), "labels": labels, "batch_label": name,
-                "filenames": [f"{name}_{j}.png" for j in range(per_batch)]}
+        blob = {
+            "data": _rows(per_batch, i),
+            "labels": labels,
+            "batch_label": name,
+            "filenames": [f"{name}_{j}.png" for j in range(per_batch)],
+        }
         (folder / name).write_bytes(pickle.dumps(blob, protocol=2))
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     meta = {"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072}
@@ -33,11 +37,18 @@ def write_cifar100(root: Path, train: int = 20, test: int = 10) -> Path:
     folder.mkdir(parents=True)
     for name, n in (("train", train), ("test", test)):
         fine = [j % 100 for j in range(n)]
-        blob = {"data": _rows(n, n), "fine_labels": fine, "coarse_labels": [f // 5 for f in fine],
-                "batch_label": name, "filenames": [f"{j}.png" for j in range(n)]}
+        blob = {
+            "data": _rows(n, n),
+            "fine_labels": fine,
+            "coarse_labels": [f // 5 for f in fine],
+            "batch_label": name,
+            "filenames": [f"{j}.png" for j in range(n)],
+        }
         (folder / name).write_bytes(pickle.dumps(blob, protocol=2))
-    meta = {"fine_label_names": [f"class_{k:03d}" for k in range(100)],
-            "coarse_label_names": [f"super_{k:02d}" for k in range(20)]}
+    meta = {
+        "fine_label_names": [f"class_{k:03d}" for k in range(100)],
+        "coarse_label_names": [f"super_{k:02d}" for k in range(20)],
+    }
     (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
     return root
 
@@ -70,11 +81,12 @@ def write_food101(root: Path, classes=("apple_pie", "baby_back_ribs", "churros")
     return root
 
 
-def write_imagefolder(root: Path, classes=("cats", "dogs"), per_class: int = 10, size: int = 32,
-                      split_folders: bool = False) -> Path:
+def write_imagefolder(
+    root: Path, classes=("cats", "dogs"), per_class: int = 10, size: int = 32, split_folders: bool = False
+) -> Path:
     """Class-coloured noisy images (learnable: the class decides the mean colour)."""
     rng = np.random.default_rng(0)
-    for split in (("train", "val") if split_folders else ("",)):
+    for split in ("train", "val") if split_folders else ("",):
         for index, name in enumerate(classes):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,22 @@ def trained_task(tmp_path_factory):
 
 def test_eval_reports_top1_and_top5(trained_task, capsys):
     cfg, task = trained_task
-    code = main(["eval", "--task", str(task), "--checkpoint", cfg.checkpoint, "--dataset", "imagefolder",
-                 "--data-root", cfg.data_root, "--workers", "0", "--json"])
+    code = main(
+        [
+            "eval",
+            "--task",
+            str(task),
+            "--checkpoint",
+            cfg.checkpoint,
+            "--dataset",
+            "imagefolder",
+            "--data-root",
+            cfg.data_root,
+            "--workers",
+            "0",
+            "--json",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["samples"] == 6 and 0 <= result["top1"] <= result["top5"] == 100.0
@@ -43,8 +57,10 @@ def test_predict_files_and_folders_with_an_unreadable_image(trained_task, tmp_pa
     red[..., 0] = 220
     Image.fromarray(red).save(folder / "red.png")
     (folder / "broken.jpg").write_bytes(b"nope")
-    assert main(["predict", "--task", str(task), "--checkpoint", cfg.checkpoint, str(folder), "--top-k", "2",
-                 "--json"]) == 0
+    assert (
+        main(["predict", "--task", str(task), "--checkpoint", cfg.checkpoint, str(folder), "--top-k", "2", "--json"])
+        == 0
+    )
     rows = {r["file"].split("/")[-1]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["broken.jpg"]["error"].startswith("unreadable image")
     assert len(rows["red.png"]["top"]) == 2 and rows["red.png"]["top"][0]["label"] == "red"
@@ -52,16 +68,32 @@ def test_predict_files_and_folders_with_an_unreadable_image(trained_task, tmp_pa
     assert "red.png  red " in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["predict", "--task", "missing.safetensors", "x.png"], "x.png: no such file"),
-    (["eval", "--task", "missing.safetensors", "--dataset", "digits"], "missing.safetensors: no such file"),
-    (["train", "--dataset", "nope", "--model", "vit_tiny_patch16_224", "--no-pretrained"], "--dataset"),
-    (["train", "--config", "image/imagenet_magic"], "no such file or packaged config"),
-    (["train", "--method", "lora"], "method: expected one of"),
-    (["train", "--dataset", "digits", "--model", "vit_tiny_patch16_224", "--no-pretrained", "--precision", "fp16",
-      "--device", "cpu"], "--precision fp16 needs a CUDA device"),
-    (["train", "--dataset", "digits", "--device", "tpu9"], "--device"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "--task", "missing.safetensors", "x.png"], "x.png: no such file"),
+        (["eval", "--task", "missing.safetensors", "--dataset", "digits"], "missing.safetensors: no such file"),
+        (["train", "--dataset", "nope", "--model", "vit_tiny_patch16_224", "--no-pretrained"], "--dataset"),
+        (["train", "--config", "image/imagenet_magic"], "no such file or packaged config"),
+        (["train", "--method", "lora"], "method: expected one of"),
+        (
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--model",
+                "vit_tiny_patch16_224",
+                "--no-pretrained",
+                "--precision",
+                "fp16",
+                "--device",
+                "cpu",
+            ],
+            "--precision fp16 needs a CUDA device",
+        ),
+        (["train", "--dataset", "digits", "--device", "tpu9"], "--device"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(args) == 2
@@ -71,8 +103,9 @@ def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path, monke
 
 def test_every_packaged_paper_config_is_valid():
     names = list_packaged_configs()
-    expected = {f"image/{d}_{m}" for d in ("cifar100", "svhn", "food101") for m in ("adaptformer", "linear", "vpt",
-                                                                                     "full")}
+    expected = {
+        f"image/{d}_{m}" for d in ("cifar100", "svhn", "food101") for m in ("adaptformer", "linear", "vpt", "full")
+    }
     assert expected <= set(names)
     for name in expected:
         cfg = make_config(load_config_file(name), {})
@@ -84,8 +117,20 @@ def test_every_packaged_paper_config_is_valid():
 def test_command_line_overrides_the_config_file(tmp_path):
     from adaptformer.cli import build_parser, train_config_from_args
 
-    args = build_parser().parse_args(["train", "--config", "image/svhn_adaptformer", "--bottleneck", "8",
-                                      "--scale", "learnable", "--no-augment", "--model-kwargs", '{"depth": 2}'])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--config",
+            "image/svhn_adaptformer",
+            "--bottleneck",
+            "8",
+            "--scale",
+            "learnable",
+            "--no-augment",
+            "--model-kwargs",
+            '{"depth": 2}',
+        ]
+    )
     cfg = train_config_from_args(args)
     assert (cfg.dataset, cfg.bottleneck, cfg.scale, cfg.augment) == ("svhn", 8, "learnable", False)
     assert cfg.model_kwargs == {"depth": 2} and cfg.epochs == 100

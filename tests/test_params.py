@@ -33,8 +33,21 @@ def test_baselines_on_vit_b(vit_b_counts):
 
 
 def test_params_command_json(capsys):
-    code = main(["params", "--model", "vit_base_patch16_224", "--method", "adaptformer", "--bottleneck", "64",
-                 "--num-classes", "100", "--no-pretrained", "--json"])
+    code = main(
+        [
+            "params",
+            "--model",
+            "vit_base_patch16_224",
+            "--method",
+            "adaptformer",
+            "--bottleneck",
+            "64",
+            "--num-classes",
+            "100",
+            "--no-pretrained",
+            "--json",
+        ]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["total"], report["trainable"]) == (87_065_188, 1_266_532)
@@ -48,8 +61,21 @@ def test_params_command_needs_no_weights(capsys):
 
 
 def test_params_command_table_and_errors(capsys):
-    assert main(["params", "--model", "vit_small_patch16_224", "--method", "linear", "--num-classes", "10",
-                 "--no-pretrained"]) == 0
+    assert (
+        main(
+            [
+                "params",
+                "--model",
+                "vit_small_patch16_224",
+                "--method",
+                "linear",
+                "--num-classes",
+                "10",
+                "--no-pretrained",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "trainable" in out and "3,850" in out  # 384 * 10 + 10
     assert main(["params", "--model", "not_a_model", "--no-pretrained"]) == 2

@@ -12,8 +12,9 @@ from adaptformer.cli import main
 from adaptformer.pretrain import PretrainConfig, augment, pretrain
 from formats import write_imagefolder
 
-TINY = dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, batch_size=8, warmup_epochs=1,
-            precision="fp32")
+TINY = dict(
+    img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, batch_size=8, warmup_epochs=1, precision="fp32"
+)
 
 
 @pytest.fixture
@@ -29,8 +30,16 @@ def test_pretrain_exports_weights_timm_can_load(tmp_path, data):
     assert card["epochs_done"] == 2 and 0 <= card["test_top1"] <= 1
     weights = tmp_path / "run" / "model.safetensors"
     assert "blocks.0.attn.qkv.weight" in load_file(str(weights))
-    model = adaptformer.create_backbone("vit_tiny_patch16_224", checkpoint=weights, num_classes=2,
-                                        img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2)
+    model = adaptformer.create_backbone(
+        "vit_tiny_patch16_224",
+        checkpoint=weights,
+        num_classes=2,
+        img_size=16,
+        patch_size=4,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+    )
     assert torch.equal(model.state_dict()["pos_embed"], load_file(str(weights))["pos_embed"])
     assert (tmp_path / "run" / "metrics.jsonl").exists()
 
@@ -69,8 +78,7 @@ def test_pretrain_bad_data_root(tmp_path, capsys):
 def test_augment_keeps_shape_and_content():
     batch = torch.randint(0, 255, (6, 3, 8, 8), dtype=torch.uint8)
     out = augment(batch, torch.Generator().manual_seed(0), pad=0)
-    assert all(torch.equal(out[i], batch[i].float()) or torch.equal(out[i], batch[i].float().flip(2))
-               for i in range(6))
+    assert all(torch.equal(out[i], batch[i].float()) or torch.equal(out[i], batch[i].float().flip(2)) for i in range(6))
     assert augment(batch, torch.Generator().manual_seed(0)).shape == (6, 3, 8, 8)
 
 

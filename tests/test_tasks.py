@@ -23,29 +23,41 @@ def trained(method="adaptformer", seed=0, **options):
     return model.eval()
 
 
-@pytest.mark.parametrize("method, expected", [
-    ("adaptformer", {f"blocks.{i}.adaptmlp.{p}.{t}" for i in range(2) for p in ("down_proj", "up_proj")
-                     for t in ("weight", "bias")}),
-    ("vpt", {"embeddings.0", "embeddings.1"}),
-    ("linear", set()),
-])
+@pytest.mark.parametrize(
+    "method, expected",
+    [
+        (
+            "adaptformer",
+            {
+                f"blocks.{i}.adaptmlp.{p}.{t}"
+                for i in range(2)
+                for p in ("down_proj", "up_proj")
+                for t in ("weight", "bias")
+            },
+        ),
+        ("vpt", {"embeddings.0", "embeddings.1"}),
+        ("linear", set()),
+    ],
+)
 def test_task_file_holds_exactly_the_tuned_keys(tmp_path, method, expected):
     path = adaptformer.save_task(trained(method), tmp_path / "task.safetensors", classes=list("abcde"))
     meta, tensors = read_task(path)
-    head = {"head.0.running_mean", "head.0.running_var", "head.0.num_batches_tracked", "head.1.weight",
-            "head.1.bias"}
+    head = {"head.0.running_mean", "head.0.running_var", "head.0.num_batches_tracked", "head.1.weight", "head.1.bias"}
     assert set(tensors) == expected | head
     assert meta["classes"] == list("abcde") and meta["config"]["method"] == method
     assert json.loads(path.with_suffix(".json").read_text()) == meta
 
 
-@pytest.mark.parametrize("method, options", [
-    ("adaptformer", dict(placement="sequential", layernorm="in", scale="learnable", layers="top:1")),
-    ("adaptformer", {}),
-    ("vpt", dict(vpt_mode="shallow", vpt_tokens=2)),
-    ("linear", {}),
-    ("full", {}),
-])
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("adaptformer", dict(placement="sequential", layernorm="in", scale="learnable", layers="top:1")),
+        ("adaptformer", {}),
+        ("vpt", dict(vpt_mode="shallow", vpt_tokens=2)),
+        ("linear", {}),
+        ("full", {}),
+    ],
+)
 def test_save_then_load_on_a_fresh_backbone_reproduces_outputs(tmp_path, images, method, options):
     model = trained(method, **options)
     path = adaptformer.save_task(model, tmp_path / "t.safetensors")
@@ -104,8 +116,9 @@ def test_tampered_tensors_fail_strict_key_check(tmp_path):
 def test_import_reference_checkpoint_keeps_only_tunable_keys(tmp_path, images):
     source = trained()
     # the reference saves the whole model (its own backbone names), plus training state
-    reference_state = {("blocks.0.attn.q_proj.weight" if "qkv.weight" in k else k): v
-                       for k, v in source.state_dict().items()}
+    reference_state = {
+        ("blocks.0.attn.q_proj.weight" if "qkv.weight" in k else k): v for k, v in source.state_dict().items()
+    }
     torch.save({"model": reference_state, "epoch": 99}, tmp_path / "checkpoint-99.pth")
     target = adaptformer.adapt(tiny_vit(), "adaptformer")
     loaded = adaptformer.import_reference_checkpoint(target, tmp_path / "checkpoint-99.pth")

@@ -29,9 +29,21 @@ def tiny_train_config(tmp_path: Path, **overrides) -> TrainConfig:
     data = tmp_path / "data"
     if not data.exists():
         write_imagefolder(data, classes=("red", "green", "blue"), per_class=10)
-    values = dict(dataset="imagefolder", data_root=str(data), model="vit_tiny_patch16_224",
-                  checkpoint=str(tiny_checkpoint(tmp_path)), model_kwargs=TINY_KWARGS, epochs=3, warmup_epochs=1,
-                  batch_size=8, effective_batch=8,
-                  lr=0.05, workers=0, precision="fp32", tensorboard=True, out=str(tmp_path / "run"))
+    values = dict(
+        dataset="imagefolder",
+        data_root=str(data),
+        model="vit_tiny_patch16_224",
+        checkpoint=str(tiny_checkpoint(tmp_path)),
+        model_kwargs=TINY_KWARGS,
+        epochs=3,
+        warmup_epochs=1,
+        batch_size=8,
+        effective_batch=8,
+        lr=0.05,
+        workers=0,
+        precision="fp32",
+        tensorboard=True,
+        out=str(tmp_path / "run"),
+    )
     values.update(overrides)
     return TrainConfig(**values).validate()

@@ -1,8 +1,8 @@
 """adaptformer: adapt frozen Vision Transformers with AdaptMLP adapters (AdaptFormer, arXiv 2205.13535).
 
-    import timm, adaptformer
-    model = timm.create_model("vit_base_patch16_224", num_classes=100)
-    model = adaptformer.adapt(model, method="adaptformer", bottleneck=64, scale=0.1, placement="parallel")
+import timm, adaptformer
+model = timm.create_model("vit_base_patch16_224", num_classes=100)
+model = adaptformer.adapt(model, method="adaptformer", bottleneck=64, scale=0.1, placement="parallel")
 """
 
 __version__ = "0.1.0"

@@ -11,9 +11,16 @@ from .adapters.methods import AdaptConfig, adapt
 from .backbones.timm import create_backbone
 
 
-def create_model(name: str, method: str = "adaptformer", num_classes: int | None = None, pretrained: bool = True,
-                 checkpoint: str | Path | None = None, config: AdaptConfig | None = None,
-                 timm_kwargs: dict[str, Any] | None = None, **options: Any) -> nn.Module:
+def create_model(
+    name: str,
+    method: str = "adaptformer",
+    num_classes: int | None = None,
+    pretrained: bool = True,
+    checkpoint: str | Path | None = None,
+    config: AdaptConfig | None = None,
+    timm_kwargs: dict[str, Any] | None = None,
+    **options: Any,
+) -> nn.Module:
     """``create_model("vit_base_patch16_224", "adaptformer", num_classes=100, checkpoint="mae.pth")``.
 
     ``name`` is a timm model name or an embedded backbone (``adaptformer/vit-tiny-cifar10``); ``checkpoint`` is

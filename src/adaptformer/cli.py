@@ -29,11 +29,18 @@ def command(name: str, help_text: str, add_arguments: Callable[[argparse.Argumen
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backbone")
-    group.add_argument("--model", default="adaptformer/vit-tiny-cifar10",
-                       help="timm model name or embedded backbone (default: %(default)s)")
+    group.add_argument(
+        "--model",
+        default="adaptformer/vit-tiny-cifar10",
+        help="timm model name or embedded backbone (default: %(default)s)",
+    )
     group.add_argument("--checkpoint", default=None, help="local weights file (timm, MAE or reference layout)")
-    group.add_argument("--no-pretrained", dest="pretrained", action="store_false",
-                       help="random backbone weights (for counting parameters or smoke tests)")
+    group.add_argument(
+        "--no-pretrained",
+        dest="pretrained",
+        action="store_false",
+        help="random backbone weights (for counting parameters or smoke tests)",
+    )
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,9 +59,18 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def method_config(args: argparse.Namespace) -> AdaptConfig:
-    return AdaptConfig(method=args.method, bottleneck=args.bottleneck, scale=args.scale, layernorm=args.layernorm,
-                       dropout=args.adapter_dropout, init=args.init, placement=args.placement, layers=args.layers,
-                       vpt_tokens=args.vpt_tokens, vpt_mode=args.vpt_mode)
+    return AdaptConfig(
+        method=args.method,
+        bottleneck=args.bottleneck,
+        scale=args.scale,
+        layernorm=args.layernorm,
+        dropout=args.adapter_dropout,
+        init=args.init,
+        placement=args.placement,
+        layers=args.layers,
+        vpt_tokens=args.vpt_tokens,
+        vpt_mode=args.vpt_mode,
+    )
 
 
 def _params_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,16 +86,29 @@ def run_params(args: argparse.Namespace) -> int:
     from .builder import create_model
 
     # counting needs no weights: the architecture is built with random ones (nothing is downloaded)
-    model = create_model(args.model, num_classes=args.num_classes, pretrained=False, checkpoint=args.checkpoint,
-                         config=method_config(args))
+    model = create_model(
+        args.model,
+        num_classes=args.num_classes,
+        pretrained=False,
+        checkpoint=args.checkpoint,
+        config=method_config(args),
+    )
     report = parameter_report(model)
     if args.json:
         print(json.dumps({"model": args.model, "method": args.method, **report.to_dict()}))
         return 0
-    rows = [("model", args.model), ("method", args.method), ("total", f"{report.total:,}"),
-            ("trainable", f"{report.trainable:,}"), ("percent", f"{report.percent:.2f} %"),
-            ("  adapters", f"{report.adapters:,}"), ("  prompts", f"{report.prompts:,}"),
-            ("  head", f"{report.head:,}"), ("  norms", f"{report.norms:,}"), ("frozen", f"{report.frozen:,}")]
+    rows = [
+        ("model", args.model),
+        ("method", args.method),
+        ("total", f"{report.total:,}"),
+        ("trainable", f"{report.trainable:,}"),
+        ("percent", f"{report.percent:.2f} %"),
+        ("  adapters", f"{report.adapters:,}"),
+        ("  prompts", f"{report.prompts:,}"),
+        ("  head", f"{report.head:,}"),
+        ("  norms", f"{report.norms:,}"),
+        ("frozen", f"{report.frozen:,}"),
+    ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value:>14}")
@@ -103,8 +132,16 @@ def _json_mapping(text: str) -> dict:
     return value
 
 
-TYPE_PARSERS = {"dict | None": _json_mapping, "int": int, "float": float, "str": str, "int | None": _optional(int),
-                "float | None": _optional(float), "str | None": _optional(str), "float | str": parse_scale}
+TYPE_PARSERS = {
+    "dict | None": _json_mapping,
+    "int": int,
+    "float": float,
+    "str": str,
+    "int | None": _optional(int),
+    "float | None": _optional(float),
+    "str | None": _optional(str),
+    "float | str": parse_scale,
+}
 TRAIN_HELP = {
     "dataset": "cifar10 | cifar100 | svhn | food101 | imagefolder | digits | lfw-faces",
     "data_root": "dataset directory (torchvision layout; see README)",
@@ -132,8 +169,9 @@ def add_train_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field; defaults come from --config (then the dataclass)."""
     from .train.config import TrainConfig
 
-    parser.add_argument("--config", default=None,
-                        help="YAML file or packaged config name, e.g. image/cifar100_adaptformer")
+    parser.add_argument(
+        "--config", default=None, help="YAML file or packaged config name, e.g. image/cifar100_adaptformer"
+    )
     add_dataclass_arguments(parser, TrainConfig, TRAIN_HELP)
 
 
@@ -145,8 +183,11 @@ def train_config_from_args(args: argparse.Namespace):
     return make_config(file_values, overrides)
 
 
-@command("train", "train a method on a dataset with the paper's recipe (torchrun for several processes)",
-         add_train_config_arguments)
+@command(
+    "train",
+    "train a method on a dataset with the paper's recipe (torchrun for several processes)",
+    add_train_config_arguments,
+)
 def run_train(args: argparse.Namespace) -> int:
     from .train.loop import fit
 
@@ -160,8 +201,12 @@ def _task_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help="task file (.safetensors) written by train / save_task")
     parser.add_argument("--model", default=None, help="backbone name (default: the one recorded in the task)")
     parser.add_argument("--checkpoint", default=None, help="local backbone weights file")
-    parser.add_argument("--no-check-backbone", dest="check_backbone", action="store_false",
-                        help="load even if the backbone weights differ from those the task was trained on")
+    parser.add_argument(
+        "--no-check-backbone",
+        dest="check_backbone",
+        action="store_false",
+        help="load even if the backbone weights differ from those the task was trained on",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -182,16 +227,31 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from .inference import evaluate_task, load_for_inference
 
-    loaded = load_for_inference(args.task, args.model, args.checkpoint, device=args.device,
-                                precision=args.precision, check_backbone=args.check_backbone)
-    result = evaluate_task(loaded, args.dataset, args.data_root, train_split=args.split == "train",
-                           batch_size=args.batch_size, workers=args.workers, verify=args.verify,
-                           max_samples=args.max_samples)
+    loaded = load_for_inference(
+        args.task,
+        args.model,
+        args.checkpoint,
+        device=args.device,
+        precision=args.precision,
+        check_backbone=args.check_backbone,
+    )
+    result = evaluate_task(
+        loaded,
+        args.dataset,
+        args.data_root,
+        train_split=args.split == "train",
+        batch_size=args.batch_size,
+        workers=args.workers,
+        verify=args.verify,
+        max_samples=args.max_samples,
+    )
     if args.json:
         print(json.dumps({"task": args.task, "dataset": args.dataset, "split": args.split, **result}))
     else:
-        print(f"{args.dataset} {args.split}: top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  "
-              f"loss {result['loss']:.4f}  ({result['samples']} images)")
+        print(
+            f"{args.dataset} {args.split}: top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  "
+            f"loss {result['loss']:.4f}  ({result['samples']} images)"
+        )
     return 0
 
 
@@ -206,8 +266,14 @@ def run_predict(args: argparse.Namespace) -> int:
     from .inference import collect_images, load_for_inference, predict_files
 
     files = collect_images(args.images)
-    loaded = load_for_inference(args.task, args.model, args.checkpoint, device=args.device,
-                                precision=args.precision, check_backbone=args.check_backbone)
+    loaded = load_for_inference(
+        args.task,
+        args.model,
+        args.checkpoint,
+        device=args.device,
+        precision=args.precision,
+        check_backbone=args.check_backbone,
+    )
     results = predict_files(loaded, files, top_k=args.top_k, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(results))
@@ -227,8 +293,9 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the epochs of every method")
 
 
-@command("demo", "adapt the embedded ViT to a real offline dataset with every method; table, report, plot",
-         _demo_arguments)
+@command(
+    "demo", "adapt the embedded ViT to a real offline dataset with every method; table, report, plot", _demo_arguments
+)
 def run_demo_command(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -244,20 +311,26 @@ def run_demo_command(args: argparse.Namespace) -> int:
 def _pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     from .pretrain import PretrainConfig
 
-    add_dataclass_arguments(parser, PretrainConfig, {
-        "data": "ImageFolder root with train/ and test/ (e.g. the CIFAR-10 JPEG copy)",
-        "out": "run directory; an existing checkpoint.pt there is resumed",
-    })
+    add_dataclass_arguments(
+        parser,
+        PretrainConfig,
+        {
+            "data": "ImageFolder root with train/ and test/ (e.g. the CIFAR-10 JPEG copy)",
+            "out": "run directory; an existing checkpoint.pt there is resumed",
+        },
+    )
     parser.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing checkpoint")
 
 
-@command("pretrain", "train a small ViT from scratch (how the embedded backbone was made); resumable",
-         _pretrain_arguments)
+@command(
+    "pretrain", "train a small ViT from scratch (how the embedded backbone was made); resumable", _pretrain_arguments
+)
 def run_pretrain(args: argparse.Namespace) -> int:
     from .pretrain import PretrainConfig, pretrain
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)
-              if getattr(args, f.name) is not None}
+    values = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig) if getattr(args, f.name) is not None
+    }
     for required in ("data", "out"):
         if required not in values:
             raise AdaptFormerError(f"--{required} is required")

@@ -23,8 +23,12 @@ def load_demo_config(name: str = "demo") -> tuple[dict[str, Any], dict[str, dict
     return data["base"], data["methods"]
 
 
-def run_demo(out: str | Path = "demo-report", config: str = "demo", methods: list[str] | None = None,
-             overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def run_demo(
+    out: str | Path = "demo-report",
+    config: str = "demo",
+    methods: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     base, per_method = load_demo_config(config)
     names = methods or list(per_method)
     unknown = [m for m in names if m not in per_method]
@@ -35,8 +39,9 @@ def run_demo(out: str | Path = "demo-report", config: str = "demo", methods: lis
 
     rows = []
     for name in names:
-        cfg = make_config({**base, **per_method[name]}, {**(overrides or {}), "out": str(out / "runs" / name),
-                                                         "overwrite": True})
+        cfg = make_config(
+            {**base, **per_method[name]}, {**(overrides or {}), "out": str(out / "runs" / name), "overwrite": True}
+        )
         began = time.time()
         summary = fit(cfg)
         summary["wall_seconds"] = round(time.time() - began, 1)
@@ -52,8 +57,10 @@ def run_demo(out: str | Path = "demo-report", config: str = "demo", methods: lis
 def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'method':<18} {'top-1 %':>8} {'top-5 %':>8} {'trainable':>11} {'% of model':>10} {'train s':>8}"]
     for r in rows:
-        lines.append(f"{r['label']:<18} {r['top1']:>8.2f} {r['top5']:>8.2f} {r['trainable']:>11,} "
-                     f"{r['trainable_percent']:>10.2f} {r['train_seconds']:>8.1f}")
+        lines.append(
+            f"{r['label']:<18} {r['top1']:>8.2f} {r['top5']:>8.2f} {r['trainable']:>11,} "
+            f"{r['trainable_percent']:>10.2f} {r['train_seconds']:>8.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -63,7 +70,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], base: dict[str, Any], ta
     plot_accuracy_vs_params(rows, plot_path, title=f"{base.get('dataset')} on {base.get('model')}")
     settings = "\n".join(f"| {r['label']} | {', '.join(f'{k}={v}' for k, v in r['settings'].items())} |" for r in rows)
     shared = ", ".join(f"{k}={v}" for k, v in base.items())
-    report = f"""# AdaptFormer demo: {base.get('dataset')} on `{base.get('model')}`
+    report = f"""# AdaptFormer demo: {base.get("dataset")} on `{base.get("model")}`
 
 ```
 {table}
@@ -93,8 +100,14 @@ def plot_accuracy_vs_params(rows: list[dict[str, Any]], path: Path, title: str =
     for i, r in enumerate(ordered):
         ax.scatter(r["trainable"], r["top1"], s=60, zorder=3)
         # alternate labels left-above / right-below so neighbours with close parameter counts stay readable
-        ax.annotate(f"{r['label']}: {r['top1']:.1f} %", (r["trainable"], r["top1"]), textcoords="offset points",
-                    xytext=(-7, 5) if i % 2 == 0 else (7, -11), ha="right" if i % 2 == 0 else "left", fontsize=8)
+        ax.annotate(
+            f"{r['label']}: {r['top1']:.1f} %",
+            (r["trainable"], r["top1"]),
+            textcoords="offset points",
+            xytext=(-7, 5) if i % 2 == 0 else (7, -11),
+            ha="right" if i % 2 == 0 else "left",
+            fontsize=8,
+        )
     ax.set_xscale("log")
     counts = [r["trainable"] for r in rows]
     ax.set_xlim(min(counts) / 20, max(counts) * 20)

@@ -29,9 +29,15 @@ class LoadedTask:
     precision: str
 
 
-def load_for_inference(task: str | Path, model_name: str | None = None, checkpoint: str | None = None,
-                       pretrained: bool = True, device: str = "auto", precision: str = "auto",
-                       check_backbone: bool = True) -> LoadedTask:
+def load_for_inference(
+    task: str | Path,
+    model_name: str | None = None,
+    checkpoint: str | None = None,
+    pretrained: bool = True,
+    device: str = "auto",
+    precision: str = "auto",
+    check_backbone: bool = True,
+) -> LoadedTask:
     meta, _ = read_task(task)
     name = model_name or meta["backbone"]["name"]
     if not name:
@@ -41,13 +47,25 @@ def load_for_inference(task: str | Path, model_name: str | None = None, checkpoi
     model = apply_task(backbone, task, check_backbone=check_backbone)
     classes = meta["classes"] or [str(i) for i in range(meta["num_classes"])]
     torch_device = pick_device(device)
-    return LoadedTask(model.to(torch_device).eval(), classes, InputSpec.from_model(model), torch_device,
-                      resolve_precision(precision, torch_device))
+    return LoadedTask(
+        model.to(torch_device).eval(),
+        classes,
+        InputSpec.from_model(model),
+        torch_device,
+        resolve_precision(precision, torch_device),
+    )
 
 
-def evaluate_task(loaded: LoadedTask, dataset: str, data_root: str | None, train_split: bool = False,
-                  batch_size: int = 128, workers: int = 2, verify: bool = True,
-                  max_samples: int | None = None) -> dict:
+def evaluate_task(
+    loaded: LoadedTask,
+    dataset: str,
+    data_root: str | None,
+    train_split: bool = False,
+    batch_size: int = 128,
+    workers: int = 2,
+    verify: bool = True,
+    max_samples: int | None = None,
+) -> dict:
     split = build_image_split(dataset, data_root, train_split, eval_transform(loaded.spec), verify=verify)
     if len(split.classes) != len(loaded.classes):
         raise AdaptFormerError(
@@ -83,7 +101,7 @@ def predict_files(loaded: LoadedTask, files: list[Path], top_k: int = 5, batch_s
     results: list[dict] = []
     for start in range(0, len(files), batch_size):
         chunk, tensors = [], []
-        for path in files[start:start + batch_size]:
+        for path in files[start : start + batch_size]:
             try:
                 with Image.open(path) as image:
                     tensors.append(transform(image.convert("RGB")))
@@ -97,7 +115,14 @@ def predict_files(loaded: LoadedTask, files: list[Path], top_k: int = 5, batch_s
         probs = logits.float().softmax(dim=1)
         values, indices = probs.topk(k, dim=1)
         for path, vals, idxs in zip(chunk, values.tolist(), indices.tolist(), strict=True):
-            results.append({"file": str(path), "top": [{"label": loaded.classes[i], "index": i, "prob": round(v, 5)}
-                                                      for v, i in zip(vals, idxs, strict=True)]})
+            results.append(
+                {
+                    "file": str(path),
+                    "top": [
+                        {"label": loaded.classes[i], "index": i, "prob": round(v, 5)}
+                        for v, i in zip(vals, idxs, strict=True)
+                    ],
+                }
+            )
     order = {str(p): i for i, p in enumerate(files)}
     return sorted(results, key=lambda r: order[r["file"]])

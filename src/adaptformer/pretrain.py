@@ -52,8 +52,13 @@ class PretrainConfig:
     threads: int = 0  # 0: torch's default
 
     def model_kwargs(self) -> dict:
-        return dict(img_size=self.img_size, patch_size=self.patch_size, embed_dim=self.embed_dim,
-                    depth=self.depth, num_heads=self.num_heads)
+        return dict(
+            img_size=self.img_size,
+            patch_size=self.patch_size,
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+        )
 
 
 def load_imagefolder_uint8(root: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -120,8 +125,8 @@ def evaluate_uint8(model, images, labels, precision, batch_size=500) -> float:
     device = torch.device("cpu")
     for start in range(0, len(images), batch_size):
         with autocast(precision, device):
-            logits = model(normalize(images[start:start + batch_size]))
-        correct += (logits.argmax(1) == labels[start:start + batch_size]).sum().item()
+            logits = model(normalize(images[start : start + batch_size]))
+        correct += (logits.argmax(1) == labels[start : start + batch_size]).sum().item()
     return correct / len(images)
 
 
@@ -140,13 +145,16 @@ def pretrain(cfg: PretrainConfig, resume: bool = True) -> dict:
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    model = timm.create_model(cfg.timm_name, pretrained=False, num_classes=len(classes),
-                              drop_path_rate=cfg.drop_path, **cfg.model_kwargs())
+    model = timm.create_model(
+        cfg.timm_name, pretrained=False, num_classes=len(classes), drop_path_rate=cfg.drop_path, **cfg.model_kwargs()
+    )
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "token" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n
-                                                                 and "token" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    no_decay = [
+        p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "token" not in n)
+    ]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
     precision = resolve_precision(cfg.precision, torch.device("cpu"))
     steps_per_epoch = len(train_x) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
@@ -158,8 +166,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = True) -> dict:
         saved = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
         changed = [k for k, v in asdict(cfg).items() if k not in ("out", "threads") and saved.get(k, v) != v]
         if changed:
-            raise AdaptFormerError(f"--out {out}: holds a pretraining run with other settings ({', '.join(changed)}); "
-                                   "use another --out or --no-resume")
+            raise AdaptFormerError(
+                f"--out {out}: holds a pretraining run with other settings ({', '.join(changed)}); "
+                "use another --out or --no-resume"
+            )
         state = torch.load(checkpoint, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -180,7 +190,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = True) -> dict:
             lr = lr_at(step, total_steps, warmup_steps, cfg.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            index = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            index = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             inputs = normalize(augment(train_x[index], generator))
             with autocast(precision, torch.device("cpu")):
                 loss = F.cross_entropy(model(inputs), train_y[index], label_smoothing=cfg.label_smoothing)
@@ -194,8 +204,14 @@ def pretrain(cfg: PretrainConfig, resume: bool = True) -> dict:
         accuracy = evaluate_uint8(model, test_x, test_y, precision)
         logger.log((epoch + 1) * steps_per_epoch, epoch=epoch + 1, test_top1=accuracy, train_seconds=elapsed)
         print(f"epoch {epoch + 1}: test top-1 {accuracy:.4f} ({elapsed / 60:.1f} min so far)", flush=True)
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "elapsed": elapsed}
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch + 1,
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "elapsed": elapsed,
+        }
         atomic_write(checkpoint, lambda tmp, s=state: torch.save(s, tmp))
         export_weights(model, out, cfg, classes, accuracy, elapsed, epoch + 1, precision)
     logger.close()
@@ -208,9 +224,16 @@ def pretrain(cfg: PretrainConfig, resume: bool = True) -> dict:
 def export_weights(model, out: Path, cfg: PretrainConfig, classes, accuracy, elapsed, epoch, precision) -> None:
     """Write ``model.safetensors`` (timm keys) + ``model.json`` (the card); done every epoch, so an interrupted
     run still leaves usable weights."""
-    card = {"timm_name": cfg.timm_name, "timm_kwargs": cfg.model_kwargs(), "classes": classes,
-            "test_top1": round(accuracy, 4), "epochs_done": epoch, "train_minutes": round(elapsed / 60, 1),
-            "recipe": asdict(cfg), "precision": precision}
+    card = {
+        "timm_name": cfg.timm_name,
+        "timm_kwargs": cfg.model_kwargs(),
+        "classes": classes,
+        "test_top1": round(accuracy, 4),
+        "epochs_done": epoch,
+        "train_minutes": round(elapsed / 60, 1),
+        "recipe": asdict(cfg),
+        "precision": precision,
+    }
     weights = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(out / "model.safetensors", lambda tmp: save_file(weights, str(tmp)))
     atomic_write_json(out / "model.json", card)

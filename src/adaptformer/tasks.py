@@ -54,8 +54,12 @@ def backbone_name(model: nn.Module) -> str | None:
     return cfg.get("architecture")
 
 
-def task_metadata(model: nn.Module, classes: list[str] | None = None, extra: dict[str, Any] | None = None,
-                  fingerprint: str | None = None) -> dict[str, Any]:
+def task_metadata(
+    model: nn.Module,
+    classes: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    fingerprint: str | None = None,
+) -> dict[str, Any]:
     """The description stored with a task; ``fingerprint`` may be passed when already known (frozen weights do
     not change while training, so the loop hashes them once)."""
     config = adapt_config_of(model)
@@ -82,8 +86,13 @@ def task_metadata(model: nn.Module, classes: list[str] | None = None, extra: dic
     }
 
 
-def save_task(model: nn.Module, path: str | Path, classes: list[str] | None = None,
-              extra: dict[str, Any] | None = None, fingerprint: str | None = None) -> Path:
+def save_task(
+    model: nn.Module,
+    path: str | Path,
+    classes: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    fingerprint: str | None = None,
+) -> Path:
     """Write ``path`` (.safetensors, atomically) and its ``.json`` description; returns the weights path."""
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -178,15 +187,21 @@ def load_tuned_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path:
             f"{path}: tensors do not match the adapted model (missing {missing[:3]}{'…' if len(missing) > 3 else ''}"
             f", unexpected {unexpected[:3]}{'…' if len(unexpected) > 3 else ''})"
         )
-    wrong = [f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-             if tensors[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if tensors[k].shape != v.shape
+    ]
     if wrong:
         raise AdaptFormerError(f"{path}: shape mismatch: {'; '.join(wrong[:3])}")
     model.load_state_dict(tensors, strict=False)
 
 
-def load_task(path: str | Path, backbone: nn.Module | None = None, pretrained: bool = True,
-              checkpoint: str | Path | None = None, check_backbone: bool = True) -> nn.Module:
+def load_task(
+    path: str | Path,
+    backbone: nn.Module | None = None,
+    pretrained: bool = True,
+    checkpoint: str | Path | None = None,
+    check_backbone: bool = True,
+) -> nn.Module:
     """A ready model for a task file: the recorded backbone (or ``backbone``) with the task applied."""
     if backbone is None:
         from .backbones.timm import create_backbone
@@ -195,8 +210,9 @@ def load_task(path: str | Path, backbone: nn.Module | None = None, pretrained: b
         name = meta["backbone"]["name"]
         if not name:
             raise AdaptFormerError(f"task file {path}: records no backbone name; pass the backbone explicitly")
-        backbone = create_backbone(name, pretrained=pretrained, checkpoint=checkpoint,
-                                   **meta["backbone"].get("timm_kwargs", {}))
+        backbone = create_backbone(
+            name, pretrained=pretrained, checkpoint=checkpoint, **meta["backbone"].get("timm_kwargs", {})
+        )
     return apply_task(backbone, path, check_backbone=check_backbone)
 
 

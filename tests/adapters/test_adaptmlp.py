@@ -28,7 +28,11 @@ def test_config_rejects_bad_values_with_the_option_named(options, message):
 def test_lora_init_gives_zero_output_and_reference_names():
     adapter = AdaptMLP(16, AdapterConfig(bottleneck=4))
     assert set(dict(adapter.named_parameters())) == {
-        "down_proj.weight", "down_proj.bias", "up_proj.weight", "up_proj.bias"}
+        "down_proj.weight",
+        "down_proj.bias",
+        "up_proj.weight",
+        "up_proj.bias",
+    }
     assert torch.count_nonzero(adapter.down_proj.weight) > 0
     assert torch.equal(adapter(torch.randn(3, 7, 16)), torch.zeros(3, 7, 16))
     bound = math.sqrt(6 / ((1 + 5) * 16))  # kaiming_uniform(a=sqrt(5)) bound for fan_in 16

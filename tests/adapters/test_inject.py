@@ -57,8 +57,9 @@ OPTIONS = [
 
 @pytest.mark.parametrize("options", OPTIONS)
 def test_adapted_model_equals_reference_equations(options, images):
-    model = adaptformer.adapt(tiny_vit().double(), "adaptformer", bottleneck=4, scale=options.pop("scale", 0.3),
-                              **options)
+    model = adaptformer.adapt(
+        tiny_vit().double(), "adaptformer", bottleneck=4, scale=options.pop("scale", 0.3), **options
+    )
     randomize_adapters(model)
     model.eval()
     x = images.double()
@@ -72,14 +73,17 @@ def test_adapted_model_equals_reference_equations(options, images):
     assert (actual - tiny_vit().double().forward_features(x)).abs().max() > 1e-3  # the adapters do act
 
 
-@pytest.mark.parametrize("method, options", [
-    ("adaptformer", dict(placement="parallel")),
-    ("adaptformer", dict(placement="sequential")),
-    ("adaptformer", dict(placement="parallel", layernorm="out", scale="learnable")),
-    ("adaptformer", dict(placement="sequential", layernorm="in", init="kaiming_normal")),
-    ("linear", {}),
-    ("full", {}),
-])
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("adaptformer", dict(placement="parallel")),
+        ("adaptformer", dict(placement="sequential")),
+        ("adaptformer", dict(placement="parallel", layernorm="out", scale="learnable")),
+        ("adaptformer", dict(placement="sequential", layernorm="in", init="kaiming_normal")),
+        ("linear", {}),
+        ("full", {}),
+    ],
+)
 def test_zero_initialised_method_equals_frozen_backbone(method, options, images):
     backbone = tiny_vit()
     adapted = adaptformer.adapt(copy.deepcopy(backbone), method, **options).eval()
@@ -146,14 +150,17 @@ def test_unsupported_models_fail_with_one_line_errors():
         adaptformer.adapt(tiny_vit(), "lora")
 
 
-@pytest.mark.parametrize("name, width, depth", [
-    ("vit_tiny_patch16_224", 192, 12),
-    ("vit_small_patch16_224", 384, 12),
-    ("deit_small_patch16_224", 384, 12),
-    ("deit3_small_patch16_224", 384, 12),  # LayerScale blocks
-    ("vit_base_patch16_224.mae", 768, 12),
-    ("vit_large_patch16_224", 1024, 24),
-])
+@pytest.mark.parametrize(
+    "name, width, depth",
+    [
+        ("vit_tiny_patch16_224", 192, 12),
+        ("vit_small_patch16_224", 384, 12),
+        ("deit_small_patch16_224", 384, 12),
+        ("deit3_small_patch16_224", 384, 12),  # LayerScale blocks
+        ("vit_base_patch16_224.mae", 768, 12),
+        ("vit_large_patch16_224", 1024, 24),
+    ],
+)
 def test_timm_vit_family(name, width, depth):
     import timm
 

@@ -6,8 +6,16 @@ from adaptformer.adapters.layers import resolve_layers
 
 @pytest.mark.parametrize(
     "spec, expected",
-    [("all", [0, 1, 2, 3]), ("top:1", [3]), ("top:3", [1, 2, 3]), ("bottom:2", [0, 1]), ("0,2", [0, 2]),
-     ("-1", [3]), ([3, 0, 3], [0, 3]), ((1,), [1])],
+    [
+        ("all", [0, 1, 2, 3]),
+        ("top:1", [3]),
+        ("top:3", [1, 2, 3]),
+        ("bottom:2", [0, 1]),
+        ("0,2", [0, 2]),
+        ("-1", [3]),
+        ([3, 0, 3], [0, 3]),
+        ((1,), [1]),
+    ],
 )
 def test_layer_specs(spec, expected):
     assert resolve_layers(spec, 4) == expected

@@ -37,7 +37,8 @@ def test_one_step_changes_exactly_the_expected_parameters(method, images):
         expected = {n for n in expected if "down_proj" not in n}
     assert changed == expected
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        n for n in before if EXPECTED_TRAINABLE[method](n)}
+        n for n in before if EXPECTED_TRAINABLE[method](n)
+    }
 
 
 def test_frozen_parts_stay_in_eval_mode_in_training():

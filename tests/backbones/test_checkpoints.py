@@ -35,10 +35,16 @@ def test_flat_safetensors(tmp_path):
 def test_mae_pretraining_checkpoint_with_decoder_and_pickled_args(tmp_path):
     state = pretrained_state()
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    mae = {**state, "mask_token": torch.zeros(1, 1, 16), "decoder_embed.weight": torch.randn(16, 32),
-           "decoder_blocks.0.norm1.weight": torch.ones(16), "decoder_pred.weight": torch.randn(192, 16)}
-    torch.save({"model": mae, "optimizer": {}, "epoch": 3, "args": argparse.Namespace(lr=1.0)},
-               tmp_path / "checkpoint-3.pth")
+    mae = {
+        **state,
+        "mask_token": torch.zeros(1, 1, 16),
+        "decoder_embed.weight": torch.randn(16, 32),
+        "decoder_blocks.0.norm1.weight": torch.ones(16),
+        "decoder_pred.weight": torch.randn(192, 16),
+    }
+    torch.save(
+        {"model": mae, "optimizer": {}, "epoch": 3, "args": argparse.Namespace(lr=1.0)}, tmp_path / "checkpoint-3.pth"
+    )
     model = adaptformer.create_backbone(NAME, checkpoint=tmp_path / "checkpoint-3.pth", num_classes=4, **TINY)
     assert_backbone_equals(model, state)
 
@@ -97,6 +103,7 @@ def test_unknown_model_name():
 
 def test_create_model_builds_and_adapts_in_one_call(tmp_path):
     save_file(pretrained_state(), str(tmp_path / "w.safetensors"))
-    model = adaptformer.create_model(NAME, "adaptformer", num_classes=6, checkpoint=tmp_path / "w.safetensors",
-                                     timm_kwargs=TINY, bottleneck=8)
+    model = adaptformer.create_model(
+        NAME, "adaptformer", num_classes=6, checkpoint=tmp_path / "w.safetensors", timm_kwargs=TINY, bottleneck=8
+    )
     assert model.blocks[0].adaptmlp.down_proj.out_features == 8 and model.num_classes == 6

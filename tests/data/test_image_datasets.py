@@ -79,12 +79,15 @@ def test_transform_is_applied(tmp_path):
     assert isinstance(image, torch.Tensor) and image.shape == (3, 24, 24)
 
 
-@pytest.mark.parametrize("name, root, message", [
-    ("imagenet", None, "--dataset: expected one of"),
-    ("cifar100", None, "--data-root is required"),
-    ("cifar100", "/nonexistent/dir", "no such directory"),
-    ("imagefolder", "EMPTY", "no class sub-folders"),
-])
+@pytest.mark.parametrize(
+    "name, root, message",
+    [
+        ("imagenet", None, "--dataset: expected one of"),
+        ("cifar100", None, "--data-root is required"),
+        ("cifar100", "/nonexistent/dir", "no such directory"),
+        ("imagefolder", "EMPTY", "no class sub-folders"),
+    ],
+)
 def test_bad_dataset_arguments(tmp_path, name, root, message):
     if root == "EMPTY":
         root = tmp_path

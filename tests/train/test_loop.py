@@ -19,8 +19,17 @@ def test_fit_writes_a_complete_run_directory(tmp_path):
     cfg = tiny_train_config(tmp_path, epochs=2)
     summary = fit(cfg)
     run = tmp_path / "run"
-    for name in ("config.yaml", "checkpoint.pt", "metrics.jsonl", "train.log", "summary.json",
-                 "best.safetensors", "best.json", "last.safetensors", "last.json"):
+    for name in (
+        "config.yaml",
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "train.log",
+        "summary.json",
+        "best.safetensors",
+        "best.json",
+        "last.safetensors",
+        "last.json",
+    ):
         assert (run / name).exists(), name
     assert any((run / "tensorboard").iterdir())
     epochs = [r for r in read_metrics(run / "metrics.jsonl") if "test_top1" in r]

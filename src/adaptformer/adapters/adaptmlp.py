@@ -40,17 +40,17 @@ class AdapterConfig:
         if isinstance(self.scale, str):
             if self.scale != LEARNABLE:
                 raise AdaptFormerError(f"scale: expected a number or '{LEARNABLE}', got {self.scale!r}")
-        elif isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(
-            self.scale
-        ):
+        elif isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
             raise AdaptFormerError(f"scale: expected a finite number or '{LEARNABLE}', got {self.scale!r}")
         else:
             object.__setattr__(self, "scale", float(self.scale))
         _check_choice("layernorm", self.layernorm, LAYERNORM_OPTIONS)
         _check_choice("init", self.init, INIT_OPTIONS)
         _check_choice("placement", self.placement, PLACEMENTS)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not (
-            0.0 <= self.dropout < 1.0
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, (int, float))
+            or not (0.0 <= self.dropout < 1.0)
         ):
             raise AdaptFormerError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
 

@@ -65,8 +65,7 @@ class _AddSequential:
 
 def check_prenorm_block(block: nn.Module, index: int) -> None:
     """Only pre-norm blocks (norm2 -> mlp -> drop_path2 on the residual) have the x' the adapter needs."""
-    missing = [name for name in ("norm2", "mlp", "drop_path2") if not isinstance(getattr(block, name, None),
-                                                                                nn.Module)]
+    missing = [name for name in ("norm2", "mlp", "drop_path2") if not isinstance(getattr(block, name, None), nn.Module)]
     name = type(block).__name__
     if missing or name in {"ResPostBlock", "ParallelScalingBlock", "ParallelThingsBlock"}:
         raise AdaptFormerError(

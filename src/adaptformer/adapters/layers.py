@@ -21,7 +21,7 @@ def resolve_layers(spec: LayerSpec, depth: int) -> list[int]:
             return list(range(depth))
         for side in ("top", "bottom"):
             if text.startswith(side + ":"):
-                k = _parse_int(text[len(side) + 1:], spec)
+                k = _parse_int(text[len(side) + 1 :], spec)
                 if not 1 <= k <= depth:
                     raise AdaptFormerError(f"layers: {spec!r} asks for {k} blocks, the model has {depth}")
                 return list(range(depth - k, depth)) if side == "top" else list(range(k))

@@ -65,8 +65,14 @@ class AdaptConfig:
                 raise AdaptFormerError(f"vpt_mode: expected one of {', '.join(VPT_MODES)}, got {self.vpt_mode!r}")
 
     def adapter_config(self) -> AdapterConfig:
-        return AdapterConfig(bottleneck=self.bottleneck, scale=self.scale, layernorm=self.layernorm,
-                             dropout=self.dropout, init=self.init, placement=self.placement)
+        return AdapterConfig(
+            bottleneck=self.bottleneck,
+            scale=self.scale,
+            layernorm=self.layernorm,
+            dropout=self.dropout,
+            init=self.init,
+            placement=self.placement,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -131,8 +137,14 @@ def check_vit(model: nn.Module) -> None:
         raise AdaptFormerError("this model is already adapted; adapt a fresh backbone")
 
 
-def adapt(model: nn.Module, method: str | None = None, *, num_classes: int | None = None,
-          config: AdaptConfig | None = None, **options: Any) -> nn.Module:
+def adapt(
+    model: nn.Module,
+    method: str | None = None,
+    *,
+    num_classes: int | None = None,
+    config: AdaptConfig | None = None,
+    **options: Any,
+) -> nn.Module:
     """Adapt a timm ViT in place and return it.
 
     ``adapt(model, method="adaptformer", bottleneck=64, scale=0.1, placement="parallel")`` adds the method's
@@ -151,7 +163,8 @@ def adapt(model: nn.Module, method: str | None = None, *, num_classes: int | Non
     model.reset_classifier(num_classes)
     reference = next(model.blocks.parameters())
     model.head = make_head(model.num_features, num_classes, batchnorm=config.head_batchnorm).to(
-        device=reference.device, dtype=reference.dtype)
+        device=reference.device, dtype=reference.dtype
+    )
     tuned = METHODS[config.method].inject(model, config) + ["head"]
     fc_norm = getattr(model, "fc_norm", None)
     if fc_norm is not None and any(True for _ in fc_norm.parameters()):

@@ -36,7 +36,7 @@ class _DropPrompt:
         self.num_tokens = num_tokens
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return output[:, self.num_tokens:]
+        return output[:, self.num_tokens :]
 
 
 def add_prompts(model: nn.Module, num_tokens: int, mode: str, layers: list[int]) -> nn.ParameterList:
@@ -45,10 +45,12 @@ def add_prompts(model: nn.Module, num_tokens: int, mode: str, layers: list[int])
     blocks = list(model.blocks)
     count = len(layers) if mode == "deep" else 1
     reference = next(model.blocks.parameters())
-    prompts = nn.ParameterList([
-        nn.Parameter(torch.empty(1, num_tokens, dim, device=reference.device, dtype=reference.dtype))
-        for _ in range(count)
-    ])
+    prompts = nn.ParameterList(
+        [
+            nn.Parameter(torch.empty(1, num_tokens, dim, device=reference.device, dtype=reference.dtype))
+            for _ in range(count)
+        ]
+    )
     for prompt in prompts:
         nn.init.xavier_uniform_(prompt)
     model.add_module(PROMPTS_ATTR, prompts)

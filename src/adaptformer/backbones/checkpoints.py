@@ -56,7 +56,7 @@ def unwrap_state_dict(blob: object, path: str | Path = "<checkpoint>") -> dict[s
     for key, value in blob.items():
         for prefix in STRIP_PREFIXES:
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         state[key] = value
     return state
 

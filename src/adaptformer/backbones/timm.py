@@ -24,23 +24,31 @@ from .embedded import EMBEDDED, EmbeddedBackbone, get_embedded
 ALLOWED_MISSING_PREFIXES = ("head.", "fc_norm.", "head_drop.")
 
 
-def create_backbone(name: str, pretrained: bool = True, checkpoint: str | Path | None = None,
-                    num_classes: int | None = None, **timm_kwargs: Any) -> nn.Module:
+def create_backbone(
+    name: str,
+    pretrained: bool = True,
+    checkpoint: str | Path | None = None,
+    num_classes: int | None = None,
+    **timm_kwargs: Any,
+) -> nn.Module:
     """A timm ViT by name. Embedded names (``adaptformer/...``) load their shipped weights when
     ``pretrained``; ``checkpoint`` loads a local file; otherwise ``pretrained`` uses timm's hub download."""
     model = _create(name, pretrained, checkpoint, num_classes, timm_kwargs)
     # remembered so a task file can re-create the same backbone (e.g. a non-default img_size)
-    model.adaptformer_backbone = {"name": name, "timm_kwargs": dict(timm_kwargs),
-                                  "checkpoint": Path(checkpoint).name if checkpoint is not None else None}
+    model.adaptformer_backbone = {
+        "name": name,
+        "timm_kwargs": dict(timm_kwargs),
+        "checkpoint": Path(checkpoint).name if checkpoint is not None else None,
+    }
     return model
 
 
-def _create(name: str, pretrained: bool, checkpoint: str | Path | None, num_classes: int | None,
-            timm_kwargs: dict[str, Any]) -> nn.Module:
+def _create(
+    name: str, pretrained: bool, checkpoint: str | Path | None, num_classes: int | None, timm_kwargs: dict[str, Any]
+) -> nn.Module:
     embedded = get_embedded(name)
     if embedded is not None:
-        return _create_embedded(embedded, pretrained and checkpoint is None, checkpoint, num_classes,
-                                timm_kwargs)
+        return _create_embedded(embedded, pretrained and checkpoint is None, checkpoint, num_classes, timm_kwargs)
     _check_timm_name(name)
     kwargs = dict(timm_kwargs)
     if num_classes is not None:
@@ -78,8 +86,7 @@ def _create_from_file(name: str, path: Path, kwargs: dict[str, Any]) -> nn.Modul
     with torch.random.fork_rng():
         torch.manual_seed(0)
         try:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(state_dict=state),
-                                      **kwargs)
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(state_dict=state), **kwargs)
         except RuntimeError as error:
             raise AdaptFormerError(
                 f"checkpoint {path}: does not fit {name} ({str(error).strip().splitlines()[0][:200]})"
@@ -93,8 +100,11 @@ def _check_all_loaded(model: nn.Module, reference: nn.Module, path: Path, name: 
     randomly initialised weight that is still bit-equal to its twin was not provided by the file (constant
     inits such as zero biases or unit LayerNorm scales cannot be told apart this way and are skipped)."""
     ref = dict(reference.named_parameters())
-    untouched = [k for k, p in model.named_parameters()
-                 if not k.startswith(ALLOWED_MISSING_PREFIXES) and _is_random(ref[k]) and torch.equal(p, ref[k])]
+    untouched = [
+        k
+        for k, p in model.named_parameters()
+        if not k.startswith(ALLOWED_MISSING_PREFIXES) and _is_random(ref[k]) and torch.equal(p, ref[k])
+    ]
     if untouched:
         listed = ", ".join(untouched[:3]) + (f" and {len(untouched) - 3} more" if len(untouched) > 3 else "")
         raise AdaptFormerError(
@@ -107,16 +117,27 @@ def _is_random(tensor: torch.Tensor) -> bool:
     return tensor.numel() > 1 and bool((tensor != tensor.flatten()[0]).any())
 
 
-def _create_embedded(entry: EmbeddedBackbone, pretrained: bool, checkpoint: str | Path | None,
-                     num_classes: int | None, timm_kwargs: dict[str, Any]) -> nn.Module:
+def _create_embedded(
+    entry: EmbeddedBackbone,
+    pretrained: bool,
+    checkpoint: str | Path | None,
+    num_classes: int | None,
+    timm_kwargs: dict[str, Any],
+) -> nn.Module:
     kwargs = {**entry.timm_kwargs, **timm_kwargs}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     model = timm.create_model(entry.timm_name, pretrained=False, **kwargs)
     size = kwargs["img_size"]
-    model.pretrained_cfg = {**model.pretrained_cfg, "mean": entry.mean, "std": entry.std,
-                            "input_size": (3, size, size), "crop_pct": 1.0,
-                            "interpolation": "bicubic", "architecture": entry.name}
+    model.pretrained_cfg = {
+        **model.pretrained_cfg,
+        "mean": entry.mean,
+        "std": entry.std,
+        "input_size": (3, size, size),
+        "crop_pct": 1.0,
+        "interpolation": "bicubic",
+        "architecture": entry.name,
+    }
     if pretrained or checkpoint is not None:
         path = Path(checkpoint) if checkpoint is not None else entry.weights_path()
         if checkpoint is None and not path.is_file():
@@ -136,8 +157,9 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], path
 
     state = checkpoint_filter_fn(state, model)
     own = model.state_dict()
-    state = {k: v for k, v in state.items()
-             if not (k.startswith("head.") and (k not in own or own[k].shape != v.shape))}
+    state = {
+        k: v for k, v in state.items() if not (k.startswith("head.") and (k not in own or own[k].shape != v.shape))
+    }
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(ALLOWED_MISSING_PREFIXES)]
     if missing or unexpected:

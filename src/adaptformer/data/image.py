@@ -71,14 +71,21 @@ def _cifar(cls, what):
 
 
 def _svhn(root: Path, train: bool, verify: bool, download: bool) -> ImageSplit:
-    ds = _torchvision(tvd.SVHN, root, verify, download, "SVHN train_32x32.mat/test_32x32.mat",
-                      split="train" if train else "test")
+    ds = _torchvision(
+        tvd.SVHN, root, verify, download, "SVHN train_32x32.mat/test_32x32.mat", split="train" if train else "test"
+    )
     return ImageSplit(ds, [str(i) for i in range(10)])
 
 
 def _food101(root: Path, train: bool, verify: bool, download: bool) -> ImageSplit:
-    ds = _torchvision(tvd.Food101, root, verify, download, "Food-101 (food-101/images, food-101/meta)",
-                      split="train" if train else "test")
+    ds = _torchvision(
+        tvd.Food101,
+        root,
+        verify,
+        download,
+        "Food-101 (food-101/images, food-101/meta)",
+        split="train" if train else "test",
+    )
     return ImageSplit(ds, list(ds.classes))
 
 
@@ -189,8 +196,14 @@ BUILDERS: dict[str, Callable[..., ImageSplit]] = {
 NEEDS_ROOT = {"cifar10", "cifar100", "svhn", "food101", "imagefolder"}
 
 
-def build_image_split(name: str, root: str | Path | None, train: bool, transform: Callable | None = None,
-                      verify: bool = True, download: bool = False) -> ImageSplit:
+def build_image_split(
+    name: str,
+    root: str | Path | None,
+    train: bool,
+    transform: Callable | None = None,
+    verify: bool = True,
+    download: bool = False,
+) -> ImageSplit:
     """The train or test split of a named dataset, with ``transform`` applied to each PIL image."""
     if name not in BUILDERS:
         raise AdaptFormerError(f"--dataset: expected one of {', '.join(BUILDERS)}, got {name!r}")

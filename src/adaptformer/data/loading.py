@@ -38,8 +38,13 @@ class SkipUnreadable(Dataset):
             return self.dataset[index]
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
             samples = getattr(self.dataset, "samples", None) or getattr(self.dataset, "_image_files", None)
-            path = str(samples[index][0] if samples and isinstance(samples[index], tuple) else
-                       samples[index] if samples else f"item {index}")
+            path = str(
+                samples[index][0]
+                if samples and isinstance(samples[index], tuple)
+                else samples[index]
+                if samples
+                else f"item {index}"
+            )
             return Unreadable(index, path, f"{type(error).__name__}: {str(error).splitlines()[0][:120]}")
 
 
@@ -65,14 +70,14 @@ def collate_skipping_unreadable(items: list) -> Batch:
 class ResumableSampler(DistributedSampler):
     """DistributedSampler whose epoch order can be entered part-way (``skip`` samples of this rank)."""
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int,
-                 drop_last: bool = False):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                         drop_last=drop_last)
+    def __init__(
+        self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int, drop_last: bool = False
+    ):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.skip = 0
 
     def __iter__(self):
-        return iter(list(super().__iter__())[self.skip:])
+        return iter(list(super().__iter__())[self.skip :])
 
     def __len__(self) -> int:
         return max(0, super().__len__() - self.skip)
@@ -91,10 +96,15 @@ class ShardSampler(torch.utils.data.Sampler):
         return len(self.indices)
 
 
-def make_loader(dataset: Dataset, batch_size: int, sampler, workers: int, seed: int,
-                drop_last: bool) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, sampler, workers: int, seed: int, drop_last: bool) -> DataLoader:
     return DataLoader(
-        SkipUnreadable(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
-        collate_fn=collate_skipping_unreadable, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-        generator=torch.Generator().manual_seed(seed), persistent_workers=False,
+        SkipUnreadable(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skipping_unreadable,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
     )

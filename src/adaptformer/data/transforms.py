@@ -25,8 +25,12 @@ class InputSpec:
         patch_embed = getattr(model, "patch_embed", None)
         if getattr(patch_embed, "img_size", None):  # the size the model was built for (e.g. img_size=16)
             size = int(patch_embed.img_size[-1])
-        return cls(size=size, mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-                   std=tuple(cfg.get("std", (0.229, 0.224, 0.225))), crop_pct=float(cfg.get("crop_pct", 0.875)))
+        return cls(
+            size=size,
+            mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+            std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+            crop_pct=float(cfg.get("crop_pct", 0.875)),
+        )
 
 
 def train_transform(spec: InputSpec, hflip: float = 0.5, scale_min: float = 0.08, augment: bool = True):
@@ -40,13 +44,15 @@ def train_transform(spec: InputSpec, hflip: float = 0.5, scale_min: float = 0.08
 
 def eval_transform(spec: InputSpec):
     resize = int(round(spec.size / spec.crop_pct))
-    return T.Compose([
-        T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(spec.size),
-        T.Lambda(_to_rgb),
-        T.ToTensor(),
-        T.Normalize(spec.mean, spec.std),
-    ])
+    return T.Compose(
+        [
+            T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(spec.size),
+            T.Lambda(_to_rgb),
+            T.ToTensor(),
+            T.Normalize(spec.mean, spec.std),
+        ]
+    )
 
 
 def _to_rgb(image):

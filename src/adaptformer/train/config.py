@@ -74,10 +74,19 @@ class TrainConfig:
     tensorboard: bool = True
 
     def adapt_config(self) -> AdaptConfig:
-        return AdaptConfig(method=self.method, bottleneck=self.bottleneck, scale=self.scale,
-                           layernorm=self.layernorm, dropout=self.adapter_dropout, init=self.init,
-                           placement=self.placement, layers=self.layers, vpt_tokens=self.vpt_tokens,
-                           vpt_mode=self.vpt_mode, head_batchnorm=self.head_batchnorm)
+        return AdaptConfig(
+            method=self.method,
+            bottleneck=self.bottleneck,
+            scale=self.scale,
+            layernorm=self.layernorm,
+            dropout=self.adapter_dropout,
+            init=self.init,
+            placement=self.placement,
+            layers=self.layers,
+            vpt_tokens=self.vpt_tokens,
+            vpt_mode=self.vpt_mode,
+            head_batchnorm=self.head_batchnorm,
+        )
 
     def timm_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.model_kwargs or {})
@@ -109,8 +118,17 @@ class TrainConfig:
 
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 # may differ between a run and its resumption: they do not change what is trained
-RUN_CONTROL = {"resume", "overwrite", "out", "workers", "tensorboard", "eval_every", "checkpoint_every_steps",
-               "download", "verify"}
+RUN_CONTROL = {
+    "resume",
+    "overwrite",
+    "out",
+    "workers",
+    "tensorboard",
+    "eval_every",
+    "checkpoint_every_steps",
+    "download",
+    "verify",
+}
 
 
 def config_search_path(name: str) -> Path:

@@ -39,8 +39,18 @@ from .optim import make_optimizer, make_schedule, scaled_lr
 from .precision import autocast, make_grad_scaler, resolve_precision
 from .state import CHECKPOINT_NAME, load_training_state, restore_rng_state, rng_state, save_training_state
 
-RUN_FILES = ("config.yaml", CHECKPOINT_NAME, "metrics.jsonl", "train.log", "last.safetensors", "last.json",
-             "best.safetensors", "best.json", "summary.json", "tensorboard")
+RUN_FILES = (
+    "config.yaml",
+    CHECKPOINT_NAME,
+    "metrics.jsonl",
+    "train.log",
+    "last.safetensors",
+    "last.json",
+    "best.safetensors",
+    "best.json",
+    "summary.json",
+    "tensorboard",
+)
 log = logging.getLogger("adaptformer.train")
 
 
@@ -119,14 +129,18 @@ def setup_logging(run_dir: Path, info: DistInfo) -> None:
     log.addHandler(console)
 
 
-
-
 def build_data(cfg: TrainConfig, spec: InputSpec):
-    train = build_image_split(cfg.dataset, cfg.data_root, True,
-                              train_transform(spec, cfg.hflip, cfg.scale_min, cfg.augment),
-                              verify=cfg.verify, download=cfg.download)
-    test = build_image_split(cfg.dataset, cfg.data_root, False, eval_transform(spec), verify=cfg.verify,
-                             download=cfg.download)
+    train = build_image_split(
+        cfg.dataset,
+        cfg.data_root,
+        True,
+        train_transform(spec, cfg.hflip, cfg.scale_min, cfg.augment),
+        verify=cfg.verify,
+        download=cfg.download,
+    )
+    test = build_image_split(
+        cfg.dataset, cfg.data_root, False, eval_transform(spec), verify=cfg.verify, download=cfg.download
+    )
     if train.classes != test.classes:
         raise AdaptFormerError(f"--data-root {cfg.data_root}: train and test splits have different classes")
     train_set, test_set = train.dataset, test.dataset
@@ -138,8 +152,9 @@ def build_data(cfg: TrainConfig, spec: InputSpec):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, precision: str, num_classes: int,
-             show_progress: bool = False) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader, device: torch.device, precision: str, num_classes: int, show_progress: bool = False
+) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean loss, summed over every rank's shard."""
     model.eval()
     k = min(5, num_classes)
@@ -153,24 +168,46 @@ def evaluate(model: nn.Module, loader, device: torch.device, precision: str, num
         logits = logits.float()
         topk = logits.topk(k, dim=1).indices
         hits = topk == labels[:, None]
-        totals += torch.tensor([hits[:, 0].sum().item(), hits.any(1).sum().item(),
-                                F.cross_entropy(logits, labels, reduction="sum").item(), len(labels)],
-                               dtype=torch.float64, device=device)
+        totals += torch.tensor(
+            [
+                hits[:, 0].sum().item(),
+                hits.any(1).sum().item(),
+                F.cross_entropy(logits, labels, reduction="sum").item(),
+                len(labels),
+            ],
+            dtype=torch.float64,
+            device=device,
+        )
     correct1, correctk, loss, count = all_reduce_sum(totals).tolist()
     count = max(count, 1)
-    return {"top1": 100 * correct1 / count, "top5": 100 * correctk / count, "loss": loss / count,
-            "samples": int(count)}
+    return {"top1": 100 * correct1 / count, "top5": 100 * correctk / count, "loss": loss / count, "samples": int(count)}
 
 
-def train_one_epoch(model, loader, optimizer, schedule, scaler, plan: Plan, progress: Progress,
-                    cfg: TrainConfig, info: DistInfo, precision: str, metrics: MetricsLogger,
-                    on_step=None) -> dict[str, float]:
+def train_one_epoch(
+    model,
+    loader,
+    optimizer,
+    schedule,
+    scaler,
+    plan: Plan,
+    progress: Progress,
+    cfg: TrainConfig,
+    info: DistInfo,
+    precision: str,
+    metrics: MetricsLogger,
+    on_step=None,
+) -> dict[str, float]:
     """One pass over this epoch's remaining batches, ``plan.accumulation`` micro-batches per optimizer step."""
     model.train()
     device = info.device
     remaining = plan.steps_per_epoch - progress.step_in_epoch
-    bar = tqdm(total=remaining, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}", unit="step",
-               disable=not info.is_main, dynamic_ncols=True)
+    bar = tqdm(
+        total=remaining,
+        desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
+        unit="step",
+        disable=not info.is_main,
+        dynamic_ncols=True,
+    )
     micro, loss_sum, seen = 0, 0.0, 0
     optimizer.zero_grad(set_to_none=True)
     for batch in loader:
@@ -179,8 +216,12 @@ def train_one_epoch(model, loader, optimizer, schedule, scaler, plan: Plan, prog
         if batch.skipped:
             progress.skipped_images += len(batch.skipped)
             for item in batch.skipped:
-                log.warning("skipped unreadable image %s (%s); %d skipped so far", item.path, item.reason,
-                            progress.skipped_images)
+                log.warning(
+                    "skipped unreadable image %s (%s); %d skipped so far",
+                    item.path,
+                    item.reason,
+                    progress.skipped_images,
+                )
         if batch.images is None:
             continue
         micro += 1
@@ -234,8 +275,7 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     precision = resolve_precision(cfg.precision, info.device)
 
     # the backbone first: its input size / mean / std decide the transforms
-    backbone = create_backbone(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint,
-                               **cfg.timm_kwargs())
+    backbone = create_backbone(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, **cfg.timm_kwargs())
     train_set, test_set, classes = build_data(cfg, InputSpec.from_model(backbone))
     torch.manual_seed(cfg.seed)  # the same initial adapters / head on every rank
     model = adapt(backbone, num_classes=len(classes), config=cfg.adapt_config()).to(info.device)
@@ -264,21 +304,43 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
 
     if info.is_main:
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-        log.info("%s on %s: %d train / %d test images, %d classes; %s on %s (%s)", cfg.method, cfg.dataset,
-                 len(train_set), len(test_set), len(classes), cfg.model, info.device, precision)
-        log.info("effective batch %d = %d x %d accumulation x %d process(es); lr %.4g; %d steps/epoch",
-                 plan.effective_batch, cfg.batch_size, plan.accumulation, info.world_size, plan.lr,
-                 plan.steps_per_epoch)
+        log.info(
+            "%s on %s: %d train / %d test images, %d classes; %s on %s (%s)",
+            cfg.method,
+            cfg.dataset,
+            len(train_set),
+            len(test_set),
+            len(classes),
+            cfg.model,
+            info.device,
+            precision,
+        )
+        log.info(
+            "effective batch %d = %d x %d accumulation x %d process(es); lr %.4g; %d steps/epoch",
+            plan.effective_batch,
+            cfg.batch_size,
+            plan.accumulation,
+            info.world_size,
+            plan.lr,
+            plan.steps_per_epoch,
+        )
     if info.distributed:
         use_global_batchnorm(model)
-        ddp_model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda"
-                                            else None)
+        ddp_model = DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
     else:
         ddp_model = model
     metrics = MetricsLogger(run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard)
     sampler = ResumableSampler(train_set, info.world_size, info.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    test_loader = make_loader(test_set, cfg.batch_size, ShardSampler(len(test_set), info.world_size, info.rank),
-                              cfg.workers, cfg.seed, drop_last=False)
+    test_loader = make_loader(
+        test_set,
+        cfg.batch_size,
+        ShardSampler(len(test_set), info.world_size, info.rank),
+        cfg.workers,
+        cfg.seed,
+        drop_last=False,
+    )
     fingerprint = backbone_fingerprint(model)
 
     def save_checkpoint() -> None:
@@ -288,23 +350,52 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
             torch.distributed.all_gather_object(gathered, rngs[0])
             rngs = gathered
         if info.is_main:
-            save_training_state(checkpoint_path, tuned=tuned_state_dict(model), optimizer=optimizer.state_dict(),
-                                schedule=schedule.state_dict(), scaler=scaler.state_dict(), rng=rngs,
-                                progress=progress.__dict__, config=cfg.to_dict(), fingerprint=fingerprint)
+            save_training_state(
+                checkpoint_path,
+                tuned=tuned_state_dict(model),
+                optimizer=optimizer.state_dict(),
+                schedule=schedule.state_dict(),
+                scaler=scaler.state_dict(),
+                rng=rngs,
+                progress=progress.__dict__,
+                config=cfg.to_dict(),
+                fingerprint=fingerprint,
+            )
 
     def maybe_checkpoint_mid_epoch() -> None:
-        if cfg.checkpoint_every_steps and progress.step_in_epoch % cfg.checkpoint_every_steps == 0 and \
-                progress.step_in_epoch < plan.steps_per_epoch:
+        if (
+            cfg.checkpoint_every_steps
+            and progress.step_in_epoch % cfg.checkpoint_every_steps == 0
+            and progress.step_in_epoch < plan.steps_per_epoch
+        ):
             save_checkpoint()
 
     while progress.epoch < cfg.epochs:
         began = time.time()
         sampler.set_epoch(progress.epoch)
         sampler.skip = progress.step_in_epoch * plan.accumulation * cfg.batch_size
-        loader = make_loader(train_set, cfg.batch_size, sampler, cfg.workers,
-                             cfg.seed + 1000 * progress.epoch + info.rank, drop_last=True)
-        stats = train_one_epoch(ddp_model, loader, optimizer, schedule, scaler, plan, progress, cfg, info,
-                                precision, metrics, on_step=maybe_checkpoint_mid_epoch)
+        loader = make_loader(
+            train_set,
+            cfg.batch_size,
+            sampler,
+            cfg.workers,
+            cfg.seed + 1000 * progress.epoch + info.rank,
+            drop_last=True,
+        )
+        stats = train_one_epoch(
+            ddp_model,
+            loader,
+            optimizer,
+            schedule,
+            scaler,
+            plan,
+            progress,
+            cfg,
+            info,
+            precision,
+            metrics,
+            on_step=maybe_checkpoint_mid_epoch,
+        )
         progress.train_seconds += time.time() - began
         progress.epoch += 1
         progress.step_in_epoch = 0
@@ -315,15 +406,28 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
             if result["top1"] > progress.best_top1:
                 progress.best_top1, progress.best_epoch = result["top1"], progress.epoch
                 if info.is_main:
-                    save_task(model, run_dir / "best.safetensors", classes, extra=task_extra(cfg, record),
-                              fingerprint=fingerprint)
-            log.info("epoch %d: loss %.4f, top-1 %.2f, top-5 %.2f (best %.2f @ %d)", progress.epoch,
-                     stats["train_loss"], result["top1"], result["top5"], progress.best_top1, progress.best_epoch)
+                    save_task(
+                        model,
+                        run_dir / "best.safetensors",
+                        classes,
+                        extra=task_extra(cfg, record),
+                        fingerprint=fingerprint,
+                    )
+            log.info(
+                "epoch %d: loss %.4f, top-1 %.2f, top-5 %.2f (best %.2f @ %d)",
+                progress.epoch,
+                stats["train_loss"],
+                result["top1"],
+                result["top5"],
+                progress.best_top1,
+                progress.best_epoch,
+            )
         progress.history.append(record)
         metrics.log(progress.global_step, **record)
         if info.is_main:
-            save_task(model, run_dir / "last.safetensors", classes, extra=task_extra(cfg, record),
-                      fingerprint=fingerprint)
+            save_task(
+                model, run_dir / "last.safetensors", classes, extra=task_extra(cfg, record), fingerprint=fingerprint
+            )
         save_checkpoint()
     metrics.close()
     summary = summarize(cfg, model, progress, plan, classes, run_dir)
@@ -346,8 +450,12 @@ def ranks_hold_identical_weights(model: nn.Module, info: DistInfo) -> bool:
 
 
 def task_extra(cfg: TrainConfig, record: dict[str, Any]) -> dict[str, Any]:
-    return {"dataset": cfg.dataset, "epoch": record["epoch"], "top1": record.get("test_top1"),
-            "top5": record.get("test_top5")}
+    return {
+        "dataset": cfg.dataset,
+        "epoch": record["epoch"],
+        "top1": record.get("test_top1"),
+        "top5": record.get("test_top5"),
+    }
 
 
 def summarize(cfg, model, progress: Progress, plan: Plan, classes, run_dir: Path) -> dict[str, Any]:
@@ -356,12 +464,23 @@ def summarize(cfg, model, progress: Progress, plan: Plan, classes, run_dir: Path
     report = parameter_report(model)
     last = next((h for h in reversed(progress.history) if "test_top1" in h), {})
     return {
-        "dataset": cfg.dataset, "method": cfg.method, "model": cfg.model, "classes": len(classes),
-        "epochs": progress.epoch, "top1": last.get("test_top1"), "top5": last.get("test_top5"),
-        "best_top1": progress.best_top1, "best_epoch": progress.best_epoch,
-        "trainable": report.trainable, "total": report.total, "trainable_percent": round(report.percent, 4),
-        "train_seconds": round(progress.train_seconds, 2), "lr": plan.lr, "effective_batch": plan.effective_batch,
-        "skipped_images": progress.skipped_images, "run_dir": str(run_dir),
+        "dataset": cfg.dataset,
+        "method": cfg.method,
+        "model": cfg.model,
+        "classes": len(classes),
+        "epochs": progress.epoch,
+        "top1": last.get("test_top1"),
+        "top5": last.get("test_top5"),
+        "best_top1": progress.best_top1,
+        "best_epoch": progress.best_epoch,
+        "trainable": report.trainable,
+        "total": report.total,
+        "trainable_percent": round(report.percent, 4),
+        "train_seconds": round(progress.train_seconds, 2),
+        "lr": plan.lr,
+        "effective_batch": plan.effective_batch,
+        "skipped_images": progress.skipped_images,
+        "run_dir": str(run_dir),
     }
 
 

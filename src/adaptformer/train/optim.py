@@ -13,8 +13,9 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: f
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                  min_lr: float = 0.0) -> CosineLRScheduler:
+def make_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_lr: float = 0.0
+) -> CosineLRScheduler:
     """Per-optimizer-step linear warm-up from 0, then a half cosine to ``min_lr`` at ``total_steps``.
 
     Call ``schedule.step_update(k)`` before optimizer step k (k = 0, 1, ...)."""
