@@ -110,7 +110,8 @@ def test_every_packaged_paper_config_is_valid():
     for name in expected:
         cfg = make_config(load_config_file(name), {})
         assert cfg.epochs == 100 and cfg.warmup_epochs == 20 and cfg.effective_batch == 1024 and cfg.blr == 0.1
-        assert cfg.momentum == 0.9 and cfg.weight_decay == 0.0 and cfg.model == "vit_base_patch16_224"
+        assert cfg.momentum == 0.9 and cfg.weight_decay == 0.0 and cfg.model == "vit_base_patch16_224.mae"
+        assert cfg.crop_pct == 0.875
         assert cfg.method == name.rsplit("_", 1)[1]
 
 
@@ -141,3 +142,39 @@ def test_unknown_config_keys_are_refused(tmp_path, capsys):
     bad.write_text("dataset: cifar100\nlearning_rate: 3\n")
     assert main(["train", "--config", str(bad)]) == 2
     assert "unknown option(s) learning_rate" in capsys.readouterr().err
+
+
+def test_paper_config_runs_end_to_end_on_cifar100_files(tmp_path, capsys):
+    from formats import write_cifar100
+
+    write_cifar100(tmp_path / "cifar100", train=16, test=4)
+    args = [
+        "train",
+        "--config",
+        "image/cifar100_adaptformer",
+        "--data-root",
+        str(tmp_path / "cifar100"),
+        "--no-verify",
+        "--no-pretrained",
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--batch-size",
+        "8",
+        "--effective-batch",
+        "8",
+        "--max-train-samples",
+        "8",
+        "--max-eval-samples",
+        "4",
+        "--workers",
+        "0",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["trainable"] == 1_266_532 and summary["classes"] == 100 and summary["lr"] == 0.1 * 8 / 256
+    resolved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "model: vit_base_patch16_224.mae" in resolved and "crop_pct: 0.875" in resolved

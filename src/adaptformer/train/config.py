@@ -60,6 +60,7 @@ class TrainConfig:
     augment: bool = True
     hflip: float = 0.5
     scale_min: float = 0.08
+    crop_pct: float | None = None  # evaluation: Resize(size / crop_pct) + CenterCrop(size); None: the backbone's
     # execution
     precision: str = "auto"
     device: str = "auto"

@@ -8,6 +8,7 @@ then epochs of ``train_one_epoch`` + ``evaluate``, writing ``last``/``best`` tas
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import shutil
@@ -276,7 +277,10 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
 
     # the backbone first: its input size / mean / std decide the transforms
     backbone = create_backbone(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, **cfg.timm_kwargs())
-    train_set, test_set, classes = build_data(cfg, InputSpec.from_model(backbone))
+    spec = InputSpec.from_model(backbone)
+    if cfg.crop_pct:
+        spec = dataclasses.replace(spec, crop_pct=cfg.crop_pct)
+    train_set, test_set, classes = build_data(cfg, spec)
     torch.manual_seed(cfg.seed)  # the same initial adapters / head on every rank
     model = adapt(backbone, num_classes=len(classes), config=cfg.adapt_config()).to(info.device)
     plan = plan_steps(cfg, len(train_set), info.world_size)
