@@ -78,6 +78,8 @@ def test_params_command_table_and_errors(capsys):
     )
     out = capsys.readouterr().out
     assert "trainable" in out and "3,850" in out  # 384 * 10 + 10
+    assert main(["params", "--model", "vit_small_patch16_224", "--num-classes", "10"]) == 0
+    assert "adaptformer" in capsys.readouterr().out  # the default method is named in the table
     assert main(["params", "--model", "not_a_model", "--no-pretrained"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: model 'not_a_model'") and err.count("\n") == 1

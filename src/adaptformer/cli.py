@@ -11,9 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .adapters.adaptmlp import INIT_OPTIONS, LAYERNORM_OPTIONS, PLACEMENTS, parse_scale
-from .adapters.methods import METHODS, AdaptConfig
-from .adapters.vpt import VPT_MODES
+from .adapters.adaptmlp import parse_scale
+from .adapters.methods import AdaptConfig
 from .errors import AdaptFormerError
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
@@ -43,39 +42,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    d = AdaptConfig()
-    group = parser.add_argument_group("method")
-    group.add_argument("--method", default=d.method, choices=sorted(METHODS))
-    group.add_argument("--bottleneck", type=int, default=d.bottleneck, help="adapter width r (default: 64)")
-    group.add_argument("--scale", type=parse_scale, default=d.scale, help="a number, or 'learnable' (default: 0.1)")
-    group.add_argument("--layernorm", default=d.layernorm, choices=LAYERNORM_OPTIONS)
-    group.add_argument("--adapter-dropout", type=float, default=d.dropout)
-    group.add_argument("--init", default=d.init, choices=INIT_OPTIONS)
-    group.add_argument("--placement", default=d.placement, choices=PLACEMENTS)
-    group.add_argument("--layers", default=d.layers, help="all | top:K | bottom:K | 0,1,5 (default: all)")
-    group.add_argument("--vpt-tokens", type=int, default=d.vpt_tokens)
-    group.add_argument("--vpt-mode", default=d.vpt_mode, choices=VPT_MODES)
-
-
 def method_config(args: argparse.Namespace) -> AdaptConfig:
-    return AdaptConfig(
-        method=args.method,
-        bottleneck=args.bottleneck,
-        scale=args.scale,
-        layernorm=args.layernorm,
-        dropout=args.adapter_dropout,
-        init=args.init,
-        placement=args.placement,
-        layers=args.layers,
-        vpt_tokens=args.vpt_tokens,
-        vpt_mode=args.vpt_mode,
-    )
+    """The AdaptConfig given by the method options, mapped exactly as ``train`` maps them."""
+    from .train.config import METHOD_FIELDS, TrainConfig
+
+    values = {name: getattr(args, name) for name in METHOD_FIELDS if getattr(args, name) is not None}
+    return TrainConfig(**values).adapt_config()
 
 
 def _params_arguments(parser: argparse.ArgumentParser) -> None:
+    from .train.config import METHOD_FIELDS, TrainConfig
+
     add_model_arguments(parser)
-    add_method_arguments(parser)
+    add_dataclass_arguments(parser.add_argument_group("method"), TrainConfig, TRAIN_HELP, only=METHOD_FIELDS)
     parser.add_argument("--num-classes", type=int, default=None, help="classes of the new head")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -86,20 +65,21 @@ def run_params(args: argparse.Namespace) -> int:
     from .builder import create_model
 
     # counting needs no weights: the architecture is built with random ones (nothing is downloaded)
+    config = method_config(args)
     model = create_model(
         args.model,
         num_classes=args.num_classes,
         pretrained=False,
         checkpoint=args.checkpoint,
-        config=method_config(args),
+        config=config,
     )
     report = parameter_report(model)
     if args.json:
-        print(json.dumps({"model": args.model, "method": args.method, **report.to_dict()}))
+        print(json.dumps({"model": args.model, "method": config.method, **report.to_dict()}))
         return 0
     rows = [
         ("model", args.model),
-        ("method", args.method),
+        ("method", config.method),
         ("total", f"{report.total:,}"),
         ("trainable", f"{report.trainable:,}"),
         ("percent", f"{report.percent:.2f} %"),
@@ -153,9 +133,12 @@ TRAIN_HELP = {
 }
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, help_texts: dict[str, str]) -> None:
-    """One ``--option`` per dataclass field, parsed by its type; unset options stay None (= the default)."""
+def add_dataclass_arguments(parser, cls, help_texts: dict[str, str], only: tuple[str, ...] | None = None) -> None:
+    """One ``--option`` per dataclass field (or per field in ``only``), parsed by its type; unset options stay
+    None (= the default)."""
     for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = "required" if f.default is dataclasses.MISSING else f"default: {f.default}"
         text = f"{help_texts.get(f.name, '')} ({default})".strip()
@@ -223,11 +206,10 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-samples", type=int, default=None)
 
 
-@command("eval", "top-1 / top-5 of a task file on a dataset split", _eval_arguments)
-def run_eval(args: argparse.Namespace) -> int:
-    from .inference import evaluate_task, load_for_inference
+def _load_task(args: argparse.Namespace):
+    from .inference import load_for_inference
 
-    loaded = load_for_inference(
+    return load_for_inference(
         args.task,
         args.model,
         args.checkpoint,
@@ -235,6 +217,13 @@ def run_eval(args: argparse.Namespace) -> int:
         precision=args.precision,
         check_backbone=args.check_backbone,
     )
+
+
+@command("eval", "top-1 / top-5 of a task file on a dataset split", _eval_arguments)
+def run_eval(args: argparse.Namespace) -> int:
+    from .inference import evaluate_task
+
+    loaded = _load_task(args)
     result = evaluate_task(
         loaded,
         args.dataset,
@@ -263,17 +252,10 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("predict", "top-k labels for image files or folders", _predict_arguments)
 def run_predict(args: argparse.Namespace) -> int:
-    from .inference import collect_images, load_for_inference, predict_files
+    from .inference import collect_images, predict_files
 
     files = collect_images(args.images)
-    loaded = load_for_inference(
-        args.task,
-        args.model,
-        args.checkpoint,
-        device=args.device,
-        precision=args.precision,
-        check_backbone=args.check_backbone,
-    )
+    loaded = _load_task(args)
     results = predict_files(loaded, files, top_k=args.top_k, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(results))

@@ -118,6 +118,20 @@ class TrainConfig:
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+# the fields that make up the AdaptConfig (see TrainConfig.adapt_config); `params` accepts exactly these
+METHOD_FIELDS = (
+    "method",
+    "bottleneck",
+    "scale",
+    "layernorm",
+    "adapter_dropout",
+    "init",
+    "placement",
+    "layers",
+    "vpt_tokens",
+    "vpt_mode",
+    "head_batchnorm",
+)
 # may differ between a run and its resumption: they do not change what is trained
 RUN_CONTROL = {
     "resume",
