@@ -23,11 +23,11 @@ def measure(
 ) -> dict:
     import torch
     import torch.nn.functional as F
+    from adaptformer.train.distributed import pick_device
+    from adaptformer.train.precision import autocast, make_grad_scaler, resolve_precision
 
     import adaptformer
     from adaptformer.data.transforms import InputSpec
-    from adaptformer.train.distributed import pick_device
-    from adaptformer.train.precision import autocast, make_grad_scaler, resolve_precision
 
     device = pick_device(device_name)
     precision = resolve_precision(precision, device)

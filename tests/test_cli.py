@@ -116,7 +116,8 @@ def test_every_packaged_paper_config_is_valid():
 
 
 def test_command_line_overrides_the_config_file(tmp_path):
-    from adaptformer.cli import build_parser, train_config_from_args
+    from adaptformer.cli import build_parser
+    from adaptformer.cli.commands import train_config_from_args
 
     args = build_parser().parse_args(
         [
@@ -133,7 +134,8 @@ def test_command_line_overrides_the_config_file(tmp_path):
         ]
     )
     cfg = train_config_from_args(args)
-    assert (cfg.dataset, cfg.bottleneck, cfg.scale, cfg.augment) == ("svhn", 8, "learnable", False)
+    method = cfg.method_config()
+    assert (cfg.dataset, method.bottleneck, method.scale, cfg.augment) == ("svhn", 8, "learnable", False)
     assert cfg.model_kwargs == {"depth": 2} and cfg.epochs == 100
 
 

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import adaptformer
+from adaptformer import AdaptFormerError
 from adaptformer import pretrain as pretrain_module
 from adaptformer.cli import main
 from adaptformer.pretrain import PretrainConfig, augment, pretrain
@@ -56,7 +57,9 @@ def test_pretrain_resumes_exactly(tmp_path, data, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         pretrain(PretrainConfig(data=str(data), out=str(tmp_path / "b"), epochs=2, **TINY))
     monkeypatch.undo()
-    resumed = pretrain(PretrainConfig(data=str(data), out=str(tmp_path / "b"), epochs=2, **TINY))
+    with pytest.raises(AdaptFormerError, match="already holds a run.*--resume"):
+        pretrain(PretrainConfig(data=str(data), out=str(tmp_path / "b"), epochs=2, **TINY))
+    resumed = pretrain(PretrainConfig(data=str(data), out=str(tmp_path / "b"), epochs=2, resume=True, **TINY))
     a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["test_top1"] == straight["test_top1"]
@@ -64,10 +67,11 @@ def test_pretrain_resumes_exactly(tmp_path, data, monkeypatch):
 
 def test_pretrain_refuses_to_resume_other_settings(tmp_path, data, capsys):
     pretrain(PretrainConfig(data=str(data), out=str(tmp_path / "run"), epochs=1, **TINY))
-    args = ["pretrain", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--lr", "0.5"]
+    args = ["pretrain", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--lr", "0.5", "--resume"]
     args += [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     assert main(args) == 2
-    assert "other settings (lr)" in capsys.readouterr().err
+    assert "other settings (lr: 0.001 -> 0.5)" in capsys.readouterr().err
+    assert main([*args[: -1 - len(TINY)], "--overwrite", *args[-len(TINY) :]]) == 0  # --overwrite starts afresh
 
 
 def test_pretrain_bad_data_root(tmp_path, capsys):

@@ -46,4 +46,4 @@ def tiny_train_config(tmp_path: Path, **overrides) -> TrainConfig:
         out=str(tmp_path / "run"),
     )
     values.update(overrides)
-    return TrainConfig(**values).validate()
+    return TrainConfig.from_flat(values)

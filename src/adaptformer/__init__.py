@@ -1,33 +1,52 @@
-"""adaptformer: adapt frozen Vision Transformers with AdaptMLP adapters (AdaptFormer, arXiv 2205.13535).
+"""adaptformer: adapt frozen Vision Transformers to many tasks with AdaptMLP adapters (AdaptFormer, arXiv 2205.13535).
 
 import timm, adaptformer
-model = timm.create_model("vit_base_patch16_224", num_classes=100)
-model = adaptformer.adapt(model, method="adaptformer", bottleneck=64, scale=0.1, placement="parallel")
+model = adaptformer.adapt(timm.create_model("vit_base_patch16_224"), "adaptformer", num_classes=100, bottleneck=64)
+model.add_task("svhn", adaptformer.AdaptFormerConfig(bottleneck=16), classes=10)
 """
 
-__version__ = "0.1.0"
-
-from .adapters.adaptmlp import AdapterConfig, AdaptMLP  # noqa: E402
-from .adapters.methods import METHODS, AdaptConfig, adapt  # noqa: E402
-from .adapters.report import ParameterReport, parameter_report  # noqa: E402
-from .backbones.timm import create_backbone  # noqa: E402
-from .builder import create_model  # noqa: E402
-from .errors import AdaptFormerError  # noqa: E402
-from .tasks import apply_task, import_reference_checkpoint, load_task, save_task  # noqa: E402
+from .backbones.timm import create_backbone
+from .errors import AdaptFormerError
+from .methods import (
+    METHODS,
+    AdaptFormerConfig,
+    AdaptMLP,
+    FullConfig,
+    LinearConfig,
+    MethodConfig,
+    Task,
+    VPTConfig,
+    make_method_config,
+    register_method,
+)
+from .model import AdaptedModel, BackboneSource, adapt, create_model
+from .report import ParameterReport, parameter_report
+from .tasks import apply_task, import_reference_checkpoint, load_task, read_task, save_task
+from .version import __version__
 
 __all__ = [
     "METHODS",
-    "AdaptConfig",
+    "AdaptFormerConfig",
     "AdaptFormerError",
     "AdaptMLP",
-    "AdapterConfig",
+    "AdaptedModel",
+    "BackboneSource",
+    "FullConfig",
+    "LinearConfig",
+    "MethodConfig",
     "ParameterReport",
+    "Task",
+    "VPTConfig",
+    "__version__",
     "adapt",
     "apply_task",
     "create_backbone",
     "create_model",
     "import_reference_checkpoint",
     "load_task",
+    "make_method_config",
     "parameter_report",
+    "read_task",
+    "register_method",
     "save_task",
 ]

@@ -1,4 +1,5 @@
-"""Evaluate a task file on a dataset, or predict labels for image files."""
+"""Evaluate a task file on a dataset, or predict labels for image files, preprocessing inputs exactly as the task
+was trained (the input spec recorded in the task file)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,22 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from .backbones.timm import create_backbone
-from .data.image import IMAGE_SUFFIXES, build_image_split
+from .data.image import IMAGE_SUFFIXES
 from .data.loading import ShardSampler, make_loader
+from .data.registry import build_split
 from .data.transforms import InputSpec, eval_transform
 from .errors import AdaptFormerError
-from .tasks import apply_task, read_task
-from .train.distributed import pick_device
-from .train.loop import evaluate
-from .train.precision import autocast, resolve_precision
+from .evaluation import evaluate
+from .runtime.device import pick_device
+from .runtime.precision import autocast, resolve_precision
+from .tasks import apply_task, preprocessing_of, read_task
 
 
 @dataclass
 class LoadedTask:
-    model: nn.Module
+    model: nn.Module  # the adapted model, or its torch.compile wrapper
     classes: list[str]
-    spec: InputSpec
+    spec: InputSpec  # the preprocessing the task was trained with
     device: torch.device
     precision: str
 
@@ -37,20 +39,21 @@ def load_for_inference(
     device: str = "auto",
     precision: str = "auto",
     check_backbone: bool = True,
+    compile: bool = False,
 ) -> LoadedTask:
     meta, _ = read_task(task)
     name = model_name or meta["backbone"]["name"]
     if not name:
         raise AdaptFormerError(f"task file {task}: records no backbone; pass --model")
-    kwargs = meta["backbone"].get("timm_kwargs", {}) if model_name is None else {}
+    kwargs = meta["backbone"].get("kwargs", {}) if model_name is None else {}
     backbone = create_backbone(name, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
     model = apply_task(backbone, task, check_backbone=check_backbone)
-    classes = meta["classes"] or [str(i) for i in range(meta["num_classes"])]
     torch_device = pick_device(device)
+    model = model.to(torch_device).eval()
     return LoadedTask(
-        model.to(torch_device).eval(),
-        classes,
-        InputSpec.from_model(model),
+        torch.compile(model) if compile else model,
+        list(meta["classes"]),
+        preprocessing_of(meta, model),
         torch_device,
         resolve_precision(precision, torch_device),
     )
@@ -66,7 +69,7 @@ def evaluate_task(
     verify: bool = True,
     max_samples: int | None = None,
 ) -> dict:
-    split = build_image_split(dataset, data_root, train_split, eval_transform(loaded.spec), verify=verify)
+    split = build_split(dataset, data_root, train_split, eval_transform(loaded.spec), verify=verify)
     if len(split.classes) != len(loaded.classes):
         raise AdaptFormerError(
             f"--dataset {dataset}: has {len(split.classes)} classes, the task was trained on {len(loaded.classes)}"
@@ -75,7 +78,9 @@ def evaluate_task(
     if max_samples:
         data = torch.utils.data.Subset(data, range(min(max_samples, len(data))))
     loader = make_loader(data, batch_size, ShardSampler(len(data), 1, 0), workers, 0, drop_last=False)
-    return evaluate(loaded.model, loader, loaded.device, loaded.precision, len(loaded.classes), show_progress=True)
+    return evaluate(
+        loaded.model, loader, loaded.device, loaded.precision, len(loaded.classes), loaded.spec.input_ndim, True
+    )
 
 
 def collect_images(paths: list[str]) -> list[Path]:

@@ -106,4 +106,4 @@ def test_create_model_builds_and_adapts_in_one_call(tmp_path):
     model = adaptformer.create_model(
         NAME, "adaptformer", num_classes=6, checkpoint=tmp_path / "w.safetensors", timm_kwargs=TINY, bottleneck=8
     )
-    assert model.blocks[0].adaptmlp.down_proj.out_features == 8 and model.num_classes == 6
+    assert model.task.adapter(0).down_proj.out_features == 8 and model.num_classes == 6

@@ -7,11 +7,11 @@ import sys
 
 import torch
 
+from adaptformer.runtime.state import load_training_state
 from adaptformer.train.loop import fit
-from adaptformer.train.state import load_training_state
 from training_helpers import TINY_KWARGS, tiny_train_config
 
-COMMON = dict(epochs=2, warmup_epochs=1, augment=False, adapter_dropout=0.0, effective_batch=8, lr=0.05)
+COMMON = dict(epochs=2, warmup_epochs=1, augment=False, dropout=0.0, effective_batch=8, lr=0.05)
 
 
 def test_two_processes_equal_one_process_with_the_global_batch(tmp_path):
@@ -52,7 +52,7 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path):
         "--precision",
         "fp32",
         "--no-augment",
-        "--adapter-dropout",
+        "--dropout",
         "0",
         "--no-tensorboard",
         "--out",

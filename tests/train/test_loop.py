@@ -7,11 +7,11 @@ import torch
 
 import adaptformer
 from adaptformer import AdaptFormerError
+from adaptformer.runtime.metrics import read_metrics
+from adaptformer.runtime.state import load_training_state
 from adaptformer.tasks import read_task
 from adaptformer.train import loop
 from adaptformer.train.loop import fit
-from adaptformer.train.metrics import read_metrics
-from adaptformer.train.state import load_training_state
 from training_helpers import tiny_train_config
 
 
@@ -38,7 +38,7 @@ def test_fit_writes_a_complete_run_directory(tmp_path):
     assert summary["epochs"] == 2 and summary["trainable"] > 0
     meta, _ = read_task(run / "last.safetensors")
     assert meta["classes"] == ["blue", "green", "red"] and meta["extra"]["epoch"] == 2
-    assert meta["backbone"]["timm_kwargs"]["embed_dim"] == 32
+    assert meta["backbone"]["kwargs"]["embed_dim"] == 32 and meta["task"] == "imagefolder"
     assert "imagefolder" in (run / "config.yaml").read_text()
 
 
@@ -52,7 +52,7 @@ def test_saved_task_reloads_onto_the_same_backbone_only(tmp_path):
     fit(cfg)
     path = tmp_path / "run" / "last.safetensors"
     model = adaptformer.load_task(path, checkpoint=cfg.checkpoint)
-    assert model.num_classes == 3 and model.blocks[0].adaptmlp.down_proj.in_features == 32
+    assert model.num_classes == 3 and model.task.adapter(0).down_proj.in_features == 32
     with pytest.raises(AdaptFormerError, match="other backbone weights .vit_tiny_patch16_224 from tiny_vit"):
         adaptformer.load_task(path, pretrained=False)
 
@@ -116,11 +116,11 @@ def test_unreadable_images_are_skipped_counted_and_logged(tmp_path):
     summary = fit(cfg)
     assert summary["skipped_images"] >= 1
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "skipped unreadable image" in log and "000.png" in log
+    assert "skipped unreadable file" in log and "000.png" in log
 
 
 def test_gradient_accumulation_matches_the_large_batch(tmp_path):
-    common = dict(epochs=1, head_batchnorm=False, augment=False, adapter_dropout=0.0, warmup_epochs=0)
+    common = dict(epochs=1, head_batchnorm=False, augment=False, dropout=0.0, warmup_epochs=0)
     fit(tiny_train_config(tmp_path / "big", batch_size=8, effective_batch=8, **common))
     fit(tiny_train_config(tmp_path / "acc", batch_size=4, effective_batch=8, **common))
     big = load_training_state(tmp_path / "big" / "run" / "checkpoint.pt")["tuned"]

@@ -1,12 +1,16 @@
-"""The classification head every method trains (reference code, after MoCo v3's linear probe).
+"""The head every task trains (reference code, after MoCo v3's linear probe).
 
-``head = Sequential(BatchNorm1d(d, affine=False, eps=1e-6), Linear(d, classes))``: the parameter-free
-BatchNorm whitens frozen features so one learning rate suits every backbone. Keys are ``head.0.*`` (running
-statistics) and ``head.1.{weight,bias}``, as in reference checkpoints.
+``TaskHead`` = optional trainable ``fc_norm`` (a copy of the backbone's, for mean-pooled backbones) followed by
+``head = Sequential(BatchNorm1d(d, affine=False, eps=1e-6), Linear(d, classes))``. The parameter-free BatchNorm
+whitens frozen features so one learning rate suits every backbone. Keys are ``fc_norm.*``, ``head.0.*``
+(running statistics) and ``head.1.{weight,bias}``, as in reference checkpoints.
 """
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import nn
 from torch.nn.init import trunc_normal_
 
@@ -23,3 +27,19 @@ def make_head(dim: int, num_classes: int, batchnorm: bool = True) -> nn.Module:
 def head_linear(head: nn.Module) -> nn.Linear:
     """The Linear layer of a head made by :func:`make_head`."""
     return head[-1] if isinstance(head, nn.Sequential) else head
+
+
+class TaskHead(nn.Module):
+    """Pooled backbone features -> (fc_norm) -> BatchNorm -> Linear -> logits."""
+
+    def __init__(self, dim: int, num_classes: int, fc_norm: nn.Module | None = None, batchnorm: bool = True):
+        super().__init__()
+        self.fc_norm = copy.deepcopy(fc_norm) if fc_norm is not None else None
+        if self.fc_norm is not None:
+            self.fc_norm.requires_grad_(True)
+        self.head = make_head(dim, num_classes, batchnorm)
+
+    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
+        if self.fc_norm is not None:
+            pooled = self.fc_norm(pooled)
+        return self.head(pooled)

@@ -33,14 +33,26 @@ def create_backbone(
 ) -> nn.Module:
     """A timm ViT by name. Embedded names (``adaptformer/...``) load their shipped weights when
     ``pretrained``; ``checkpoint`` loads a local file; otherwise ``pretrained`` uses timm's hub download."""
-    model = _create(name, pretrained, checkpoint, num_classes, timm_kwargs)
-    # remembered so a task file can re-create the same backbone (e.g. a non-default img_size)
-    model.adaptformer_backbone = {
-        "name": name,
-        "timm_kwargs": dict(timm_kwargs),
-        "checkpoint": Path(checkpoint).name if checkpoint is not None else None,
-    }
-    return model
+    return _create(name, pretrained, checkpoint, num_classes, timm_kwargs)
+
+
+def check_vit(model: nn.Module) -> None:
+    """The backbone must look like a timm VisionTransformer (blocks, width, pooling)."""
+    missing = [attr for attr in ("blocks", "embed_dim", "reset_classifier", "pool") if not hasattr(model, attr)]
+    if missing:
+        raise AdaptFormerError(
+            f"{type(model).__name__} is not a timm VisionTransformer (missing {', '.join(missing)}); "
+            "create the backbone with timm.create_model('vit_...')"
+        )
+    if getattr(model, "head_dist", None) is not None:
+        raise AdaptFormerError("distilled DeiT models (two heads) are not supported; use the non-distilled deit_*")
+
+
+def source_name(model: nn.Module) -> str | None:
+    """The timm name (with its pretrained tag) a backbone was created as, from timm's own pretrained_cfg."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name, tag = cfg.get("architecture"), cfg.get("tag")
+    return f"{name}.{tag}" if name and tag and not name.startswith("adaptformer/") else name
 
 
 def _create(

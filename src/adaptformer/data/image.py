@@ -19,7 +19,6 @@ files re-packed in the same format). ``download=True`` fetches the official arch
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +27,9 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
 from ..errors import AdaptFormerError
+from .registry import DatasetEntry, Split, register_dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
-
-
-@dataclass
-class ImageSplit:
-    dataset: Dataset
-    classes: list[str]
 
 
 def _unverified(cls):
@@ -63,21 +57,21 @@ def _torchvision(cls, root: Path, verify: bool, download: bool, what: str, **kwa
 
 
 def _cifar(cls, what):
-    def build(root: Path, train: bool, verify: bool, download: bool) -> ImageSplit:
+    def build(root: Path, train: bool, verify: bool, download: bool) -> Split:
         ds = _torchvision(cls, root, verify, download, what, train=train)
-        return ImageSplit(ds, list(ds.classes))
+        return Split(ds, list(ds.classes))
 
     return build
 
 
-def _svhn(root: Path, train: bool, verify: bool, download: bool) -> ImageSplit:
+def _svhn(root: Path, train: bool, verify: bool, download: bool) -> Split:
     ds = _torchvision(
         tvd.SVHN, root, verify, download, "SVHN train_32x32.mat/test_32x32.mat", split="train" if train else "test"
     )
-    return ImageSplit(ds, [str(i) for i in range(10)])
+    return Split(ds, [str(i) for i in range(10)])
 
 
-def _food101(root: Path, train: bool, verify: bool, download: bool) -> ImageSplit:
+def _food101(root: Path, train: bool, verify: bool, download: bool) -> Split:
     ds = _torchvision(
         tvd.Food101,
         root,
@@ -86,7 +80,7 @@ def _food101(root: Path, train: bool, verify: bool, download: bool) -> ImageSpli
         "Food-101 (food-101/images, food-101/meta)",
         split="train" if train else "test",
     )
-    return ImageSplit(ds, list(ds.classes))
+    return Split(ds, list(ds.classes))
 
 
 class FileImageDataset(Dataset):
@@ -120,7 +114,7 @@ def class_folders(root: Path, option: str = "--data-root") -> list[str]:
     return classes
 
 
-def _imagefolder(root: Path, train: bool, verify: bool, download: bool) -> ImageSplit:
+def _imagefolder(root: Path, train: bool, verify: bool, download: bool) -> Split:
     if download:
         raise AdaptFormerError("--download: imagefolder datasets are local folders; nothing to download")
     test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
@@ -137,7 +131,7 @@ def _imagefolder(root: Path, train: bool, verify: bool, download: bool) -> Image
             samples += [(str(p), i) for k, p in enumerate(files) if (k % 5 == 4) != train]
     if not samples:
         raise AdaptFormerError(f"--data-root {root}: no images with suffixes {', '.join(IMAGE_SUFFIXES)}")
-    return ImageSplit(FileImageDataset(samples), classes)
+    return Split(FileImageDataset(samples), classes)
 
 
 class ArrayImageDataset(Dataset):
@@ -163,17 +157,17 @@ def _fixed_split(images: np.ndarray, labels: np.ndarray, train: bool, test_size:
     return images[chosen], labels[chosen]
 
 
-def _digits(root: Path | None, train: bool, verify: bool, download: bool) -> ImageSplit:
+def _digits(root: Path | None, train: bool, verify: bool, download: bool) -> Split:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     gray = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     images, labels = _fixed_split(rgb, digits.target, train, 0.2)
-    return ImageSplit(ArrayImageDataset(images, labels), [str(i) for i in range(10)])
+    return Split(ArrayImageDataset(images, labels), [str(i) for i in range(10)])
 
 
-def _lfw_faces(root: Path | None, train: bool, verify: bool, download: bool) -> ImageSplit:
+def _lfw_faces(root: Path | None, train: bool, verify: bool, download: bool) -> Split:
     from skimage.data import lfw_subset
 
     faces = lfw_subset()  # (200, 25, 25) floats in [0, 1]: 100 faces then 100 non-faces
@@ -181,38 +175,16 @@ def _lfw_faces(root: Path | None, train: bool, verify: bool, download: bool) -> 
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     labels = np.array([0] * 100 + [1] * 100)
     images, labels = _fixed_split(rgb, labels, train, 0.25)
-    return ImageSplit(ArrayImageDataset(images, labels), ["face", "non-face"])
+    return Split(ArrayImageDataset(images, labels), ["face", "non-face"])
 
 
-BUILDERS: dict[str, Callable[..., ImageSplit]] = {
-    "cifar10": _cifar(tvd.CIFAR10, "CIFAR-10 (cifar-10-batches-py)"),
-    "cifar100": _cifar(tvd.CIFAR100, "CIFAR-100 (cifar-100-python)"),
-    "svhn": _svhn,
-    "food101": _food101,
-    "imagefolder": _imagefolder,
-    "digits": _digits,
-    "lfw-faces": _lfw_faces,
-}
-NEEDS_ROOT = {"cifar10", "cifar100", "svhn", "food101", "imagefolder"}
-
-
-def build_image_split(
-    name: str,
-    root: str | Path | None,
-    train: bool,
-    transform: Callable | None = None,
-    verify: bool = True,
-    download: bool = False,
-) -> ImageSplit:
-    """The train or test split of a named dataset, with ``transform`` applied to each PIL image."""
-    if name not in BUILDERS:
-        raise AdaptFormerError(f"--dataset: expected one of {', '.join(BUILDERS)}, got {name!r}")
-    if name in NEEDS_ROOT:
-        if root is None:
-            raise AdaptFormerError(f"--data-root is required for dataset {name}")
-        root = Path(root)
-        if not root.exists() and not download:
-            raise AdaptFormerError(f"--data-root {root}: no such directory")
-    split = BUILDERS[name](root, train, verify, download)
-    split.dataset.transform = transform
-    return split
+for _name, _build, _needs_root, _description in (
+    ("cifar10", _cifar(tvd.CIFAR10, "CIFAR-10 (cifar-10-batches-py)"), True, "CIFAR-10 python pickles"),
+    ("cifar100", _cifar(tvd.CIFAR100, "CIFAR-100 (cifar-100-python)"), True, "CIFAR-100 python pickles"),
+    ("svhn", _svhn, True, "SVHN train_32x32.mat / test_32x32.mat"),
+    ("food101", _food101, True, "Food-101 images + meta/{train,test}.json"),
+    ("imagefolder", _imagefolder, True, "<class>/<image> or train/ + val|test/"),
+    ("digits", _digits, False, "scikit-learn's 8x8 digits (offline)"),
+    ("lfw-faces", _lfw_faces, False, "scikit-image's lfw_subset, faces vs non-faces (offline)"),
+):
+    register_dataset(DatasetEntry(_name, _build, _needs_root, "image", _description))

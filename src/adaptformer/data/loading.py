@@ -3,8 +3,10 @@
 * Every run shards with a :class:`ResumableSampler` (a DistributedSampler, also for one process), so a batch of
   ``b`` on each of ``n`` ranks covers exactly the images one process sees with a batch of ``n*b``, and a run
   resumed mid-epoch continues with the very same order.
-* Unreadable images do not stop training: :class:`SkipUnreadable` turns a decode error into a marker that the
+* Unreadable files do not stop training: :class:`SkipUnreadable` turns a decode error into a marker that the
   collate function drops and reports, so the loop can count and log them.
+* A :class:`Batch` is modality-neutral: ``inputs`` (images (B,C,H,W), clips (B,C,T,H,W), or either with a views
+  dimension after B for test-time views), ``labels``, and ``ids``, the dataset index of each sample.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class SkipUnreadable(Dataset):
 
     def __getitem__(self, index: int):
         try:
-            return self.dataset[index]
+            inputs, label = self.dataset[index]
+            return index, inputs, label
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
             samples = getattr(self.dataset, "samples", None) or getattr(self.dataset, "_image_files", None)
             path = str(
@@ -50,8 +53,9 @@ class SkipUnreadable(Dataset):
 
 @dataclass
 class Batch:
-    images: torch.Tensor | None
+    inputs: torch.Tensor | None
     labels: torch.Tensor | None
+    ids: torch.Tensor | None
     skipped: list[Unreadable]
 
     def __len__(self) -> int:
@@ -62,9 +66,9 @@ def collate_skipping_unreadable(items: list) -> Batch:
     good = [item for item in items if not isinstance(item, Unreadable)]
     skipped = [item for item in items if isinstance(item, Unreadable)]
     if not good:
-        return Batch(None, None, skipped)
-    images, labels = torch_default_collate(good)
-    return Batch(images, labels, skipped)
+        return Batch(None, None, None, skipped)
+    ids, inputs, labels = torch_default_collate(good)
+    return Batch(inputs, labels, ids, skipped)
 
 
 class ResumableSampler(DistributedSampler):

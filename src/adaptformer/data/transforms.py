@@ -1,52 +1,121 @@
-"""Image transforms of the paper's recipe, sized and normalised for the backbone at hand.
+"""Preprocessing: the :class:`InputSpec` a task is trained with, and the image transforms built from it.
 
-Train: RandomResizedCrop(size, bicubic) + horizontal flip. Eval: Resize(size / crop_pct) + CenterCrop(size).
-For ViT-B at 224 px with timm's crop_pct 0.875 that is exactly Resize(256) + CenterCrop(224), ImageNet mean/std.
+Train: RandomResizedCrop(size, interpolation) + horizontal flip. Eval: Resize(size / crop_pct) + CenterCrop(size).
+For ViT-B at 224 px with crop_pct 0.875 that is exactly Resize(256) + CenterCrop(224), ImageNet mean/std.
+The spec is stored in every task file, so evaluation and prediction preprocess exactly as training did.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from torchvision import transforms as T
+
+from ..errors import AdaptFormerError
+
+INTERPOLATIONS = {
+    "bicubic": T.InterpolationMode.BICUBIC,
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "nearest": T.InterpolationMode.NEAREST,
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class InputSpec:
+    """Everything that turns a decoded image (or clip) into the tensor a task saw in training."""
+
     size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    frames: int = 1  # > 1 for video clips: inputs are (C, T, H, W)
+
+    @property
+    def modality(self) -> str:
+        return "video" if self.frames > 1 else "image"
+
+    @property
+    def resize(self) -> int:
+        """The short side before the centre crop at evaluation."""
+        return int(round(self.size / self.crop_pct))
+
+    @property
+    def input_ndim(self) -> int:
+        """Dimensions of one batch of inputs: (B, C, H, W) or (B, C, T, H, W); one more with test views."""
+        return 4 if self.frames == 1 else 5
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "modality": self.modality,
+            "input_size": [3, self.size, self.size],
+            "frames": self.frames,
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+            "resize": self.resize,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputSpec:
+        return cls(
+            size=int(data["input_size"][-1]),
+            mean=tuple(data["mean"]),
+            std=tuple(data["std"]),
+            crop_pct=float(data["crop_pct"]),
+            interpolation=data.get("interpolation", "bicubic"),
+            frames=int(data.get("frames", 1)),
+        )
 
     @classmethod
     def from_model(cls, model) -> InputSpec:
-        cfg = getattr(model, "pretrained_cfg", None) or {}
+        """The backbone's own preprocessing (timm's pretrained_cfg), at the size it was built for."""
+        backbone = getattr(model, "backbone", model)
+        cfg = getattr(backbone, "pretrained_cfg", None) or {}
         size = int(cfg.get("input_size", (3, 224, 224))[-1])
-        patch_embed = getattr(model, "patch_embed", None)
+        patch_embed = getattr(backbone, "patch_embed", None)
         if getattr(patch_embed, "img_size", None):  # the size the model was built for (e.g. img_size=16)
             size = int(patch_embed.img_size[-1])
+        interpolation = cfg.get("interpolation", "bicubic")
         return cls(
             size=size,
-            mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-            std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+            mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+            std=tuple(cfg.get("std", IMAGENET_STD)),
             crop_pct=float(cfg.get("crop_pct", 0.875)),
+            interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
         )
+
+    def replace(self, **changes: Any) -> InputSpec:
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise AdaptFormerError(
+                f"interpolation: expected one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
+        if not 0 < self.crop_pct <= 1:
+            raise AdaptFormerError(f"crop_pct: expected a fraction in (0, 1], got {self.crop_pct!r}")
 
 
 def train_transform(spec: InputSpec, hflip: float = 0.5, scale_min: float = 0.08, augment: bool = True):
     if not augment:
         return eval_transform(spec)
-    steps = [T.RandomResizedCrop(spec.size, scale=(scale_min, 1.0), interpolation=T.InterpolationMode.BICUBIC)]
+    mode = INTERPOLATIONS[spec.interpolation]
+    steps = [T.RandomResizedCrop(spec.size, scale=(scale_min, 1.0), interpolation=mode)]
     if hflip > 0:
         steps.append(T.RandomHorizontalFlip(hflip))
     return T.Compose([*steps, T.Lambda(_to_rgb), T.ToTensor(), T.Normalize(spec.mean, spec.std)])
 
 
 def eval_transform(spec: InputSpec):
-    resize = int(round(spec.size / spec.crop_pct))
     return T.Compose(
         [
-            T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
+            T.Resize(spec.resize, interpolation=INTERPOLATIONS[spec.interpolation]),
             T.CenterCrop(spec.size),
             T.Lambda(_to_rgb),
             T.ToTensor(),

@@ -1,93 +1,84 @@
-"""Training configuration: one flat dataclass, defaults = the paper's image recipe (DESIGN.md §1).
+"""Training configuration: one dataclass whose defaults are the paper's image recipe.
+
+The method's own options (``bottleneck``, ``vpt_tokens``, ...) are not repeated here: they belong to the method
+configs (``methods/*/config.py``) and are held in ``method_options``. Files and flags use one flat namespace:
+a YAML file or the command line may say ``bottleneck: 16`` next to ``epochs: 30``; :meth:`TrainConfig.from_flat`
+sorts the keys and refuses unknown ones, naming them and listing the valid ones.
 
 Precedence: dataclass defaults < YAML file (``--config image/cifar100_adaptformer`` or a path) < command-line
-options. The resolved configuration is written to the run directory as ``config.yaml``.
+options. The resolved configuration, every method option included, is written to the run directory as
+``config.yaml``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..adapters.methods import AdaptConfig
 from ..errors import AdaptFormerError
+from ..methods.base import MethodConfig
+from ..methods.registry import make_method_config, method_option_fields, methods_with_option, option_names
+from ..utils.options import check_int, check_number, option
 
 
 @dataclass
 class TrainConfig:
     # data
-    dataset: str = "cifar100"
-    data_root: str | None = None
-    download: bool = False
-    verify: bool = True
-    max_train_samples: int | None = None  # a prefix of the training set, for quick runs
-    max_eval_samples: int | None = None
+    dataset: str = option("cifar100", "dataset name (adaptformer train --help lists them; see README)")
+    data_root: str | None = option(None, "dataset directory, in the dataset's official layout")
+    download: bool = option(False, "download the official archives first (needs a network)")
+    verify: bool = option(True, "MD5-check CIFAR/SVHN files (--no-verify for re-packed files)")
+    max_train_samples: int | None = option(None, "train on a prefix of the training set (quick runs)")
+    max_eval_samples: int | None = option(None, "evaluate on a prefix of the test set")
     # backbone
-    model: str = "vit_base_patch16_224"
-    checkpoint: str | None = None
-    pretrained: bool = True
-    img_size: int | None = None  # run the backbone at another input size (position embeddings are resampled)
-    model_kwargs: dict | None = None  # extra timm.create_model keywords, e.g. {drop_path_rate: 0.1}
-    # method (see AdaptConfig)
-    method: str = "adaptformer"
-    bottleneck: int = 64
-    scale: float | str = 0.1
-    layernorm: str = "none"
-    adapter_dropout: float = 0.1
-    init: str = "lora"
-    placement: str = "parallel"
-    layers: str = "all"
-    vpt_tokens: int = 1
-    vpt_mode: str = "deep"
-    head_batchnorm: bool = True
+    model: str = option("vit_base_patch16_224", "timm model name or embedded backbone (adaptformer/vit-tiny-cifar10)")
+    checkpoint: str | None = option(None, "local backbone weights (timm, MAE or AdaptFormer-reference layout)")
+    pretrained: bool = option(True, "load pretrained weights (--no-pretrained: random, for smoke tests)")
+    img_size: int | None = option(None, "run the backbone at this input size (position embeddings are resampled)")
+    model_kwargs: dict | None = option(None, 'extra timm.create_model keywords as JSON, e.g. {"drop_path_rate": 0.1}')
+    # method: the name here, its options in method_options (flat keys in files and flags)
+    method: str = option("adaptformer", "adaptformer | linear | vpt | full")
+    method_options: dict = option(help="the method's options (given as flat keys / flags)", factory=dict)
+    task_name: str | None = option(None, "name of the task in its task files (default: the dataset name)")
     # optimisation: SGD momentum 0.9, wd 0, lr = blr * effective_batch / 256, warm-up + half-cycle cosine
-    epochs: int = 100
-    warmup_epochs: float = 20
-    batch_size: int = 128  # per process and micro-step
-    effective_batch: int | None = 1024  # batch_size * accumulation * world size; None: no accumulation
-    blr: float = 0.1
-    lr: float | None = None  # absolute learning rate; overrides blr
-    min_lr: float = 0.0
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    # augmentation
-    augment: bool = True
-    hflip: float = 0.5
-    scale_min: float = 0.08
-    crop_pct: float | None = None  # evaluation: Resize(size / crop_pct) + CenterCrop(size); None: the backbone's
+    epochs: int = option(100, "training epochs")
+    warmup_epochs: float = option(20, "linear warm-up epochs (per iteration) before the half-cycle cosine")
+    batch_size: int = option(128, "batch per process and micro-step")
+    effective_batch: int | None = option(1024, "batch per optimizer step over all processes (accumulation fills it)")
+    blr: float = option(0.1, "base lr: lr = blr * effective_batch / 256")
+    lr: float | None = option(None, "absolute learning rate (overrides blr)")
+    min_lr: float = option(0.0, "learning rate at the end of the cosine")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(0.0, "SGD weight decay")
+    label_smoothing: float = option(0.0, "cross-entropy label smoothing")
+    # augmentation and preprocessing
+    augment: bool = option(True, "RandomResizedCrop + flip for training (--no-augment: the eval transform)")
+    hflip: float = option(0.5, "probability of a horizontal flip")
+    scale_min: float = option(0.08, "smallest area fraction of RandomResizedCrop")
+    crop_pct: float | None = option(None, "eval: Resize(size / crop_pct) + CenterCrop(size); default: the backbone's")
+    interpolation: str | None = option(None, "bicubic | bilinear | nearest; default: the backbone's")
+    cache_features: bool = option(False, "linear probe: compute backbone features once, train the head on them")
     # execution
-    precision: str = "auto"
-    device: str = "auto"
-    workers: int = 2
-    seed: int = 0
+    precision: str = option("auto", "auto | fp32 | bf16 | fp16 (auto: bf16 where the CPU/GPU has it natively)")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    compile: bool = option(False, "torch.compile the model (faster steps after a one-off compile)")
+    workers: int = option(2, "data-loading worker processes")
+    seed: int = option(0, "random seed (initial weights, data order, augmentation)")
     # run directory
-    out: str | None = None
-    resume: bool = False
-    overwrite: bool = False
-    eval_every: int = 1
-    checkpoint_every_steps: int = 0  # also checkpoint mid-epoch every N optimizer steps (0: epoch ends only)
-    tensorboard: bool = True
+    out: str | None = option(None, "run directory (default runs/<dataset>-<method>)")
+    resume: bool = option(False, "continue the run in --out from its checkpoint")
+    overwrite: bool = option(False, "replace the run in --out")
+    eval_every: int = option(1, "evaluate every N epochs (and after the last)")
+    checkpoint_every_steps: int = option(0, "also checkpoint mid-epoch every N optimizer steps (0: epoch ends)")
+    tensorboard: bool = option(True, "write TensorBoard scalars beside metrics.jsonl")
 
-    def adapt_config(self) -> AdaptConfig:
-        return AdaptConfig(
-            method=self.method,
-            bottleneck=self.bottleneck,
-            scale=self.scale,
-            layernorm=self.layernorm,
-            dropout=self.adapter_dropout,
-            init=self.init,
-            placement=self.placement,
-            layers=self.layers,
-            vpt_tokens=self.vpt_tokens,
-            vpt_mode=self.vpt_mode,
-            head_batchnorm=self.head_batchnorm,
-        )
+    # ---- the method ----------------------------------------------------------------------------------------
+    def method_config(self) -> MethodConfig:
+        return make_method_config(self.method, **self.method_options)
 
     def timm_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.model_kwargs or {})
@@ -99,39 +90,60 @@ class TrainConfig:
         return Path(self.out) if self.out else Path("runs") / f"{self.dataset}-{self.method}"
 
     def validate(self) -> TrainConfig:
-        self.adapt_config()
-        for name in ("epochs", "batch_size", "workers", "eval_every"):
-            value = getattr(self, name)
-            minimum = 0 if name == "workers" else 1
-            if not isinstance(value, int) or value < minimum:
-                raise AdaptFormerError(f"--{name.replace('_', '-')}: expected an integer >= {minimum}, got {value!r}")
-        if self.effective_batch is not None and self.effective_batch < 1:
-            raise AdaptFormerError(f"--effective-batch: expected a positive integer, got {self.effective_batch}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise AdaptFormerError(f"--warmup-epochs: expected 0..epochs ({self.epochs}), got {self.warmup_epochs}")
+        self.method_config()
+        for name in ("epochs", "batch_size", "eval_every"):
+            check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+        for name in ("workers", "checkpoint_every_steps", "seed"):
+            check_int(f"--{name.replace('_', '-')}", getattr(self, name), 0)
+        check_int("--effective-batch", self.effective_batch, 1, allow_none=True)
+        check_number("--warmup-epochs", self.warmup_epochs, 0, self.epochs)
+        check_number("--crop-pct", self.crop_pct, 0.01, 1.0, allow_none=True)
+        check_number("--hflip", self.hflip, 0.0, 1.0)
+        check_number("--scale-min", self.scale_min, 0.0, 1.0)
         if self.resume and self.overwrite:
             raise AdaptFormerError("--resume and --overwrite exclude each other")
+        if self.cache_features and self.method != "linear":
+            raise AdaptFormerError("--cache-features: only the linear probe leaves the backbone features unchanged")
+        if self.cache_features and self.augment:
+            raise AdaptFormerError("--cache-features trains on features of un-augmented images; pass --no-augment")
         return self
 
+    # ---- flat form: what YAML files, flags and config.yaml hold ---------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field and every option of the method (resolved, defaults included), in one flat mapping."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "method_options"}
+        method = self.method_config().to_dict()
+        data.update({k: v for k, v in method.items() if k != "method"})
+        return data
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any], source: str = "configuration") -> TrainConfig:
+        config_values, options = split_flat(values, source)
+        try:
+            return cls(**config_values, method_options=options).validate()
+        except TypeError as error:
+            raise AdaptFormerError(f"{source}: {error}") from None
 
 
-FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
-# the fields that make up the AdaptConfig (see TrainConfig.adapt_config); `params` accepts exactly these
-METHOD_FIELDS = (
-    "method",
-    "bottleneck",
-    "scale",
-    "layernorm",
-    "adapter_dropout",
-    "init",
-    "placement",
-    "layers",
-    "vpt_tokens",
-    "vpt_mode",
-    "head_batchnorm",
-)
+def split_flat(values: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Flat keys -> (TrainConfig fields, method options); unknown keys and other methods' options are refused."""
+    own = {f.name for f in fields(TrainConfig)} - {"method_options"}
+    method_keys = set(method_option_fields())
+    unknown = sorted(set(values) - own - method_keys - {"method_options"})
+    if unknown:
+        valid = ", ".join(sorted(own | method_keys))
+        raise AdaptFormerError(f"{source}: unknown option(s) {', '.join(unknown)} (valid: {valid})")
+    options = dict(values.get("method_options") or {})
+    options.update({k: v for k, v in values.items() if k in method_keys})
+    method = values.get("method", "adaptformer")
+    valid_for_method = option_names(method)
+    for name in options:
+        if name not in valid_for_method:
+            owners = ", ".join(methods_with_option(name))
+            raise AdaptFormerError(f"{source}: {name} is an option of {owners}, not of method {method}")
+    return {k: v for k, v in values.items() if k in own}, options
+
+
 # may differ between a run and its resumption: they do not change what is trained
 RUN_CONTROL = {
     "resume",
@@ -143,7 +155,13 @@ RUN_CONTROL = {
     "checkpoint_every_steps",
     "download",
     "verify",
+    "compile",
+    "device",
 }
+
+
+def packaged_configs_dir() -> Path:
+    return Path(str(resources.files("adaptformer") / "configs"))
 
 
 def config_search_path(name: str) -> Path:
@@ -151,40 +169,41 @@ def config_search_path(name: str) -> Path:
     candidate = Path(name)
     if candidate.is_file():
         return candidate
-    packaged = Path(str(resources.files("adaptformer") / "configs"))
+    packaged = packaged_configs_dir()
     for path in (packaged / name, packaged / f"{name}.yaml"):
         if path.is_file():
             return path
-    available = sorted(str(p.relative_to(packaged).with_suffix("")) for p in packaged.rglob("*.yaml"))
-    raise AdaptFormerError(f"--config {name}: no such file or packaged config (available: {', '.join(available)})")
+    raise AdaptFormerError(
+        f"--config {name}: no such file or packaged config (available: {', '.join(list_packaged_configs())})"
+    )
 
 
-def load_config_file(name: str) -> dict[str, Any]:
-    path = config_search_path(name)
+def read_yaml_mapping(path: Path, option_name: str = "--config") -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise AdaptFormerError(f"--config {path}: invalid YAML ({str(error).splitlines()[0]})") from None
+        raise AdaptFormerError(f"{option_name} {path}: invalid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise AdaptFormerError(f"--config {path}: expected a mapping of option: value")
-    unknown = sorted(set(data) - set(FIELD_TYPES))
-    if unknown:
-        raise AdaptFormerError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
+        raise AdaptFormerError(f"{option_name} {path}: expected a mapping of option: value")
+    return data
+
+
+def load_config_file(name: str) -> dict[str, Any]:
+    """The flat option mapping of a YAML config, with unknown keys refused."""
+    path = config_search_path(name)
+    data = read_yaml_mapping(path)
+    split_flat(data, source=f"--config {path}")
     return data
 
 
 def make_config(file_values: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
-    values = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
-    try:
-        return TrainConfig(**values).validate()
-    except TypeError as error:
-        raise AdaptFormerError(f"configuration: {error}") from None
+    return TrainConfig.from_flat({**file_values, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 def list_packaged_configs() -> list[str]:
-    packaged = Path(str(resources.files("adaptformer") / "configs"))
+    packaged = packaged_configs_dir()
     return sorted(str(p.relative_to(packaged).with_suffix("")) for p in packaged.rglob("*.yaml"))
 
 
 def dump_yaml(config: TrainConfig) -> str:
-    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

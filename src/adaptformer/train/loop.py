@@ -8,10 +8,8 @@ then epochs of ``train_one_epoch`` + ``evaluate``, writing ``last``/``best`` tas
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,21 +22,24 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..adapters.methods import adapt
 from ..backbones.timm import create_backbone
-from ..data.image import build_image_split
 from ..data.loading import ResumableSampler, ShardSampler, make_loader
+from ..data.registry import build_split
 from ..data.transforms import InputSpec, eval_transform, train_transform
 from ..errors import AdaptFormerError
-from ..tasks import backbone_fingerprint, load_tuned_tensors, save_task, tuned_state_dict
-from ..utils.atomic import atomic_write_text
+from ..evaluation import evaluate
+from ..model import AdaptedModel, BackboneSource, adapt
+from ..runtime.distributed import DistInfo, cleanup_distributed, init_distributed, use_global_batchnorm
+from ..runtime.metrics import MetricsLogger
+from ..runtime.precision import autocast, make_grad_scaler, resolve_precision
+from ..runtime.rundir import check_same_settings, prepare_run_dir
+from ..runtime.state import CHECKPOINT_NAME, load_training_state, restore_rng_state, rng_state, save_training_state
+from ..tasks import save_task
+from ..utils.atomic import atomic_write_json, atomic_write_text
 from ..utils.hashing import hash_tensors
 from .config import RUN_CONTROL, TrainConfig, dump_yaml
-from .distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, use_global_batchnorm
-from .metrics import MetricsLogger
+from .features import FeatureHead, cache_features
 from .optim import make_optimizer, make_schedule, scaled_lr
-from .precision import autocast, make_grad_scaler, resolve_precision
-from .state import CHECKPOINT_NAME, load_training_state, restore_rng_state, rng_state, save_training_state
 
 RUN_FILES = (
     "config.yaml",
@@ -97,24 +98,6 @@ def plan_steps(cfg: TrainConfig, train_size: int, world_size: int) -> Plan:
     return Plan(accumulation, effective, lr, steps, steps * cfg.epochs, round(steps * cfg.warmup_epochs))
 
 
-def prepare_run_dir(cfg: TrainConfig, info: DistInfo) -> Path:
-    """Refuse to mix two runs in one directory unless told to resume or overwrite."""
-    run_dir = cfg.run_dir()
-    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if existing and not cfg.resume and not cfg.overwrite:  # every rank refuses, so none waits for the others
-        raise AdaptFormerError(
-            f"--out {run_dir}: already holds a run ({', '.join(existing[:3])}); "
-            "pass --resume to continue it or --overwrite to replace it"
-        )
-    if info.is_main and existing and cfg.overwrite:
-        for name in existing:
-            target = run_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def setup_logging(run_dir: Path, info: DistInfo) -> None:
     log.setLevel(logging.INFO)
     log.handlers.clear()
@@ -130,16 +113,22 @@ def setup_logging(run_dir: Path, info: DistInfo) -> None:
     log.addHandler(console)
 
 
+def input_spec(cfg: TrainConfig, backbone: nn.Module) -> InputSpec:
+    """The backbone's preprocessing with the run's overrides: what the task files record."""
+    return InputSpec.from_model(backbone).replace(crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
+
+
 def build_data(cfg: TrainConfig, spec: InputSpec):
-    train = build_image_split(
+    augment = cfg.augment and not cfg.cache_features
+    train = build_split(
         cfg.dataset,
         cfg.data_root,
         True,
-        train_transform(spec, cfg.hflip, cfg.scale_min, cfg.augment),
+        train_transform(spec, cfg.hflip, cfg.scale_min, augment),
         verify=cfg.verify,
         download=cfg.download,
     )
-    test = build_image_split(
+    test = build_split(
         cfg.dataset, cfg.data_root, False, eval_transform(spec), verify=cfg.verify, download=cfg.download
     )
     if train.classes != test.classes:
@@ -150,38 +139,6 @@ def build_data(cfg: TrainConfig, spec: InputSpec):
     if cfg.max_eval_samples:
         test_set = torch.utils.data.Subset(test_set, range(min(cfg.max_eval_samples, len(test_set))))
     return train_set, test_set, train.classes
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader, device: torch.device, precision: str, num_classes: int, show_progress: bool = False
-) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%) and mean loss, summed over every rank's shard."""
-    model.eval()
-    k = min(5, num_classes)
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct@1, correct@k, loss sum, count
-    for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not show_progress):
-        if batch.images is None:
-            continue
-        images, labels = batch.images.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
-        with autocast(precision, device):
-            logits = model(images)
-        logits = logits.float()
-        topk = logits.topk(k, dim=1).indices
-        hits = topk == labels[:, None]
-        totals += torch.tensor(
-            [
-                hits[:, 0].sum().item(),
-                hits.any(1).sum().item(),
-                F.cross_entropy(logits, labels, reduction="sum").item(),
-                len(labels),
-            ],
-            dtype=torch.float64,
-            device=device,
-        )
-    correct1, correctk, loss, count = all_reduce_sum(totals).tolist()
-    count = max(count, 1)
-    return {"top1": 100 * correct1 / count, "top5": 100 * correctk / count, "loss": loss / count, "samples": int(count)}
 
 
 def train_one_epoch(
@@ -218,21 +175,21 @@ def train_one_epoch(
             progress.skipped_images += len(batch.skipped)
             for item in batch.skipped:
                 log.warning(
-                    "skipped unreadable image %s (%s); %d skipped so far",
+                    "skipped unreadable file %s (%s); %d skipped so far",
                     item.path,
                     item.reason,
                     progress.skipped_images,
                 )
-        if batch.images is None:
+        if batch.inputs is None:
             continue
         micro += 1
         last_micro = micro % plan.accumulation == 0
-        images, labels = batch.images.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
+        inputs, labels = batch.inputs.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
         # gradients are all-reduced only on the last micro-batch of an accumulation
         sync = contextlib.nullcontext() if last_micro or not info.distributed else model.no_sync()
         with sync:
             with autocast(precision, device):
-                loss = F.cross_entropy(model(images), labels, label_smoothing=cfg.label_smoothing)
+                loss = F.cross_entropy(model(inputs), labels, label_smoothing=cfg.label_smoothing)
             if not math.isfinite(loss.item()):
                 raise AdaptFormerError(f"loss is {loss.item()} at step {progress.global_step}; lower --lr/--blr")
             scaler.scale(loss / plan.accumulation).backward()
@@ -268,32 +225,34 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
-    run_dir = prepare_run_dir(cfg, info)
+    run_dir = prepare_run_dir(cfg.run_dir(), RUN_FILES, cfg.resume, cfg.overwrite, info.is_main)
     if info.distributed:
         torch.distributed.barrier()
     setup_logging(run_dir, info)
     torch.manual_seed(cfg.seed)
     precision = resolve_precision(cfg.precision, info.device)
 
-    # the backbone first: its input size / mean / std decide the transforms
+    # the backbone first: its input size / mean / std / crop decide the transforms
     backbone = create_backbone(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, **cfg.timm_kwargs())
-    spec = InputSpec.from_model(backbone)
-    if cfg.crop_pct:
-        spec = dataclasses.replace(spec, crop_pct=cfg.crop_pct)
+    spec = input_spec(cfg, backbone)
     train_set, test_set, classes = build_data(cfg, spec)
     torch.manual_seed(cfg.seed)  # the same initial adapters / head on every rank
-    model = adapt(backbone, num_classes=len(classes), config=cfg.adapt_config()).to(info.device)
+    source = BackboneSource(cfg.model, cfg.timm_kwargs(), Path(cfg.checkpoint).name if cfg.checkpoint else None)
+    model = adapt(
+        backbone, config=cfg.method_config(), classes=classes, task=cfg.task_name or cfg.dataset, source=source
+    ).to(info.device)
     plan = plan_steps(cfg, len(train_set), info.world_size)
-    optimizer = make_optimizer(model, plan.lr, cfg.momentum, cfg.weight_decay)
+    optimizer = make_optimizer(model.trainable_parameters(), plan.lr, cfg.momentum, cfg.weight_decay)
     schedule = make_schedule(optimizer, plan.total_steps, plan.warmup_steps, cfg.min_lr)
     scaler = make_grad_scaler(precision, info.device)
     progress = Progress()
+    fingerprint = model.backbone_fingerprint()  # the frozen weights do not change: hash them once
 
     checkpoint_path = run_dir / CHECKPOINT_NAME
     if cfg.resume and checkpoint_path.exists():
         state = load_training_state(checkpoint_path)
-        check_resumable(state, cfg, model, checkpoint_path)
-        load_tuned_tensors(model, state["tuned"], checkpoint_path)
+        check_resumable(state, cfg, fingerprint, checkpoint_path)
+        model.load_task_state(state["tuned"], source=checkpoint_path)
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
@@ -309,7 +268,7 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     if info.is_main:
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
         log.info(
-            "%s on %s: %d train / %d test images, %d classes; %s on %s (%s)",
+            "%s on %s: %d train / %d test samples, %d classes; %s on %s (%s)",
             cfg.method,
             cfg.dataset,
             len(train_set),
@@ -328,13 +287,26 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
             plan.lr,
             plan.steps_per_epoch,
         )
+
+    # what a step runs: the whole model, or (linear probe on cached features) only the task's head
+    step_model: nn.Module = model
+    input_ndim = spec.input_ndim
+    if cfg.cache_features:
+        train_set, test_set, skipped = cache_features(model, train_set, test_set, cfg.batch_size, info, precision)
+        for item in skipped:
+            log.warning("skipped unreadable file %s (%s)", item.path, item.reason)
+        if progress.global_step == 0:
+            progress.skipped_images += len(skipped)
+        step_model, input_ndim = FeatureHead(model), 2
     if info.distributed:
         use_global_batchnorm(model)
         ddp_model = DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+            step_model, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
     else:
-        ddp_model = model
+        ddp_model = step_model
+    train_forward = torch.compile(ddp_model) if cfg.compile else ddp_model
+    eval_forward = torch.compile(step_model) if cfg.compile else step_model
     metrics = MetricsLogger(run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard)
     sampler = ResumableSampler(train_set, info.world_size, info.rank, shuffle=True, seed=cfg.seed, drop_last=True)
     test_loader = make_loader(
@@ -345,7 +317,6 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         cfg.seed,
         drop_last=False,
     )
-    fingerprint = backbone_fingerprint(model)
 
     def save_checkpoint() -> None:
         rngs = [rng_state()]
@@ -356,7 +327,7 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         if info.is_main:
             save_training_state(
                 checkpoint_path,
-                tuned=tuned_state_dict(model),
+                tuned=model.task_state_dict(),
                 optimizer=optimizer.state_dict(),
                 schedule=schedule.state_dict(),
                 scaler=scaler.state_dict(),
@@ -387,7 +358,7 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
             drop_last=True,
         )
         stats = train_one_epoch(
-            ddp_model,
+            train_forward,
             loader,
             optimizer,
             schedule,
@@ -405,7 +376,9 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         progress.step_in_epoch = 0
         record = {"epoch": progress.epoch, **stats, "train_seconds": round(progress.train_seconds, 2)}
         if progress.epoch % cfg.eval_every == 0 or progress.epoch == cfg.epochs:
-            result = evaluate(model, test_loader, info.device, precision, len(classes), show_progress=info.is_main)
+            result = evaluate(
+                eval_forward, test_loader, info.device, precision, len(classes), input_ndim, show_progress=info.is_main
+            )
             record.update({f"test_{k}": v for k, v in result.items()})
             if result["top1"] > progress.best_top1:
                 progress.best_top1, progress.best_epoch = result["top1"], progress.epoch
@@ -413,9 +386,9 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
                     save_task(
                         model,
                         run_dir / "best.safetensors",
-                        classes,
                         extra=task_extra(cfg, record),
                         fingerprint=fingerprint,
+                        preprocessing=spec,
                     )
             log.info(
                 "epoch %d: loss %.4f, top-1 %.2f, top-5 %.2f (best %.2f @ %d)",
@@ -430,7 +403,11 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         metrics.log(progress.global_step, **record)
         if info.is_main:
             save_task(
-                model, run_dir / "last.safetensors", classes, extra=task_extra(cfg, record), fingerprint=fingerprint
+                model,
+                run_dir / "last.safetensors",
+                extra=task_extra(cfg, record),
+                fingerprint=fingerprint,
+                preprocessing=spec,
             )
         save_checkpoint()
     metrics.close()
@@ -440,8 +417,6 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         if not summary["ranks_in_sync"]:
             log.warning("the ranks ended with different weights; check for non-deterministic custom code")
     if info.is_main:
-        from ..utils.atomic import atomic_write_json
-
         atomic_write_json(run_dir / "summary.json", summary)
     return summary
 
@@ -449,7 +424,7 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
 def ranks_hold_identical_weights(model: nn.Module, info: DistInfo) -> bool:
     """All-gather a hash of every rank's tuned tensors: DDP must leave them bit-identical."""
     hashes = [None] * info.world_size
-    torch.distributed.all_gather_object(hashes, hash_tensors(sorted(tuned_state_dict(model).items())))
+    torch.distributed.all_gather_object(hashes, hash_tensors(sorted(model.task_state_dict().items())))
     return len(set(hashes)) == 1
 
 
@@ -462,10 +437,8 @@ def task_extra(cfg: TrainConfig, record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def summarize(cfg, model, progress: Progress, plan: Plan, classes, run_dir: Path) -> dict[str, Any]:
-    from ..adapters.report import parameter_report
-
-    report = parameter_report(model)
+def summarize(cfg, model: AdaptedModel, progress: Progress, plan: Plan, classes, run_dir: Path) -> dict[str, Any]:
+    report = model.parameter_report()
     last = next((h for h in reversed(progress.history) if "test_top1" in h), {})
     return {
         "dataset": cfg.dataset,
@@ -488,11 +461,7 @@ def summarize(cfg, model, progress: Progress, plan: Plan, classes, run_dir: Path
     }
 
 
-def check_resumable(state: dict[str, Any], cfg: TrainConfig, model: nn.Module, path: Path) -> None:
-    saved = state.get("config", {})
-    changed = [k for k, v in cfg.to_dict().items() if k not in RUN_CONTROL and saved.get(k) != v]
-    if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in changed[:3])
-        raise AdaptFormerError(f"--resume: {path} was trained with other settings ({details})")
-    if state.get("fingerprint") != backbone_fingerprint(model):
+def check_resumable(state: dict[str, Any], cfg: TrainConfig, fingerprint: str | None, path: Path) -> None:
+    check_same_settings(state.get("config", {}), cfg.to_dict(), RUN_CONTROL, path)
+    if state.get("fingerprint") != fingerprint:
         raise AdaptFormerError(f"--resume: {path} was trained on other backbone weights")

@@ -1,4 +1,4 @@
-"""The adapted timm ViT computes exactly the DESIGN.md §1 equations."""
+"""The adapted timm ViT computes exactly the AdaptFormer equations (README, "How it works")."""
 
 import copy
 
@@ -22,12 +22,11 @@ def reference_adapter(adapter, h):
     return out
 
 
-def reference_block(block, x):
+def reference_block(block, x, adapter):
     """x' = x + Attn(LN1(x)); parallel: y = x' + MLP(LN2(x')) + a(x'); sequential: m = MLP(LN2(x')),
     y = x' + m + a(m)."""
     x_prime = x + block.attn(block.norm1(x))
     m = block.mlp(block.norm2(x_prime))
-    adapter = getattr(block, "adaptmlp", None)
     if adapter is None:
         return x_prime + m
     if adapter.config.placement == "parallel":
@@ -63,11 +62,12 @@ def test_adapted_model_equals_reference_equations(options, images):
     randomize_adapters(model)
     model.eval()
     x = images.double()
-    tokens = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+    vit = model.backbone
+    tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
     expected = tokens
-    for block in model.blocks:
-        expected = reference_block(block, expected)
-    expected = model.norm(expected)
+    for index, block in enumerate(vit.blocks):
+        expected = reference_block(block, expected, model.task.adapter(index))
+    expected = vit.norm(expected)
     actual = model.forward_features(x)
     assert (actual - expected).abs().max() < 1e-6
     assert (actual - tiny_vit().double().forward_features(x)).abs().max() > 1e-3  # the adapters do act
@@ -97,8 +97,8 @@ def test_vpt_prompts_change_features_but_keep_token_count(images):
         tokens = adapted.forward_features(images)
         assert tokens.shape == backbone.forward_features(images).shape
         assert not torch.allclose(features(adapted, images), features(backbone, images))
-        assert len(adapted.embeddings) == (2 if mode == "deep" else 1)
-        assert adapted.embeddings[0].shape == (1, 3, 32)
+        assert len(adapted.task.embeddings) == (2 if mode == "deep" else 1)
+        assert adapted.task.embeddings[0].shape == (1, 3, 32)
 
 
 def test_vpt_deep_prepends_before_and_drops_after_every_block(images):
@@ -112,15 +112,15 @@ def test_vpt_deep_prepends_before_and_drops_after_every_block(images):
 
 def test_layer_subsets_place_adapters_only_where_asked():
     model = adaptformer.adapt(tiny_vit(depth=4), "adaptformer", layers="top:1")
-    assert [i for i, b in enumerate(model.blocks) if hasattr(b, "adaptmlp")] == [3]
+    assert [i for i in range(4) if model.task.adapter(i) is not None] == [3]
     model = adaptformer.adapt(tiny_vit(depth=4), "adaptformer", layers=[0, 2])
-    assert [i for i, b in enumerate(model.blocks) if hasattr(b, "adaptmlp")] == [0, 2]
+    assert [i for i in range(4) if model.task.adapter(i) is not None] == [0, 2]
 
 
 @pytest.mark.parametrize("width, depth, heads", [(48, 3, 3), (64, 1, 4)])
 def test_any_width_and_depth(width, depth, heads):
     model = adaptformer.adapt(tiny_vit(embed_dim=width, depth=depth, num_heads=heads), bottleneck=8)
-    assert model.blocks[0].adaptmlp.down_proj.weight.shape == (8, width)
+    assert model.task.adapter(0).down_proj.weight.shape == (8, width)
     assert len([n for n, _ in model.named_parameters() if n.endswith("adaptmlp.up_proj.weight")]) == depth
 
 

@@ -6,7 +6,25 @@ from collections.abc import Sequence
 
 from ..errors import AdaptFormerError
 
-LayerSpec = str | Sequence[int]
+LayerSpec = str | tuple[int, ...]
+
+
+def normalize_layer_spec(spec: str | Sequence[int]) -> LayerSpec:
+    """Check the syntax of a layer spec before the depth is known; lists become tuples (hashable configs)."""
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text != "all":
+            resolve_layers(text, _SYNTAX_ONLY)
+        return text
+    if isinstance(spec, Sequence) and not isinstance(spec, (bytes, bytearray)):
+        values = tuple(_parse_int(str(item), spec) for item in spec)
+        if not values:
+            raise AdaptFormerError(f"layers: {spec!r} selects no block")
+        return values
+    raise AdaptFormerError(f"layers: expected 'all', 'top:K', 'bottom:K' or a list of block indices, got {spec!r}")
+
+
+_SYNTAX_ONLY = 10**9  # a depth no model has: resolve_layers then checks the syntax alone
 
 
 def resolve_layers(spec: LayerSpec, depth: int) -> list[int]:

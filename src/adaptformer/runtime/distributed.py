@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import AdaptFormerError
+from .device import pick_device
 
 
 @dataclass(frozen=True)
@@ -32,18 +32,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def pick_device(preference: str, local_rank: int = 0) -> torch.device:
-    if preference == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(f"cuda:{local_rank}" if preference == "cuda" else preference)
-    except RuntimeError:
-        raise AdaptFormerError(f"--device: expected auto, cpu, cuda or cuda:N, got {preference!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AdaptFormerError(f"--device {preference}: CUDA is not available on this machine")
-    return device
 
 
 def init_distributed(device_preference: str = "auto") -> DistInfo:

@@ -5,13 +5,13 @@ import torch
 import torch.nn.functional as F
 
 import adaptformer
-from adaptformer.adapters.freeze import is_locked_in_eval
 from conftest import tiny_vit
 
+TASK = "tasks.default."
 EXPECTED_TRAINABLE = {
-    "adaptformer": lambda n: ".adaptmlp." in n or n.startswith("head."),
-    "linear": lambda n: n.startswith("head."),
-    "vpt": lambda n: n.startswith("embeddings.") or n.startswith("head."),
+    "adaptformer": lambda n: n.startswith(TASK) and (".adaptmlp." in n or n.startswith(TASK + "head.")),
+    "linear": lambda n: n.startswith(TASK + "head."),
+    "vpt": lambda n: n.startswith(TASK + "embeddings.") or n.startswith(TASK + "head."),
     "full": lambda n: True,
 }
 
@@ -46,9 +46,9 @@ def test_frozen_parts_stay_in_eval_mode_in_training():
     images = torch.randn(64, 3, 32, 32)
     model = adaptformer.adapt(tiny_vit(drop_path_rate=0.5, proj_drop_rate=0.5), "adaptformer", dropout=0.0)
     model.train()
-    assert model.training and model.head.training and model.blocks[0].adaptmlp.training
+    assert model.training and model.head.training and model.task.adapter(0).training
     assert not model.blocks[0].attn.training and not model.blocks[0].drop_path2.training
-    assert is_locked_in_eval(model.patch_embed)
+    assert not model.backbone.training and not model.backbone.patch_embed.training
     with torch.no_grad():
         assert torch.equal(model.forward_features(images), model.forward_features(images))
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from adaptformer import AdapterConfig, AdaptFormerError, AdaptMLP
+from adaptformer import AdaptFormerConfig, AdaptFormerError, AdaptMLP
 
 
 @pytest.mark.parametrize(
@@ -22,11 +22,11 @@ from adaptformer import AdapterConfig, AdaptFormerError, AdaptMLP
 )
 def test_config_rejects_bad_values_with_the_option_named(options, message):
     with pytest.raises(AdaptFormerError, match=message):
-        AdapterConfig(**options)
+        AdaptFormerConfig(**options)
 
 
 def test_lora_init_gives_zero_output_and_reference_names():
-    adapter = AdaptMLP(16, AdapterConfig(bottleneck=4))
+    adapter = AdaptMLP(16, AdaptFormerConfig(bottleneck=4))
     assert set(dict(adapter.named_parameters())) == {
         "down_proj.weight",
         "down_proj.bias",
@@ -41,8 +41,8 @@ def test_lora_init_gives_zero_output_and_reference_names():
 
 def test_kaiming_normal_init_has_larger_spread_than_lora():
     torch.manual_seed(0)
-    lora = AdaptMLP(256, AdapterConfig(bottleneck=64, init="lora"))
-    normal = AdaptMLP(256, AdapterConfig(bottleneck=64, init="kaiming_normal"))
+    lora = AdaptMLP(256, AdaptFormerConfig(bottleneck=64, init="lora"))
+    normal = AdaptMLP(256, AdaptFormerConfig(bottleneck=64, init="kaiming_normal"))
     assert normal.down_proj.weight.std().item() == pytest.approx(math.sqrt(2 / 256), rel=0.05)
     assert lora.down_proj.weight.std() < normal.down_proj.weight.std()
     assert torch.count_nonzero(normal.up_proj.weight) == 0
@@ -50,21 +50,21 @@ def test_kaiming_normal_init_has_larger_spread_than_lora():
 
 @pytest.mark.parametrize("layernorm", ["in", "out"])
 def test_layernorm_option_adds_reference_named_norm(layernorm):
-    adapter = AdaptMLP(8, AdapterConfig(bottleneck=2, layernorm=layernorm))
+    adapter = AdaptMLP(8, AdaptFormerConfig(bottleneck=2, layernorm=layernorm))
     assert "adapter_layer_norm_before.weight" in dict(adapter.named_parameters())
 
 
 def test_learnable_scale_is_a_parameter_initialised_to_one():
-    adapter = AdaptMLP(8, AdapterConfig(bottleneck=2, scale="learnable"))
+    adapter = AdaptMLP(8, AdaptFormerConfig(bottleneck=2, scale="learnable"))
     assert isinstance(adapter.scale, torch.nn.Parameter)
     assert adapter.scale.item() == 1.0
-    fixed = AdaptMLP(8, AdapterConfig(bottleneck=2, scale=0.5))
+    fixed = AdaptMLP(8, AdaptFormerConfig(bottleneck=2, scale=0.5))
     assert fixed.scale == 0.5 and "scale" not in dict(fixed.named_parameters())
 
 
 def test_forward_matches_the_formula_with_dropout_only_in_training():
     torch.manual_seed(0)
-    adapter = AdaptMLP(8, AdapterConfig(bottleneck=3, scale=0.3, dropout=0.5))
+    adapter = AdaptMLP(8, AdaptFormerConfig(bottleneck=3, scale=0.3, dropout=0.5))
     torch.nn.init.normal_(adapter.up_proj.weight)
     x = torch.randn(2, 5, 8)
     expected = 0.3 * adapter.up_proj(torch.relu(adapter.down_proj(x)))

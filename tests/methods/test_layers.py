@@ -1,7 +1,7 @@
 import pytest
 
 from adaptformer import AdaptFormerError
-from adaptformer.adapters.layers import resolve_layers
+from adaptformer.methods.layers import resolve_layers
 
 
 @pytest.mark.parametrize(

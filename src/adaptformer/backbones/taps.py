@@ -1,0 +1,113 @@
+"""Where a task plugs into a real timm ViT block, without copying or re-implementing the block.
+
+timm's pre-norm ``Block`` computes ``x' = x + attn-branch`` then ``y = x' + drop_path2(ls2(mlp(norm2(x'))))``.
+Four hooks on timm's own modules give a task every point it needs:
+
+* a forward pre-hook on the block: its input (VPT prepends prompts);
+* a forward pre-hook on ``norm2``: x', the post-attention residual (the parallel adapter's input);
+* a forward hook on ``drop_path2``: m, the MLP branch after DropPath (AdaptFormer returns m + a);
+* a forward hook on the block: its output (VPT drops the prompts).
+
+Each hook asks its router (the host model) for the task to run, so one backbone serves many tasks. The hooks
+keep no per-thread state and call only plain Python, so ``torch.compile`` traces them with no graph break. The
+x' captured at ``norm2`` is held on the hook object until ``drop_path2`` of the same block consumes it, so
+one model instance runs one forward at a time (as with any module that keeps state between its sub-modules).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from ..errors import AdaptFormerError
+
+UNSUPPORTED_BLOCKS = {"ResPostBlock", "ParallelScalingBlock", "ParallelThingsBlock"}
+
+
+class TaskRouter(Protocol):
+    def routed_task(self): ...  # the Task whose modules run now, or None
+
+
+class BlockTap:
+    """Base of the four hooks: knows its block index and its router."""
+
+    def __init__(self, router: TaskRouter, index: int):
+        self.router = router
+        self.index = index
+
+
+class BeforeBlock(BlockTap):
+    def __call__(self, module: nn.Module, args: tuple):
+        task = self.router.routed_task()
+        if task is None:
+            return None
+        return (task.before_block(self.index, args[0]), *args[1:])
+
+
+class AfterBlock(BlockTap):
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        task = self.router.routed_task()
+        return output if task is None else task.after_block(self.index, output)
+
+
+class CaptureResidual(BlockTap):
+    """Pre-hook on ``norm2``: keep x' when the task's MLP branch will need it."""
+
+    def __init__(self, router: TaskRouter, index: int):
+        super().__init__(router, index)
+        self.residual: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        task = self.router.routed_task()
+        if task is not None and task.wants_residual(self.index):
+            self.residual = args[0]
+
+
+class AdaptMLPBranch(BlockTap):
+    """Forward hook on ``drop_path2``: m -> the task's branch (m + a(x') or m + a(m))."""
+
+    def __init__(self, router: TaskRouter, index: int, capture: CaptureResidual):
+        super().__init__(router, index)
+        self.capture = capture
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        task = self.router.routed_task()
+        if task is None:
+            return output
+        residual = self.capture.residual
+        self.capture.residual = None  # release x' at once: nothing keeps activations alive between forwards
+        return task.mlp_branch(self.index, output, residual)
+
+
+def check_prenorm_block(block: nn.Module, index: int) -> None:
+    """Only pre-norm blocks (norm2 -> mlp -> drop_path2 on the residual) have the x' the adapter needs."""
+    missing = [name for name in ("norm2", "mlp", "drop_path2") if not isinstance(getattr(block, name, None), nn.Module)]
+    name = type(block).__name__
+    if missing or name in UNSUPPORTED_BLOCKS:
+        raise AdaptFormerError(
+            f"block {index} ({name}) is not a pre-norm timm ViT block with norm2/mlp/drop_path2; "
+            "AdaptFormer supports timm's Block (ViT, DeiT, DeiT-III, MAE, augreg, in21k families)"
+        )
+
+
+def is_tapped(block: nn.Module) -> bool:
+    return any(isinstance(hook, BlockTap) for hook in block._forward_pre_hooks.values())
+
+
+def install_taps(blocks: list[nn.Module], router: TaskRouter) -> None:
+    """Hook every block once; a block hooked by another model is refused (it would run two tasks at once)."""
+    for index, block in enumerate(blocks):
+        check_prenorm_block(block, index)
+        if is_tapped(block):
+            raise AdaptFormerError(
+                "this backbone already serves an adapted model; add tasks to that model (add_task) or adapt a "
+                "fresh backbone"
+            )
+    for index, block in enumerate(blocks):
+        capture = CaptureResidual(router, index)
+        block.register_forward_pre_hook(BeforeBlock(router, index))
+        block.norm2.register_forward_pre_hook(capture)
+        block.drop_path2.register_forward_hook(AdaptMLPBranch(router, index, capture))
+        block.register_forward_hook(AfterBlock(router, index))

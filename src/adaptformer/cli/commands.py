@@ -1,0 +1,246 @@
+"""The commands. Each parses its options and calls library functions with explicit arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+
+from ..errors import AdaptFormerError
+from .options import add_dataclass_options, add_method_options, given
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help_text: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    def register(run: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = (help_text, add_arguments, run)
+        return run
+
+    return register
+
+
+# ---- params ------------------------------------------------------------------------------------------------
+def _params_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backbone")
+    group.add_argument(
+        "--model", default="adaptformer/vit-tiny-cifar10", help="timm model name or embedded backbone (%(default)s)"
+    )
+    group.add_argument("--checkpoint", default=None, help="local weights file: only its architecture matters here")
+    group.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="accepted; nothing is loaded")
+    group.add_argument("--model-kwargs", type=_json_dict, default=None, help="extra timm.create_model keywords (JSON)")
+    parser.add_argument("--method", default="adaptformer", help="adaptformer | linear | vpt | full (%(default)s)")
+    parser.add_argument("--num-classes", type=int, default=None, help="classes of the new head")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(method_option_names=add_method_options(parser))
+
+
+def _json_dict(text: str) -> dict:
+    from .options import value_parser
+
+    return value_parser(dict)(text)
+
+
+@command("params", "count total / trainable parameters of a method on a backbone", _params_arguments)
+def run_params(args: argparse.Namespace) -> int:
+    from ..methods.registry import make_method_config
+    from ..model import create_model
+
+    config = make_method_config(args.method, **given(args, args.method_option_names))
+    # counting needs no weights: the architecture is built with random ones (nothing is downloaded)
+    model = create_model(
+        args.model, num_classes=args.num_classes, pretrained=False, config=config, timm_kwargs=args.model_kwargs
+    )
+    report = model.parameter_report()
+    if args.json:
+        print(json.dumps({"model": args.model, "method": config.name, **report.to_dict()}))
+        return 0
+    rows = [
+        ("model", args.model),
+        ("method", config.name),
+        ("total", f"{report.total:,}"),
+        ("trainable", f"{report.trainable:,}"),
+        ("percent", f"{report.percent:.2f} %"),
+        ("  adapters", f"{report.adapters:,}"),
+        ("  prompts", f"{report.prompts:,}"),
+        ("  head", f"{report.head:,}"),
+        ("  norms", f"{report.norms:,}"),
+        ("frozen", f"{report.frozen:,}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value:>14}")
+    return 0
+
+
+# ---- train -------------------------------------------------------------------------------------------------
+def add_train_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field and per method option; defaults come from --config (then the code)."""
+    from ..data.registry import dataset_names
+    from ..train.config import TrainConfig
+
+    parser.add_argument(
+        "--config", default=None, help="YAML file or packaged config name, e.g. image/cifar100_adaptformer"
+    )
+    group = parser.add_argument_group("training", f"datasets: {', '.join(dataset_names())}")
+    names = add_dataclass_options(group, TrainConfig, skip={"method_options"})
+    parser.set_defaults(train_option_names=names + add_method_options(parser))
+
+
+def train_config_from_args(args: argparse.Namespace):
+    from ..train.config import load_config_file, make_config
+
+    file_values = load_config_file(args.config) if args.config else {}
+    return make_config(file_values, given(args, args.train_option_names))
+
+
+@command(
+    "train",
+    "train a method on a dataset with the paper's recipe (torchrun for several processes)",
+    add_train_config_arguments,
+)
+def run_train(args: argparse.Namespace) -> int:
+    from ..train.loop import fit
+
+    summary = fit(train_config_from_args(args))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(json.dumps(summary))
+    return 0
+
+
+# ---- eval / predict ----------------------------------------------------------------------------------------
+def _task_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help="task file (.safetensors) written by train / save_task")
+    parser.add_argument("--model", default=None, help="backbone name (default: the one recorded in the task)")
+    parser.add_argument("--checkpoint", default=None, help="local backbone weights file")
+    parser.add_argument(
+        "--no-check-backbone",
+        dest="check_backbone",
+        action="store_false",
+        help="load even if the backbone weights differ from those the task was trained on",
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (%(default)s)")
+    parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (%(default)s)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    parser.add_argument("--batch-size", type=int, default=128, help="%(default)s")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    _task_arguments(parser)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--split", choices=("test", "train"), default="test")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the MD5 check of CIFAR/SVHN")
+    parser.add_argument("--max-samples", type=int, default=None)
+
+
+def _load_task(args: argparse.Namespace):
+    from ..inference import load_for_inference
+
+    return load_for_inference(
+        args.task,
+        args.model,
+        args.checkpoint,
+        device=args.device,
+        precision=args.precision,
+        check_backbone=args.check_backbone,
+        compile=args.compile,
+    )
+
+
+@command("eval", "top-1 / top-5 of a task file on a dataset split", _eval_arguments)
+def run_eval(args: argparse.Namespace) -> int:
+    from ..inference import evaluate_task
+
+    loaded = _load_task(args)
+    result = evaluate_task(
+        loaded,
+        args.dataset,
+        args.data_root,
+        train_split=args.split == "train",
+        batch_size=args.batch_size,
+        workers=args.workers,
+        verify=args.verify,
+        max_samples=args.max_samples,
+    )
+    if args.json:
+        print(json.dumps({"task": args.task, "dataset": args.dataset, "split": args.split, **result}))
+    else:
+        print(
+            f"{args.dataset} {args.split}: top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  "
+            f"loss {result['loss']:.4f}  ({result['samples']} images)"
+        )
+    return 0
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    _task_arguments(parser)
+    parser.add_argument("images", nargs="+", help="image files and/or folders")
+    parser.add_argument("--top-k", type=int, default=5)
+
+
+@command("predict", "top-k labels for image files or folders", _predict_arguments)
+def run_predict(args: argparse.Namespace) -> int:
+    from ..inference import collect_images, predict_files
+
+    files = collect_images(args.images)
+    loaded = _load_task(args)
+    results = predict_files(loaded, files, top_k=args.top_k, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    for row in results:
+        if "error" in row:
+            print(f"{row['file']}  ERROR {row['error']}")
+        else:
+            print(f"{row['file']}  " + "  ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"]))
+    return 1 if all("error" in row for row in results) else 0
+
+
+# ---- demo --------------------------------------------------------------------------------------------------
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="demo-report", help="report directory (default: %(default)s)")
+    parser.add_argument("--config", default="demo", help="demo config (default: the packaged demo.yaml)")
+    parser.add_argument("--methods", default=None, help="comma-separated subset, e.g. linear,adaptformer")
+    parser.add_argument("--epochs", type=int, default=None, help="override the epochs of every method")
+
+
+@command(
+    "demo", "adapt the embedded ViT to a real offline dataset with every method; table, report, plot", _demo_arguments
+)
+def run_demo_command(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    if args.epochs:
+        overrides["warmup_epochs"] = min(args.epochs, 2)
+        overrides["eval_every"] = args.epochs
+    run_demo(args.out, args.config, args.methods.split(",") if args.methods else None, overrides)
+    print(f"report: {args.out}/report.md, plot: {args.out}/accuracy_vs_params.png")
+    return 0
+
+
+# ---- pretrain ----------------------------------------------------------------------------------------------
+def _pretrain_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..pretrain import PretrainConfig
+
+    names = add_dataclass_options(parser.add_argument_group("pretraining"), PretrainConfig)
+    parser.set_defaults(pretrain_option_names=names)
+
+
+@command(
+    "pretrain", "train a small ViT from scratch (how the embedded backbone was made); resumable", _pretrain_arguments
+)
+def run_pretrain(args: argparse.Namespace) -> int:
+    from ..pretrain import PretrainConfig, pretrain
+
+    values = given(args, args.pretrain_option_names)
+    for required in ("data", "out"):
+        if required not in values:
+            raise AdaptFormerError(f"--{required} is required")
+    card = pretrain(PretrainConfig(**values))
+    print(json.dumps({k: card[k] for k in ("test_top1", "epochs_done", "train_minutes")}))
+    return 0

@@ -1,0 +1,62 @@
+"""AdaptMLP: the bottleneck branch of AdaptFormer (arXiv 2205.13535), independent of any ViT.
+
+    a = s * Up(Dropout(ReLU(Down(LN_in(x)))))   then LN_out(a) when layernorm == "out"
+
+Sub-module names follow the reference implementation (``down_proj``, ``up_proj``,
+``adapter_layer_norm_before``, ``scale``) so reference checkpoints load key for key.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import AdaptFormerConfig
+
+
+class AdaptMLP(nn.Module):
+    """Down-projection, ReLU, dropout, up-projection, scaling: a residual-free bottleneck branch."""
+
+    def __init__(self, dim: int, config: AdaptFormerConfig | None = None):
+        super().__init__()
+        self.config = config = config or AdaptFormerConfig()
+        self.dim = dim
+        self.adapter_layer_norm_before = nn.LayerNorm(dim) if config.layernorm != "none" else None
+        self.scale = nn.Parameter(torch.ones(1)) if config.learnable_scale else float(config.scale)
+        self.down_proj = nn.Linear(dim, config.bottleneck)
+        self.non_linear_func = nn.ReLU()
+        self.dropout = nn.Dropout(config.dropout)
+        self.up_proj = nn.Linear(config.bottleneck, dim)
+        self.norm_in = config.layernorm == "in"
+        self.norm_out = config.layernorm == "out"
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Up is zero, so the adapted model starts exactly equal to the pretrained one."""
+        if self.config.init == "lora":
+            nn.init.kaiming_uniform_(self.down_proj.weight, a=math.sqrt(5))
+        else:
+            nn.init.kaiming_normal_(self.down_proj.weight)
+        nn.init.zeros_(self.down_proj.bias)
+        nn.init.zeros_(self.up_proj.weight)
+        nn.init.zeros_(self.up_proj.bias)
+        if isinstance(self.scale, nn.Parameter):
+            self.scale.fill_(1.0)
+        if self.adapter_layer_norm_before is not None:
+            self.adapter_layer_norm_before.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm_in:
+            x = self.adapter_layer_norm_before(x)
+        hidden = self.dropout(self.non_linear_func(self.down_proj(x)))
+        out = self.up_proj(hidden) * self.scale
+        if self.norm_out:
+            out = self.adapter_layer_norm_before(out)
+        return out
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"dim={self.dim}, bottleneck={c.bottleneck}, scale={c.scale}, layernorm={c.layernorm}"

@@ -1,0 +1,45 @@
+"""An AdaptFormer task: one AdaptMLP per chosen block, wired beside (parallel) or after (sequential) the MLP.
+
+Parallel: ``m + a(x')``, so y = x' + DropPath(MLP(LN2(x'))) + a(x') with DropPath not applied to a.
+Sequential: ``m + a(m)``. The adapters live at ``blocks.{i}.adaptmlp`` inside the task, the reference names.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..base import BackboneSpec, Task
+from ..layers import resolve_layers
+from .config import AdaptFormerConfig
+from .layer import AdaptMLP
+
+
+class AdaptFormerTask(Task):
+    config: AdaptFormerConfig
+
+    def __init__(self, config: AdaptFormerConfig, classes: list[str], backbone: BackboneSpec):
+        super().__init__(config, classes, backbone)
+        self.parallel = config.placement == "parallel"
+        self.blocks = nn.ModuleDict(
+            {
+                str(index): nn.ModuleDict({"adaptmlp": AdaptMLP(backbone.dim, config)})
+                for index in resolve_layers(config.layers, backbone.depth)
+            }
+        )
+
+    def adapter(self, index: int) -> AdaptMLP | None:
+        key = str(index)
+        return self.blocks[key]["adaptmlp"] if key in self.blocks else None
+
+    def wants_residual(self, index: int) -> bool:
+        return self.parallel and str(index) in self.blocks
+
+    def mlp_branch(self, index: int, m: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        key = str(index)
+        if key not in self.blocks:
+            return m
+        return m + self.blocks[key]["adaptmlp"](residual if self.parallel else m)
+
+    def parameter_groups(self) -> dict[str, int]:
+        return {**super().parameter_groups(), "adapters": sum(p.numel() for p in self.blocks.parameters())}

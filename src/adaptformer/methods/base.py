@@ -1,0 +1,95 @@
+"""What every method shares: its typed config, and the :class:`Task` that holds one task's trainable modules.
+
+A task is one recognition problem on a shared, frozen backbone: its method's modules (adapters, prompts),
+its head (``fc_norm`` when the backbone has one, BatchNorm, Linear) and its class names. The host model
+(``adaptformer.model.AdaptedModel``) routes every block of the backbone through the active task's four hook
+points, so a method only says what happens at them:
+
+* ``before_block(i, x)``: the input of block i (VPT prepends prompt tokens here);
+* ``after_block(i, y)``: the output of block i (VPT drops them again);
+* ``wants_residual(i)``: whether ``mlp_branch`` needs x', the post-attention residual of block i;
+* ``mlp_branch(i, m, x')``: the block's MLP branch m = DropPath(MLP(LN2(x'))) (AdaptFormer adds its AdaptMLP).
+
+Parameter names inside a task are the reference implementation's (``blocks.{i}.adaptmlp.*``,
+``embeddings.{i}``, ``fc_norm.*``, ``head.0.*``, ``head.1.*``), so a task's ``state_dict()`` is what a task
+file stores and reference checkpoints load key for key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..backbones.heads import TaskHead
+from ..utils.options import check_bool, option
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Options of every method. Subclasses add theirs; every field is a CLI flag and a YAML key."""
+
+    name: ClassVar[str] = ""
+    #: False for full fine-tuning: the task trains the backbone itself, so it cannot share one
+    shares_backbone: ClassVar[bool] = True
+
+    head_batchnorm: bool = option(True, "BatchNorm1d(affine=False, eps=1e-6) before the linear head (reference code)")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        check_bool("head_batchnorm", self.head_batchnorm)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"method": name, field: value, ...}`` with tuples as lists (JSON/YAML friendly)."""
+        data = {"method": self.name}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = list(value) if isinstance(value, tuple) else value
+        return data
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a task needs to know of the backbone it will run on (methods know nothing of timm)."""
+
+    dim: int
+    depth: int
+    fc_norm: nn.Module | None  # the backbone's pretrained fc_norm (mean-pooled models); each task trains a copy
+    device: torch.device
+    dtype: torch.dtype
+
+
+class Task(TaskHead):
+    """One task: the head (inherited), the method's modules (subclasses), the config and the class names."""
+
+    def __init__(self, config: MethodConfig, classes: list[str], backbone: BackboneSpec):
+        super().__init__(backbone.dim, len(classes), backbone.fc_norm, batchnorm=config.head_batchnorm)
+        self.config = config
+        self.classes = list(classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    # hook points (see the module docstring); the defaults leave the backbone untouched
+    def before_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def wants_residual(self, index: int) -> bool:
+        return False
+
+    def mlp_branch(self, index: int, m: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        return m
+
+    def parameter_groups(self) -> dict[str, int]:
+        """Trainable parameter counts by kind (what ``parameter_report`` shows)."""
+        count = lambda module: sum(p.numel() for p in module.parameters()) if module is not None else 0  # noqa: E731
+        return {"head": count(self.head), "norms": count(self.fc_norm)}

@@ -1,0 +1,31 @@
+"""Visual Prompt Tuning's options (the paper's VPT baseline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from ...utils.options import check_choice, check_int, option
+from ..base import MethodConfig
+from ..layers import LayerSpec, normalize_layer_spec
+
+VPT_MODES = ("deep", "shallow")
+
+
+@dataclass(frozen=True)
+class VPTConfig(MethodConfig):
+    """Learnable prompt tokens prepended to the token sequence; trains prompts + head."""
+
+    name: ClassVar[str] = "vpt"
+
+    vpt_tokens: int = option(1, "prompt tokens per prompted block")
+    vpt_mode: Literal["deep", "shallow"] = option(
+        "deep", "deep: new prompts before each chosen block, dropped after it; shallow: before block 0 only"
+    )
+    layers: LayerSpec = option("all", "blocks that get an adapter or prompt: all, top:K, bottom:K or 0,3,5")
+
+    def validate(self) -> None:
+        super().validate()
+        check_int("vpt_tokens", self.vpt_tokens, 1)
+        check_choice("vpt_mode", self.vpt_mode, VPT_MODES)
+        object.__setattr__(self, "layers", normalize_layer_spec(self.layers))

@@ -1,0 +1,339 @@
+"""The adapted model: one frozen backbone shared by named tasks, and the one-call entry points.
+
+    model = adaptformer.adapt(timm_vit, "adaptformer", num_classes=100, bottleneck=64)   # task "default"
+    model.add_task("svhn", AdaptFormerConfig(bottleneck=16), classes=digits)            # a second task
+    model.set_task("svhn"); logits = model(images)
+
+:class:`AdaptedModel` owns the backbone (a real timm ViT, hooked once by ``backbones/taps.py``) and a
+``ModuleDict`` of :class:`~adaptformer.methods.base.Task` objects. Every block routes through the *active*
+task; a task owns everything it trains (its adapters/prompts and head), so saving a task is its
+``state_dict()`` and removing one is deleting it. The backbone stays frozen and locked in eval mode (its
+dropout/DropPath never fire, whatever ``train()`` says) unless the active task is full fine-tuning, which
+cannot share a backbone with other tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbones.taps import install_taps
+from .backbones.timm import check_vit, create_backbone, source_name
+from .errors import AdaptFormerError
+from .methods.base import BackboneSpec, MethodConfig, Task
+from .methods.registry import get_method, make_method_config
+from .report import ParameterReport
+from .utils.hashing import hash_tensors
+
+DEFAULT_TASK = "default"
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """How to re-create the backbone: recorded in task files."""
+
+    name: str | None
+    kwargs: dict[str, Any] = field(default_factory=dict)  # timm.create_model keywords (img_size, depth, ...)
+    checkpoint: str | None = None  # basename of the local weights file, for messages
+    family: str = "timm"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class AdaptedModel(nn.Module):
+    """A frozen backbone and the named tasks that share it (see the module docstring)."""
+
+    def __init__(self, backbone: nn.Module, source: BackboneSource | None = None):
+        super().__init__()
+        check_vit(backbone)
+        fc_norm = getattr(backbone, "fc_norm", None)
+        pretrained_fc_norm = fc_norm if fc_norm is not None and any(True for _ in fc_norm.parameters()) else None
+        backbone.reset_classifier(0)  # every task brings its own head
+        if pretrained_fc_norm is not None:
+            backbone.fc_norm = nn.Identity()  # ... and its own trainable copy of fc_norm
+        install_taps(list(backbone.blocks), self)
+        backbone.requires_grad_(False)
+        self.backbone = backbone
+        self.tasks = nn.ModuleDict()
+        self.active_task: str | None = None
+        self.source = source or BackboneSource(source_name(backbone))
+        self._pretrained_fc_norm = (pretrained_fc_norm,)  # a tuple, so it is not registered as a sub-module
+        self.train(False)
+
+    # ---- tasks -------------------------------------------------------------------------------------------
+    def add_task(
+        self,
+        name: str,
+        config: MethodConfig | str = "adaptformer",
+        classes: list[str] | int | None = None,
+        *,
+        activate: bool = True,
+        **options: Any,
+    ) -> Task:
+        """Add a task with its own modules and head; ``config`` is a method config or a method name + options."""
+        if isinstance(config, str):
+            config = make_method_config(config, **options)
+        elif options:
+            raise AdaptFormerError("pass either a method config or a method name with options, not both")
+        _check_task_name(name, self.tasks)
+        if isinstance(classes, int):
+            classes = [str(i) for i in range(classes)]
+        if not classes:
+            raise AdaptFormerError(f"task {name}: classes: expected class names or a positive number of classes")
+        if self.tasks and (not config.shares_backbone or self.backbone_trains):
+            full = name if not config.shares_backbone else self.active_task
+            raise AdaptFormerError(
+                f"task {full}: full fine-tuning trains the backbone, so it cannot share it with other tasks "
+                f"({', '.join(t for t in [*self.tasks, name] if t != full)}); give it a backbone of its own"
+            )
+        task = get_method(config.name).task(config, list(classes), self.backbone_spec())
+        reference = next(self.backbone.parameters())
+        self.tasks[name] = task.to(device=reference.device, dtype=reference.dtype)
+        if activate or self.active_task is None:
+            self.set_task(name)
+        return task
+
+    def set_task(self, name: str) -> None:
+        """Route the backbone through ``name``; only its parameters (and the backbone, for full) require grad."""
+        self._get(name)
+        self.active_task = name
+        for task_name, task in self.tasks.items():
+            task.requires_grad_(task_name == name)
+        self.backbone.requires_grad_(self.backbone_trains)
+        self.train(self.training)
+
+    def remove_task(self, name: str) -> None:
+        self._get(name)
+        del self.tasks[name]
+        if self.active_task == name:
+            self.active_task = None
+            if self.tasks:
+                self.set_task(next(iter(self.tasks)))
+        self.backbone.requires_grad_(self.backbone_trains)
+        self.train(self.training)
+
+    @contextlib.contextmanager
+    def using_task(self, name: str) -> Iterator[Task]:
+        """Route through ``name`` for a while (for inference; ``set_task`` is for training)."""
+        self._get(name)
+        previous, self.active_task = self.active_task, name
+        try:
+            yield self.tasks[name]
+        finally:
+            self.active_task = previous
+
+    @property
+    def task(self) -> Task:
+        """The active task."""
+        if self.active_task is None:
+            raise AdaptFormerError("the model has no task; add one with add_task(name, method, classes)")
+        return self.tasks[self.active_task]
+
+    def routed_task(self) -> Task | None:
+        """What the block hooks run (``backbones/taps.py``)."""
+        return self.tasks[self.active_task] if self.active_task is not None else None
+
+    def _get(self, name: str) -> Task:
+        if name not in self.tasks:
+            raise AdaptFormerError(f"task {name!r}: no such task (the model has {', '.join(self.tasks) or 'none'})")
+        return self.tasks[name]
+
+    @property
+    def backbone_trains(self) -> bool:
+        return any(not task.config.shares_backbone for task in self.tasks.values())
+
+    def backbone_spec(self) -> BackboneSpec:
+        reference = next(self.backbone.parameters())
+        return BackboneSpec(
+            dim=int(self.backbone.embed_dim),
+            depth=len(self.backbone.blocks),
+            fc_norm=self._pretrained_fc_norm[0],
+            device=reference.device,
+            dtype=reference.dtype,
+        )
+
+    # ---- forward -----------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> AdaptedModel:
+        super().train(mode)
+        if not self.backbone_trains:  # a frozen backbone behaves as when it was pretrained
+            self.backbone.train(False)
+        return self
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone tokens (after its final norm), computed through the active task's modules."""
+        return self.backbone.forward_features(x)
+
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """What a task's head receives (before the task's own fc_norm)."""
+        return self.backbone.pool(self.forward_features(x))
+
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = self.backbone.pool(tokens)
+        task = self.task
+        if pre_logits:
+            return task.fc_norm(pooled) if task.fc_norm is not None else pooled
+        return task.forward_head(pooled)
+
+    def forward(self, x: torch.Tensor, task: str | None = None) -> torch.Tensor:
+        if task is not None and task != self.active_task:
+            with self.using_task(task):
+                return self.forward_head(self.forward_features(x))
+        return self.forward_head(self.forward_features(x))
+
+    # ---- what a task is made of --------------------------------------------------------------------------
+    def task_state_dict(self, name: str | None = None) -> dict[str, torch.Tensor]:
+        """What a task file stores: the task's tensors (reference names), plus the backbone's for full."""
+        task = self._get(name) if name is not None else self.task
+        state = dict(task.state_dict())
+        if not task.config.shares_backbone:
+            state.update(self.backbone.state_dict())
+        return state
+
+    def load_task_state(self, tensors: dict[str, torch.Tensor], name: str | None = None, source: Any = "") -> None:
+        """Load ``tensors`` into a task strictly: the key sets must be equal and every shape must match."""
+        task = self._get(name) if name is not None else self.task
+        own = self.task_state_dict(name)
+        missing = sorted(set(own) - set(tensors))
+        unexpected = sorted(set(tensors) - set(own))
+        if missing or unexpected:
+            raise AdaptFormerError(
+                f"{source}: tensors do not match the task (missing {_few(missing)}, unexpected {_few(unexpected)})"
+            )
+        wrong = [
+            f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if tensors[k].shape != v.shape
+        ]
+        if wrong:
+            raise AdaptFormerError(f"{source}: shape mismatch: {'; '.join(wrong[:3])}")
+        task_keys = set(task.state_dict())
+        task.load_state_dict({k: v for k, v in tensors.items() if k in task_keys})
+        if not task.config.shares_backbone:
+            self.backbone.load_state_dict({k: v for k, v in tensors.items() if k not in task_keys})
+
+    def trainable_parameters(self, name: str | None = None) -> list[nn.Parameter]:
+        task = self._get(name) if name is not None else self.task
+        params = list(task.parameters())
+        if not task.config.shares_backbone:
+            params += list(self.backbone.parameters())
+        return params
+
+    def backbone_fingerprint(self) -> str | None:
+        """SHA-256 over the frozen backbone's tensors (names, shapes, dtypes, bytes); None when it trains."""
+        if self.backbone_trains:
+            return None
+        return hash_tensors(sorted(self.backbone.state_dict().items()))[:32]
+
+    def parameter_report(self, name: str | None = None) -> ParameterReport:
+        task = self._get(name) if name is not None else self.task
+        backbone = sum(p.numel() for p in self.backbone.parameters())
+        own = sum(p.numel() for p in task.parameters())
+        trainable = own + (backbone if not task.config.shares_backbone else 0)
+        groups = {"adapters": 0, "prompts": 0, "head": 0, "norms": 0, **task.parameter_groups()}
+        return ParameterReport(total=backbone + own, trainable=trainable, frozen=backbone + own - trainable, **groups)
+
+    # ---- conveniences that make the adapted model read like the timm model it wraps ------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.task.num_classes
+
+    @property
+    def classes(self) -> list[str]:
+        return self.task.classes
+
+    @property
+    def config(self) -> MethodConfig:
+        return self.task.config
+
+    @property
+    def head(self) -> nn.Module:
+        return self.task.head
+
+    @property
+    def blocks(self) -> nn.Module:
+        return self.backbone.blocks
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.backbone.embed_dim)
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        return getattr(self.backbone, "pretrained_cfg", None) or {}
+
+
+def _check_task_name(name: str, tasks: nn.ModuleDict) -> None:
+    if not isinstance(name, str) or not name or "." in name or name in ("_", ""):
+        raise AdaptFormerError(f"task name: expected a non-empty name without '.', got {name!r}")
+    if name in tasks:
+        raise AdaptFormerError(f"task {name!r}: the model already has a task of that name")
+
+
+def _few(keys: list[str]) -> str:
+    return f"{keys[:3]}{'…' if len(keys) > 3 else ''}"
+
+
+def adapt(
+    model: nn.Module,
+    method: str | None = None,
+    *,
+    num_classes: int | None = None,
+    classes: list[str] | None = None,
+    config: MethodConfig | None = None,
+    task: str = DEFAULT_TASK,
+    source: BackboneSource | None = None,
+    **options: Any,
+) -> AdaptedModel:
+    """Adapt a timm ViT: ``adapt(vit, "adaptformer", num_classes=100, bottleneck=64)``.
+
+    The ViT becomes the frozen backbone of the returned :class:`AdaptedModel` (its hooks are installed on the
+    ViT's own blocks) with one task named ``task``. Pass a method name and its options, or ``config``.
+    ``num_classes`` defaults to the ViT's own class count.
+    """
+    if isinstance(model, AdaptedModel):
+        raise AdaptFormerError("this model is already adapted; add tasks to it with add_task(...)")
+    check_vit(model)
+    if config is None:
+        config = make_method_config(method or "adaptformer", **options)
+    elif options or method not in (None, config.name):
+        raise AdaptFormerError("pass either config=... or a method name with keyword options, not both")
+    if classes is None:
+        num_classes = getattr(model, "num_classes", None) if num_classes is None else num_classes
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise AdaptFormerError(f"num_classes: expected a positive integer, got {num_classes!r}")
+        classes = [str(i) for i in range(num_classes)]
+    adapted = AdaptedModel(model, source)
+    adapted.add_task(task, config, classes)
+    return adapted
+
+
+def create_model(
+    name: str,
+    method: str = "adaptformer",
+    num_classes: int | None = None,
+    pretrained: bool = True,
+    checkpoint: str | Path | None = None,
+    config: MethodConfig | None = None,
+    timm_kwargs: dict[str, Any] | None = None,
+    classes: list[str] | None = None,
+    task: str = DEFAULT_TASK,
+    **options: Any,
+) -> AdaptedModel:
+    """``create_model("vit_base_patch16_224", "adaptformer", num_classes=100, checkpoint="mae.pth")``.
+
+    ``name`` is a timm model name or an embedded backbone (``adaptformer/vit-tiny-cifar10``); ``checkpoint`` is
+    an optional local weights file (timm, MAE or reference layout); ``options`` are the method's options.
+    """
+    kwargs = dict(timm_kwargs or {})
+    backbone = create_backbone(name, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+    source = BackboneSource(name, kwargs, Path(checkpoint).name if checkpoint is not None else None)
+    if config is None:
+        config = make_method_config(method, **options)
+    elif options:
+        raise AdaptFormerError("pass either config=... or keyword options, not both")
+    return adapt(backbone, num_classes=num_classes, classes=classes, config=config, task=task, source=source)

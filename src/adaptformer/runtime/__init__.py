@@ -1,0 +1,1 @@
+"""What training, evaluation, prediction and pretraining share: device, precision, processes, state, metrics."""

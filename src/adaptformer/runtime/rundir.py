@@ -1,0 +1,40 @@
+"""Run directories: never mix two runs in one, and resume only what was started with the same settings."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..errors import AdaptFormerError
+
+
+def prepare_run_dir(run_dir: Path, files: Iterable[str], resume: bool, overwrite: bool, is_main: bool = True) -> Path:
+    """Refuse a directory that holds a run unless told to resume or overwrite (every rank checks, so none
+    waits for another that failed); ``overwrite`` removes the run's own files, nothing else."""
+    existing = [name for name in files if (run_dir / name).exists()]
+    if resume and overwrite:
+        raise AdaptFormerError("--resume and --overwrite exclude each other")
+    if existing and not resume and not overwrite:
+        raise AdaptFormerError(
+            f"--out {run_dir}: already holds a run ({', '.join(existing[:3])}); "
+            "pass --resume to continue it or --overwrite to replace it"
+        )
+    if is_main and existing and overwrite:
+        for name in existing:
+            target = run_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def check_same_settings(saved: dict[str, Any], current: dict[str, Any], ignore: Iterable[str], path: Path) -> None:
+    """A run resumes only with the settings it was started with (``ignore``: options that do not change what is
+    trained, such as the number of workers)."""
+    ignore = set(ignore)
+    changed = [k for k in current if k not in ignore and saved.get(k) != current[k]]
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:3])
+        raise AdaptFormerError(f"--resume: {path} was trained with other settings ({details})")

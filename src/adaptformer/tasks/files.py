@@ -1,0 +1,181 @@
+"""Tasks to and from files: the few MB one task trains, saved apart from the backbone they adapt.
+
+``save_task`` writes the active (or named) task of an :class:`~adaptformer.model.AdaptedModel`; ``apply_task``
+adds a task file's task to a model (wrapping a plain timm backbone first), after checking the architecture, the
+backbone fingerprint (a hash of the frozen weights, so a task trained on other pretrained weights is refused),
+the exact key set and every shape. ``load_task`` also creates the recorded backbone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..backbones.timm import create_backbone
+from ..data.transforms import InputSpec
+from ..errors import AdaptFormerError
+from ..methods.registry import method_config_from_dict
+from ..model import AdaptedModel, BackboneSource
+from ..version import __version__
+from .format import FORMAT, FORMAT_VERSION, read_task, write_task
+
+
+def task_metadata(
+    model: AdaptedModel,
+    name: str | None = None,
+    extra: dict[str, Any] | None = None,
+    fingerprint: str | None = None,
+    preprocessing: InputSpec | None = None,
+) -> dict[str, Any]:
+    """The description stored with a task. ``fingerprint`` may be passed when already known (the training loop
+    hashes the frozen weights once); ``preprocessing`` defaults to the backbone's own."""
+    name = name or model.active_task
+    task = model.tasks[name]
+    spec = preprocessing or InputSpec.from_model(model)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "adaptformer_version": __version__,
+        "task": name,
+        "method": task.config.to_dict(),
+        "classes": list(task.classes),
+        "num_classes": task.num_classes,
+        "backbone": {
+            **model.source.to_dict(),
+            "fingerprint": fingerprint if fingerprint is not None else model.backbone_fingerprint(),
+            "embed_dim": model.embed_dim,
+            "depth": len(model.blocks),
+        },
+        "preprocessing": spec.to_dict(),
+        "extra": extra or {},
+    }
+
+
+def save_task(
+    model: AdaptedModel,
+    path: str | Path,
+    classes: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    fingerprint: str | None = None,
+    task: str | None = None,
+    preprocessing: InputSpec | None = None,
+) -> Path:
+    """Write ``path`` (.safetensors, atomically) and its ``.json`` description; returns the weights path.
+    ``classes`` renames the task's classes first (their count must match the head)."""
+    _require_adapted(model)
+    name = task or model.active_task
+    if classes is not None:
+        if len(classes) != model.tasks[name].num_classes:
+            raise AdaptFormerError(
+                f"classes: {len(classes)} names given for a {model.tasks[name].num_classes}-class head"
+            )
+        model.tasks[name].classes = list(classes)
+    meta = task_metadata(model, name, extra, fingerprint, preprocessing)
+    return write_task(path, meta, model.task_state_dict(name))
+
+
+def apply_task(
+    model: nn.Module, path: str | Path, check_backbone: bool = True, name: str | None = None
+) -> AdaptedModel:
+    """Add the task in ``path`` to ``model`` (an AdaptedModel, or a plain timm ViT that becomes one), make it
+    the active task and load its tensors strictly. A task of the same name and method is loaded into."""
+    meta, tensors = read_task(path)
+    config = method_config_from_dict(meta["method"])
+    if not isinstance(model, AdaptedModel):
+        _check_architecture(model, meta, path)
+        source = meta["backbone"]
+        model = AdaptedModel(
+            model, BackboneSource(source["name"], source.get("kwargs") or {}, source.get("checkpoint"))
+        )
+    else:
+        _check_architecture(model.backbone, meta, path)
+    name = name or meta.get("task") or Path(path).stem
+    expected = meta["backbone"]["fingerprint"]
+    if check_backbone and expected is not None and config.shares_backbone:
+        _check_fingerprint(model, meta, path)
+    if name in model.tasks:
+        existing = model.tasks[name].config
+        if existing != config:
+            raise AdaptFormerError(
+                f"task file {path}: trained with method {config.name} ({_describe(config)}), but the model's task "
+                f"{name!r} is {existing.name} ({_describe(existing)})"
+            )
+        if model.tasks[name].num_classes != meta["num_classes"]:
+            raise AdaptFormerError(
+                f"task file {path}: has {meta['num_classes']} classes, the model's task {name!r} has "
+                f"{model.tasks[name].num_classes}"
+            )
+        model.tasks[name].classes = list(meta["classes"])
+        model.set_task(name)
+    else:
+        model.add_task(name, config, meta["classes"])
+    model.load_task_state(tensors, name, f"task file {path}")
+    return model
+
+
+def load_task(
+    path: str | Path,
+    backbone: nn.Module | None = None,
+    pretrained: bool = True,
+    checkpoint: str | Path | None = None,
+    check_backbone: bool = True,
+) -> AdaptedModel:
+    """A ready model for a task file: the recorded backbone (or ``backbone``) with the task applied."""
+    if backbone is None:
+        meta, _ = read_task(path)
+        source = meta["backbone"]
+        if not source.get("name"):
+            raise AdaptFormerError(f"task file {path}: records no backbone name; pass the backbone explicitly")
+        backbone = create_backbone(source["name"], pretrained=pretrained, checkpoint=checkpoint, **source["kwargs"])
+    return apply_task(backbone, path, check_backbone=check_backbone)
+
+
+def preprocessing_of(meta: dict[str, Any], model: nn.Module) -> InputSpec:
+    """The input spec a task was trained with; what a v1 file did not record comes from the backbone."""
+    spec = InputSpec.from_model(model)
+    recorded = meta.get("preprocessing") or {}
+    if "crop_pct" in recorded:
+        return InputSpec.from_dict(recorded)
+    size = recorded.get("input_size")
+    return spec.replace(
+        size=int(size[-1]) if size else None, mean=_tuple(recorded.get("mean")), std=_tuple(recorded.get("std"))
+    )
+
+
+def _tuple(values):
+    return tuple(values) if values else None
+
+
+def _require_adapted(model: nn.Module) -> None:
+    if not isinstance(model, AdaptedModel):
+        raise AdaptFormerError("save_task needs an adapted model (adaptformer.adapt or create_model)")
+
+
+def _check_fingerprint(model: AdaptedModel, meta: dict[str, Any], path: str | Path) -> None:
+    expected = meta["backbone"]["fingerprint"]
+    if model.backbone_trains or model.backbone_fingerprint() == expected:
+        return
+    source = meta["backbone"].get("checkpoint")
+    weights = f"{meta['backbone']['name']}" + (f" from {source}" if source else "")
+    raise AdaptFormerError(
+        f"task file {path}: trained on other backbone weights ({weights}, fingerprint {expected}); load it "
+        "onto those (--checkpoint) or pass check_backbone=False / --no-check-backbone"
+    )
+
+
+def _describe(config) -> str:
+    data = config.to_dict()
+    keys = [k for k in ("bottleneck", "placement", "layers", "vpt_tokens", "vpt_mode") if k in data]
+    return ", ".join(f"{k}={data[k]}" for k in keys) or "no options"
+
+
+def _check_architecture(backbone: nn.Module, meta: dict[str, Any], path: str | Path) -> None:
+    want = meta["backbone"]
+    have = {"embed_dim": int(getattr(backbone, "embed_dim", -1)), "depth": len(getattr(backbone, "blocks", []))}
+    if (want["embed_dim"], want["depth"]) != (have["embed_dim"], have["depth"]):
+        raise AdaptFormerError(
+            f"task file {path}: made for {want['name']} (width {want['embed_dim']}, depth {want['depth']}), "
+            f"the model has width {have['embed_dim']}, depth {have['depth']}"
+        )

@@ -1,0 +1,56 @@
+"""The adapted model compiles with torch.compile in one graph (no graph break) and matches eager execution."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import adaptformer
+from conftest import tiny_vit
+
+
+def randomize(model):
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.task.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.2)
+    return model
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("adaptformer", dict(placement="parallel", layers="top:1")),
+        ("adaptformer", dict(placement="sequential", layernorm="in", scale="learnable")),
+        ("vpt", dict(vpt_tokens=2, vpt_mode="deep")),
+        ("linear", {}),
+    ],
+)
+def test_no_graph_break(method, options, images):
+    torch._dynamo.reset()
+    model = adaptformer.adapt(tiny_vit(), method, **options).eval()
+    explanation = torch._dynamo.explain(model)(images)
+    assert explanation.graph_break_count == 0, [str(r.reason) for r in explanation.break_reasons]
+    assert explanation.graph_count == 1
+
+
+def test_compiled_model_matches_eager_in_inference_and_training(images):
+    torch._dynamo.reset()
+    model = randomize(adaptformer.adapt(tiny_vit(), "adaptformer", bottleneck=4, dropout=0.0))
+    model.add_task("second", "adaptformer", 5, bottleneck=2, placement="sequential", activate=False)
+    model.eval()
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(images), model(images), rtol=1e-4, atol=1e-5)
+        model.set_task("second")  # switching tasks re-specialises the compiled graph
+        torch.testing.assert_close(compiled(images), model(images), rtol=1e-4, atol=1e-5)
+    model.set_task("default")
+    # a training step: the same gradients for the adapters and the head
+    labels = torch.tensor([0, 1, 2, 3])
+    eager = copy.deepcopy(model).train()
+    model.train()
+    F.cross_entropy(torch.compile(model, backend="aot_eager")(images), labels).backward()
+    F.cross_entropy(eager(images), labels).backward()
+    for (name, p), q in zip(model.task.named_parameters(), eager.task.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
