@@ -1,4 +1,4 @@
-"""Writers of small datasets in the real on-disk formats (FORMATS.md §1-3, §8)."""
+"""Writers of small datasets in the real on-disk formats of CIFAR, SVHN, Food-101 and image folders."""
 
 from __future__ import annotations
 

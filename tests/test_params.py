@@ -1,4 +1,4 @@
-"""Parameter counts on ViT-B/16 equal the paper's (DESIGN.md §1), through the API and the CLI."""
+"""Parameter counts on ViT-B/16 equal the paper's (docs/method.md), through the API and the CLI."""
 
 import json
 

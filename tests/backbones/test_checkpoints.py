@@ -1,4 +1,4 @@
-"""Local checkpoint files in the layouts users have (FORMATS.md §6a) load fully, or fail clearly."""
+"""Local checkpoint files in the layouts users have (docs/checkpoints.md) load fully, or fail clearly."""
 
 import argparse
 

@@ -102,3 +102,20 @@ def test_missing_files_in_existing_root(tmp_path):
         build_split("svhn", tmp_path, True, verify=False)
     with pytest.raises(AdaptFormerError, match="Food-101"):
         build_split("food101", tmp_path, True)
+
+
+def test_a_module_can_register_a_dataset(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    from adaptformer.data.registry import DATASETS, DatasetEntry, Split, dataset_names, register_dataset
+
+    def build(root, train, verify, download):
+        return Split(TensorDataset(torch.zeros(3, 1), torch.zeros(3)), ["only"])
+
+    register_dataset(DatasetEntry("toy-video", build, needs_root=False, modality="video"))
+    try:
+        assert "toy-video" in dataset_names()
+        split = build_split("toy-video", None, True, transform="marker")
+        assert split.classes == ["only"] and split.dataset.transform == "marker"
+    finally:
+        DATASETS.pop("toy-video")

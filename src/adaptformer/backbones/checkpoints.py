@@ -1,6 +1,6 @@
 """Read ViT checkpoints from elsewhere safely and bring them to timm's key format.
 
-Handles what users actually have (see FORMATS.md §6): flat timm state dicts; ``{'model': ...}`` /
+Handles what users actually have (docs/checkpoints.md): flat timm state dicts; ``{'model': ...}`` /
 ``{'state_dict': ...}`` / ``{'module': ...}`` wrappers; MAE pretraining checkpoints (decoder, ``mask_token``
 dropped; an ``argparse.Namespace`` in ``args`` is allowed); ``module.`` / ``_orig_mod.`` prefixes; and the
 AdaptFormer reference layout (``attn.{q,k,v}_proj`` split, ``fc1``/``fc2`` outside ``mlp``).

@@ -86,6 +86,14 @@ def _json_object(text: str) -> dict:
     return value
 
 
+def _metavar(tp: Any) -> str:
+    """What the help shows for a value: the type without its ``None`` (typing "none" is always accepted)."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        return "|".join(_metavar(a) for a in members)
+    return describe(tp).upper()
+
+
 def describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -120,7 +128,7 @@ def add_field_option(group, field: dataclasses.Field, tp: Any, default_text: str
         choices=choices,
         default=None,
         help=text,
-        metavar=None if choices else describe(tp).upper().replace(" ", "_"),
+        metavar=None if choices else _metavar(tp),
     )
 
 

@@ -61,7 +61,10 @@ class TrainConfig:
     scale_min: float = option(0.08, "smallest area fraction of RandomResizedCrop")
     crop_pct: float | None = option(None, "eval: Resize(size / crop_pct) + CenterCrop(size); default: the backbone's")
     interpolation: str | None = option(None, "bicubic | bilinear | nearest; default: the backbone's")
-    cache_features: bool = option(False, "linear probe: compute backbone features once, train the head on them")
+    cache_features: bool = option(False, "linear probe: encode the images up front, train the head on the features")
+    feature_views: int = option(
+        4, "with --cache-features and augmentation: augmented copies encoded (epoch e: e mod N)"
+    )
     # execution
     precision: str = option("auto", "auto | fp32 | bf16 | fp16 (auto: bf16 where the CPU/GPU has it natively)")
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
@@ -77,6 +80,11 @@ class TrainConfig:
     tensorboard: bool = option(True, "write TensorBoard scalars beside metrics.jsonl")
 
     # ---- the method ----------------------------------------------------------------------------------------
+    @property
+    def encoded_views(self) -> int:
+        """How many copies of the training set --cache-features encodes (one when nothing is augmented)."""
+        return self.feature_views if self.augment else 1
+
     def method_config(self) -> MethodConfig:
         return make_method_config(self.method, **self.method_options)
 
@@ -104,8 +112,7 @@ class TrainConfig:
             raise AdaptFormerError("--resume and --overwrite exclude each other")
         if self.cache_features and self.method != "linear":
             raise AdaptFormerError("--cache-features: only the linear probe leaves the backbone features unchanged")
-        if self.cache_features and self.augment:
-            raise AdaptFormerError("--cache-features trains on features of un-augmented images; pass --no-augment")
+        check_int("--feature-views", self.feature_views, 1)
         return self
 
     # ---- flat form: what YAML files, flags and config.yaml hold ---------------------------------------------

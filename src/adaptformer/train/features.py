@@ -1,9 +1,11 @@
-"""Linear probing on features computed once: the frozen backbone runs over each image a single time.
+"""Linear probing on features computed once: the frozen backbone runs over each image a few times, not every epoch.
 
-A linear probe changes nothing before the head, so with un-augmented inputs every epoch would recompute the
-same pooled features. ``cache_features`` computes them once (train and test splits, in dataset order) and
-:class:`FeatureHead` trains the task's head on them: the same optimizer steps in the same order, a fraction of
-the time. The task files written are the usual ones.
+A linear probe changes nothing before the head, so the pooled features of an image depend only on its input.
+``cache_features`` computes them up front and :class:`FeatureHead` trains the task's head on them, in the same
+optimizer steps and order as the full forward would. Without augmentation one pass suffices (and training is
+the same as without the cache). With augmentation, ``views`` augmented copies of the training set are encoded
+(from a seed of their own, so a resumed run sees the same ones) and epoch e trains on copy e mod views. The test
+split is encoded once, with the evaluation transform. The task files written are the usual ones.
 """
 
 from __future__ import annotations
@@ -30,15 +32,20 @@ class FeatureHead(nn.Module):
         return self.model.task.forward_head(pooled)
 
 
-class TensorPairs(Dataset):
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
-        self.features, self.labels = features, labels
+class CachedFeatures(Dataset):
+    """Features of one or more encoded copies (views) of a split; ``set_epoch`` picks the copy."""
+
+    def __init__(self, views: list[torch.Tensor], labels: torch.Tensor):
+        self.views, self.labels, self.view = views, labels, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.view = epoch % len(self.views)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        return self.features[index], int(self.labels[index])
+        return self.views[self.view][index], int(self.labels[index])
 
 
 @torch.no_grad()
@@ -55,12 +62,24 @@ def extract(model: AdaptedModel, dataset: Dataset, batch_size: int, device, prec
             pooled = model.pooled_features(batch.inputs.to(device))
         features.append(pooled.float().cpu())
         labels.append(batch.labels)
-    return TensorPairs(torch.cat(features), torch.cat(labels)), skipped
+    return torch.cat(features), torch.cat(labels), skipped
 
 
 def cache_features(
-    model: AdaptedModel, train_set: Dataset, test_set: Dataset, batch_size: int, info: DistInfo, precision: str
-) -> tuple[Dataset, Dataset, list[Unreadable]]:
-    train, skipped_train = extract(model, train_set, batch_size, info.device, precision, "train")
-    test, skipped_test = extract(model, test_set, batch_size, info.device, precision, "test")
-    return train, test, skipped_train + skipped_test
+    model: AdaptedModel,
+    train_set: Dataset,
+    test_set: Dataset,
+    batch_size: int,
+    info: DistInfo,
+    precision: str,
+    views: int = 1,
+    seed: int = 0,
+) -> tuple[CachedFeatures, CachedFeatures, list[Unreadable]]:
+    encoded = []
+    with torch.random.fork_rng():  # the views' augmentations come from their own seed, not the training stream
+        torch.manual_seed(seed + 7919)
+        for view in range(views):
+            features, labels, skipped = extract(model, train_set, batch_size, info.device, precision, f"train {view}")
+            encoded.append(features)
+    test_features, test_labels, skipped_test = extract(model, test_set, batch_size, info.device, precision, "test")
+    return CachedFeatures(encoded, labels), CachedFeatures([test_features], test_labels), skipped + skipped_test

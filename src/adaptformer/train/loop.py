@@ -119,12 +119,11 @@ def input_spec(cfg: TrainConfig, backbone: nn.Module) -> InputSpec:
 
 
 def build_data(cfg: TrainConfig, spec: InputSpec):
-    augment = cfg.augment and not cfg.cache_features
     train = build_split(
         cfg.dataset,
         cfg.data_root,
         True,
-        train_transform(spec, cfg.hflip, cfg.scale_min, augment),
+        train_transform(spec, cfg.hflip, cfg.scale_min, cfg.augment),
         verify=cfg.verify,
         download=cfg.download,
     )
@@ -292,7 +291,9 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     step_model: nn.Module = model
     input_ndim = spec.input_ndim
     if cfg.cache_features:
-        train_set, test_set, skipped = cache_features(model, train_set, test_set, cfg.batch_size, info, precision)
+        train_set, test_set, skipped = cache_features(
+            model, train_set, test_set, cfg.batch_size, info, precision, cfg.encoded_views, cfg.seed
+        )
         for item in skipped:
             log.warning("skipped unreadable file %s (%s)", item.path, item.reason)
         if progress.global_step == 0:
@@ -348,6 +349,8 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     while progress.epoch < cfg.epochs:
         began = time.time()
         sampler.set_epoch(progress.epoch)
+        if cfg.cache_features:
+            train_set.set_epoch(progress.epoch)
         sampler.skip = progress.step_in_epoch * plan.accumulation * cfg.batch_size
         loader = make_loader(
             train_set,
