@@ -48,13 +48,21 @@ def build_peft_lora(model_name: str):
     return get_peft_model(model, config)
 
 
+def architecture(model_name: str):
+    """The timm model's shape, built on the meta device: no memory, so peak-RSS baselines stay honest."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        return timm.create_model(model_name, pretrained=False, num_classes=100)
+
+
 def build_adapterhub_parallel(model_name: str):
     import adapters
-    import timm
     from adapters import ParBnConfig
     from transformers import ViTConfig, ViTForImageClassification
 
-    reference = timm.create_model(model_name, pretrained=False, num_classes=100)
+    reference = architecture(model_name)
     dim = reference.embed_dim
     config = ViTConfig(
         hidden_size=dim,
@@ -113,9 +121,7 @@ def measure(
     forward = torch.compile(model) if compile else model
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     scaler = make_grad_scaler(precision, device)
-    import timm
-
-    size = timm.create_model(model_name, pretrained=False).patch_embed.img_size[0]
+    size = architecture(model_name).patch_embed.img_size[0]
     images = torch.randn(batch, 3, size, size, device=device)
     labels = torch.randint(0, 100, (batch,), device=device)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -54,3 +54,20 @@ def test_compiled_model_matches_eager_in_inference_and_training(images):
     F.cross_entropy(eager(images), labels).backward()
     for (name, p), q in zip(model.task.named_parameters(), eager.task.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_training_with_compile_matches_eager_training(tmp_path):
+    """`train --compile`: the same run directory and, up to float noise, the same weights as eager training."""
+    from adaptformer.runtime.state import load_training_state
+    from adaptformer.train.loop import fit
+    from training_helpers import tiny_train_config
+
+    torch._dynamo.reset()
+    common = dict(epochs=1, augment=False, dropout=0.0)
+    eager = fit(tiny_train_config(tmp_path / "eager", **common))
+    compiled = fit(tiny_train_config(tmp_path / "compiled", compile=True, **common))
+    a = load_training_state(tmp_path / "eager" / "run" / "checkpoint.pt")["tuned"]
+    b = load_training_state(tmp_path / "compiled" / "run" / "checkpoint.pt")["tuned"]
+    for key in a:
+        torch.testing.assert_close(b[key].float(), a[key].float(), rtol=1e-3, atol=1e-5, msg=key)
+    assert compiled["top1"] == eager["top1"] and (tmp_path / "compiled" / "run" / "best.safetensors").exists()
