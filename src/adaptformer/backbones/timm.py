@@ -20,6 +20,8 @@ from torch import nn
 from ..errors import AdaptFormerError
 from .checkpoints import read_state_dict, to_timm_vit
 from .embedded import EMBEDDED, EmbeddedBackbone, get_embedded
+from .video import build_video_vit, inflate_image_vit, is_video_model
+from .video_checkpoints import load_video_weights, read_video_state_dict
 
 ALLOWED_MISSING_PREFIXES = ("head.", "fc_norm.", "head_drop.")
 
@@ -34,6 +36,40 @@ def create_backbone(
     """A timm ViT by name. Embedded names (``adaptformer/...``) load their shipped weights when
     ``pretrained``; ``checkpoint`` loads a local file; otherwise ``pretrained`` uses timm's hub download."""
     return _create(name, pretrained, checkpoint, num_classes, timm_kwargs)
+
+
+#: Hugging Face repositories of the official VideoMAE pretraining weights, for users with a network
+VIDEOMAE_HUB = {
+    "videomae_base_patch16_224": "MCG-NJU/videomae-base",
+    "videomae_large_patch16_224": "MCG-NJU/videomae-large",
+}
+
+
+def _create_video(
+    name: str, pretrained: bool, checkpoint: str | Path | None, num_classes: int | None, kwargs: dict[str, Any]
+) -> nn.Module:
+    model = build_video_vit(name, num_classes=num_classes, **kwargs)
+    if checkpoint is None and pretrained:
+        checkpoint = _download_videomae(name)
+    if checkpoint is not None:
+        load_video_weights(model, read_video_state_dict(checkpoint), checkpoint)
+    return model
+
+
+def _download_videomae(name: str) -> Path:
+    repo = VIDEOMAE_HUB.get(name)
+    if repo is None:
+        raise AdaptFormerError(f"model {name}: no public pretraining weights are known; pass --checkpoint FILE")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo, "model.safetensors"))
+    except Exception as error:  # offline, hub errors: one line, with the way out
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise AdaptFormerError(
+            f"model {name}: cannot fetch {repo} ({first[:160]}); pass --checkpoint FILE (VideoMAE or Hugging Face "
+            "layout) or --no-pretrained"
+        ) from None
 
 
 def check_vit(model: nn.Module) -> None:
@@ -58,6 +94,16 @@ def source_name(model: nn.Module) -> str | None:
 def _create(
     name: str, pretrained: bool, checkpoint: str | Path | None, num_classes: int | None, timm_kwargs: dict[str, Any]
 ) -> nn.Module:
+    if is_video_model(name):
+        return _create_video(name, pretrained, checkpoint, num_classes, dict(timm_kwargs))
+    if "num_frames" in timm_kwargs:  # an image backbone asked for clips: inflate it (docs: "image backbone on video")
+        kwargs = dict(timm_kwargs)
+        frames, tubelet = kwargs.pop("num_frames"), kwargs.pop("tubelet_size", 2)
+        image = _create(name, pretrained, checkpoint, None, kwargs)
+        video = inflate_image_vit(image, frames, tubelet, name=name)
+        if num_classes:
+            video.reset_classifier(num_classes)
+        return video
     embedded = get_embedded(name)
     if embedded is not None:
         return _create_embedded(embedded, pretrained and checkpoint is None, checkpoint, num_classes, timm_kwargs)
@@ -81,7 +127,10 @@ def _check_timm_name(name: str) -> None:
         close = timm.list_models(f"*{name.split('_')[0]}*")[:5] if name else []
         hint = f" (similar: {', '.join(close)})" if close else ""
         embedded = ", ".join(EMBEDDED)
-        raise AdaptFormerError(f"model {name!r}: not a timm model or an embedded backbone ({embedded}){hint}")
+        raise AdaptFormerError(
+            f"model {name!r}: not a timm model, a video model (videomae_*_patch16_224) or an embedded backbone "
+            f"({embedded}){hint}"
+        )
 
 
 def _create_from_file(name: str, path: Path, kwargs: dict[str, Any]) -> nn.Module:

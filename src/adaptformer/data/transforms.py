@@ -88,6 +88,7 @@ class InputSpec:
             std=tuple(cfg.get("std", IMAGENET_STD)),
             crop_pct=float(cfg.get("crop_pct", 0.875)),
             interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
+            frames=int(getattr(patch_embed, "num_frames", 1)),
         )
 
     def replace(self, **changes: Any) -> InputSpec:
