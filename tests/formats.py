@@ -96,3 +96,81 @@ def write_imagefolder(
                 pixels = np.clip(colour + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{j:03d}.png")
     return root
+
+
+# ---- videos -------------------------------------------------------------------------------------------------
+VIDEO_CODECS = {".mp4": "libx264", ".webm": "libvpx-vp9", ".avi": "mpeg4", ".mkv": "libx264"}
+
+
+def video_frames(count: int, height: int = 48, width: int = 64, seed: int = 0, motion: int = 0) -> np.ndarray:
+    """Frames whose red level encodes the frame index (k * 8), with noise (so files are > 1 KiB) and an optional
+    bright square moving ``motion`` pixels per frame."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 40, size=(count, height, width, 3), dtype=np.uint8)
+    for k in range(count):
+        frames[k, :, :, 0] = min(255, 8 * k)
+        if motion:
+            x = (k * motion) % (width - 8)
+            frames[k, 20:28, x : x + 8, 1] = 255
+    return frames
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 12) -> Path:
+    """Encode RGB frames with PyAV in the container the suffix names (H.264 mp4, VP9 webm, MPEG-4 avi)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(VIDEO_CODECS[path.suffix], rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        if path.suffix in (".mp4", ".mkv"):
+            stream.options = {"crf": "10", "preset": "ultrafast"}
+        elif path.suffix == ".avi":
+            stream.options = {"qscale": "2"}
+        for rgb in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_ssv2(
+    root: Path,
+    templates=("Pushing [something] from left to right", "Pushing [something] from right to left"),
+    per_class=3,
+) -> Path:
+    """Official layout: labels.json (template without brackets -> id string), train/validation lists, <id>.webm."""
+    labels = {t.replace("[", "").replace("]", ""): str(i) for i, t in enumerate(templates)}
+    (root / "labels").mkdir(parents=True)
+    (root / "labels" / "labels.json").write_text(json.dumps(labels))
+    entries = {"train": [], "validation": []}
+    video_id = 1
+    for label, template in enumerate(templates):
+        for j in range(per_class):
+            split = "validation" if j == per_class - 1 else "train"
+            entries[split].append({"id": str(video_id), "label": "x", "template": template, "placeholders": ["x"]})
+            write_video(
+                root / "20bn-something-something-v2" / f"{video_id}.webm",
+                video_frames(16, seed=video_id, motion=3 if label == 0 else -3),
+            )
+            video_id += 1
+    for split, items in entries.items():
+        (root / "labels" / f"{split}.json").write_text(json.dumps(items))
+    return root
+
+
+def write_hmdb51(root: Path, classes=("brush_hair", "cartwheel"), per_class=3) -> Path:
+    """<class>/<name>.avi + testTrainMulti_7030_splits/<class>_test_split{1,2,3}.txt ('name.avi tag ' lines)."""
+    splits = root / "testTrainMulti_7030_splits"
+    splits.mkdir(parents=True)
+    for c, name in enumerate(classes):
+        lines = []
+        for j in range(per_class):
+            video = f"{name}_clip_{j}.avi"
+            write_video(root / name / video, video_frames(20, seed=10 * c + j))
+            lines.append(f"{video} {2 if j == per_class - 1 else 1} ")
+        for split in (1, 2, 3):
+            (splits / f"{name}_test_split{split}.txt").write_text("\n".join(lines) + "\n")
+    return root

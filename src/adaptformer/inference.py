@@ -13,8 +13,9 @@ from torch import nn
 from .backbones.timm import create_backbone
 from .data.image import IMAGE_SUFFIXES
 from .data.loading import ShardSampler, make_loader
-from .data.registry import build_split
+from .data.registry import build_split, get_dataset
 from .data.transforms import InputSpec, eval_transform
+from .data.video import VideoTransform
 from .errors import AdaptFormerError
 from .evaluation import evaluate
 from .runtime.device import pick_device
@@ -68,8 +69,28 @@ def evaluate_task(
     workers: int = 2,
     verify: bool = True,
     max_samples: int | None = None,
+    test_clips: int = 1,
+    test_crops: int = 1,
+    **dataset_options,
 ) -> dict:
-    split = build_split(dataset, data_root, train_split, eval_transform(loaded.spec), verify=verify)
+    """Top-1/top-5/loss of a task on a dataset split, preprocessed as the task was trained. Video tasks sample
+    ``spec.frames`` frames ``spec.sampling_rate`` apart and average ``test_clips`` x ``test_crops`` views."""
+    spec = loaded.spec
+    if get_dataset(dataset).modality != spec.modality:
+        raise AdaptFormerError(
+            f"--dataset {dataset}: a {get_dataset(dataset).modality} dataset, the task takes {spec.modality}s"
+        )
+    if spec.modality == "video":
+        transform = VideoTransform(spec, False, crops=test_crops)
+        dataset_options = {
+            **dataset_options,
+            "num_frames": spec.frames,
+            "sampling_rate": spec.sampling_rate or 4,
+            "test_clips": test_clips,
+        }
+    else:
+        transform = eval_transform(spec)
+    split = build_split(dataset, data_root, train_split, transform, verify=verify, **dataset_options)
     if len(split.classes) != len(loaded.classes):
         raise AdaptFormerError(
             f"--dataset {dataset}: has {len(split.classes)} classes, the task was trained on {len(loaded.classes)}"

@@ -135,6 +135,15 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the MD5 check of CIFAR/SVHN")
     parser.add_argument("--max-samples", type=int, default=None)
+    video = parser.add_argument_group("video tasks")
+    video.add_argument(
+        "--test-clips", type=int, default=1, help="temporal clips per video, logits averaged (%(default)s)"
+    )
+    video.add_argument("--test-crops", type=int, choices=(1, 3), default=1, help="spatial crops per clip (%(default)s)")
+    video.add_argument("--hmdb-split", type=int, default=1, help="hmdb51: official split 1-3 (train's --split)")
+    video.add_argument("--train-list", default=None, help="videolist: training list")
+    video.add_argument("--test-list", default=None, help="videolist: test list")
+    video.add_argument("--label-map", default=None, help="videolist: class names, one per line")
 
 
 def _load_task(args: argparse.Namespace):
@@ -151,6 +160,20 @@ def _load_task(args: argparse.Namespace):
     )
 
 
+def _dataset_options(args: argparse.Namespace) -> dict:
+    """Options of the dataset the task is evaluated on (video datasets take them; images take none)."""
+    from ..data.registry import get_dataset
+
+    if get_dataset(args.dataset).modality != "video":
+        return {}
+    return {
+        "split": args.hmdb_split,
+        "train_list": args.train_list,
+        "test_list": args.test_list,
+        "label_map": args.label_map,
+    }
+
+
 @command("eval", "top-1 / top-5 of a task file on a dataset split", _eval_arguments)
 def run_eval(args: argparse.Namespace) -> int:
     from ..inference import evaluate_task
@@ -165,13 +188,16 @@ def run_eval(args: argparse.Namespace) -> int:
         workers=args.workers,
         verify=args.verify,
         max_samples=args.max_samples,
+        test_clips=args.test_clips,
+        test_crops=args.test_crops,
+        **_dataset_options(args),
     )
     if args.json:
         print(json.dumps({"task": args.task, "dataset": args.dataset, "split": args.split, **result}))
     else:
         print(
             f"{args.dataset} {args.split}: top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  "
-            f"loss {result['loss']:.4f}  ({result['samples']} images)"
+            f"loss {result['loss']:.4f}  ({result['samples']} samples)"
         )
     return 0
 

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from ..errors import AdaptFormerError
 
 #: modules that register datasets when imported
-BUILTIN_MODULES = ("adaptformer.data.image",)
+BUILTIN_MODULES = ("adaptformer.data.image", "adaptformer.data.video")
 
 
 @dataclass
@@ -28,10 +28,11 @@ class Split:
 @dataclass(frozen=True)
 class DatasetEntry:
     name: str
-    build: Callable[[Path | None, bool, bool, bool], Split]
+    build: Callable[..., Split]  # (root, train, verify, download, **dataset options) -> Split
     needs_root: bool
     modality: str  # "image" or "video"
     description: str = ""
+    hflip: bool = True  # False where a mirror image changes the label (Something-Something's left/right)
 
 
 DATASETS: dict[str, DatasetEntry] = {}
@@ -61,8 +62,11 @@ def build_split(
     transform: Callable | None = None,
     verify: bool = True,
     download: bool = False,
+    **options,
 ) -> Split:
-    """The train or test split of a named dataset, with ``transform`` applied to each sample's input."""
+    """The train or test split of a named dataset, with ``transform`` applied to each sample's input.
+    ``options`` are the dataset's own (video: ``num_frames``, ``sampling_rate``, ``test_clips``, ``split``, ...);
+    image datasets take none."""
     entry = get_dataset(name)
     if entry.needs_root:
         if root is None:
@@ -70,7 +74,9 @@ def build_split(
         root = Path(root)
         if not root.exists() and not download:
             raise AdaptFormerError(f"--data-root {root}: no such directory")
-    split = entry.build(root, train, verify, download)
+    split = (
+        entry.build(root, train, verify, download, **options) if options else entry.build(root, train, verify, download)
+    )
     split.dataset.transform = transform
     return split
 

@@ -34,6 +34,7 @@ class InputSpec:
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
     frames: int = 1  # > 1 for video clips: inputs are (C, T, H, W)
+    sampling_rate: int | None = None  # video: frames between the sampled ones (dense sampling)
 
     @property
     def modality(self) -> str:
@@ -59,6 +60,7 @@ class InputSpec:
             "resize": self.resize,
             "mean": list(self.mean),
             "std": list(self.std),
+            **({"sampling_rate": self.sampling_rate} if self.sampling_rate else {}),
         }
 
     @classmethod
@@ -70,6 +72,7 @@ class InputSpec:
             crop_pct=float(data["crop_pct"]),
             interpolation=data.get("interpolation", "bicubic"),
             frames=int(data.get("frames", 1)),
+            sampling_rate=data.get("sampling_rate"),
         )
 
     @classmethod

@@ -34,6 +34,15 @@ class TrainConfig:
     verify: bool = option(True, "MD5-check CIFAR/SVHN files (--no-verify for re-packed files)")
     max_train_samples: int | None = option(None, "train on a prefix of the training set (quick runs)")
     max_eval_samples: int | None = option(None, "evaluate on a prefix of the test set")
+    # video data (ignored by image datasets)
+    num_frames: int = option(8, "video: frames per clip (an image backbone is inflated to them)")
+    sampling_rate: int = option(4, "video: frames between sampled frames (dense sampling; SSv2 uses segments)")
+    test_clips: int = option(1, "video: temporal clips per test video, logits averaged (paper: 4 HMDB51, 2 SSv2)")
+    test_crops: int = option(1, "video: spatial crops per test clip, 1 or 3 (paper: 3)")
+    split: int = option(1, "hmdb51: official split 1, 2 or 3")
+    train_list: str | None = option(None, "videolist: file of '<path> <label>' lines (paths relative to --data-root)")
+    test_list: str | None = option(None, "videolist: the test list")
+    label_map: str | None = option(None, "videolist: class names, one per line (line k is class k)")
     # backbone
     model: str = option("vit_base_patch16_224", "timm model name or embedded backbone (adaptformer/vit-tiny-cifar10)")
     checkpoint: str | None = option(None, "local backbone weights (timm, MAE or AdaptFormer-reference layout)")
@@ -88,18 +97,26 @@ class TrainConfig:
     def method_config(self) -> MethodConfig:
         return make_method_config(self.method, **self.method_options)
 
-    def timm_kwargs(self) -> dict[str, Any]:
+    def timm_kwargs(self, video: bool = False) -> dict[str, Any]:
+        """Keywords for the backbone; a video dataset asks for ``num_frames`` (an image ViT is then inflated)."""
         kwargs = dict(self.model_kwargs or {})
         if self.img_size:
             kwargs["img_size"] = self.img_size
+        if video:
+            kwargs.setdefault("num_frames", self.num_frames)
         return kwargs
+
+    def video_options(self) -> dict[str, Any]:
+        """The dataset options of video datasets (each builder takes the ones it knows)."""
+        names = ("num_frames", "sampling_rate", "test_clips", "split", "train_list", "test_list", "label_map")
+        return {name: getattr(self, name) for name in names}
 
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / f"{self.dataset}-{self.method}"
 
     def validate(self) -> TrainConfig:
         self.method_config()
-        for name in ("epochs", "batch_size", "eval_every"):
+        for name in ("epochs", "batch_size", "eval_every", "num_frames", "sampling_rate", "test_clips"):
             check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1)
         for name in ("workers", "checkpoint_every_steps", "seed"):
             check_int(f"--{name.replace('_', '-')}", getattr(self, name), 0)
@@ -113,6 +130,8 @@ class TrainConfig:
         if self.cache_features and self.method != "linear":
             raise AdaptFormerError("--cache-features: only the linear probe leaves the backbone features unchanged")
         check_int("--feature-views", self.feature_views, 1)
+        if self.test_crops not in (1, 3):
+            raise AdaptFormerError(f"--test-crops: expected 1 or 3, got {self.test_crops!r}")
         return self
 
     # ---- flat form: what YAML files, flags and config.yaml hold ---------------------------------------------

@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from ..backbones.timm import create_backbone
 from ..data.loading import ResumableSampler, ShardSampler, make_loader
-from ..data.registry import build_split
+from ..data.registry import build_split, get_dataset
 from ..data.transforms import InputSpec, eval_transform, train_transform
+from ..data.video import VideoTransform
 from ..errors import AdaptFormerError
 from ..evaluation import evaluate
 from ..model import AdaptedModel, BackboneSource, adapt
@@ -113,23 +114,30 @@ def setup_logging(run_dir: Path, info: DistInfo) -> None:
     log.addHandler(console)
 
 
-def input_spec(cfg: TrainConfig, backbone: nn.Module) -> InputSpec:
+def input_spec(cfg: TrainConfig, backbone: nn.Module, video: bool = False) -> InputSpec:
     """The backbone's preprocessing with the run's overrides: what the task files record."""
-    return InputSpec.from_model(backbone).replace(crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
+    spec = InputSpec.from_model(backbone).replace(crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
+    return spec.replace(sampling_rate=cfg.sampling_rate) if video else spec
+
+
+def transforms_for(cfg: TrainConfig, spec: InputSpec):
+    """(train, test) transforms: the image recipe, or clip transforms for video datasets."""
+    entry = get_dataset(cfg.dataset)
+    hflip = cfg.hflip if entry.hflip else 0.0  # e.g. SSv2: "left to right" must not become "right to left"
+    if entry.modality == "video":
+        train = VideoTransform(spec, True, hflip) if cfg.augment else VideoTransform(spec, False)
+        return train, VideoTransform(spec, False, crops=cfg.test_crops)
+    return train_transform(spec, hflip, cfg.scale_min, cfg.augment), eval_transform(spec)
 
 
 def build_data(cfg: TrainConfig, spec: InputSpec):
-    train = build_split(
-        cfg.dataset,
-        cfg.data_root,
-        True,
-        train_transform(spec, cfg.hflip, cfg.scale_min, cfg.augment),
-        verify=cfg.verify,
-        download=cfg.download,
-    )
-    test = build_split(
-        cfg.dataset, cfg.data_root, False, eval_transform(spec), verify=cfg.verify, download=cfg.download
-    )
+    train_tf, test_tf = transforms_for(cfg, spec)
+    options = {}
+    if get_dataset(cfg.dataset).modality == "video":  # sample the frames the backbone takes
+        options = {**cfg.video_options(), "num_frames": spec.frames}
+    common = dict(verify=cfg.verify, download=cfg.download, **options)
+    train = build_split(cfg.dataset, cfg.data_root, True, train_tf, **common)
+    test = build_split(cfg.dataset, cfg.data_root, False, test_tf, **common)
     if train.classes != test.classes:
         raise AdaptFormerError(f"--data-root {cfg.data_root}: train and test splits have different classes")
     train_set, test_set = train.dataset, test.dataset
@@ -231,12 +239,14 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     precision = resolve_precision(cfg.precision, info.device)
 
-    # the backbone first: its input size / mean / std / crop decide the transforms
-    backbone = create_backbone(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, **cfg.timm_kwargs())
-    spec = input_spec(cfg, backbone)
+    # the backbone first: its input size / frames / mean / std / crop decide the transforms
+    video = get_dataset(cfg.dataset).modality == "video"
+    backbone_kwargs = cfg.timm_kwargs(video)
+    backbone = create_backbone(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, **backbone_kwargs)
+    spec = input_spec(cfg, backbone, video)
     train_set, test_set, classes = build_data(cfg, spec)
     torch.manual_seed(cfg.seed)  # the same initial adapters / head on every rank
-    source = BackboneSource(cfg.model, cfg.timm_kwargs(), Path(cfg.checkpoint).name if cfg.checkpoint else None)
+    source = BackboneSource(cfg.model, backbone_kwargs, Path(cfg.checkpoint).name if cfg.checkpoint else None)
     model = adapt(
         backbone, config=cfg.method_config(), classes=classes, task=cfg.task_name or cfg.dataset, source=source
     ).to(info.device)
