@@ -180,3 +180,18 @@ def test_paper_config_runs_end_to_end_on_cifar100_files(tmp_path, capsys):
     assert summary["trainable"] == 1_266_532 and summary["classes"] == 100 and summary["lr"] == 0.1 * 8 / 256
     resolved = (tmp_path / "run" / "config.yaml").read_text()
     assert "model: vit_base_patch16_224.mae" in resolved and "crop_pct: 0.875" in resolved
+
+
+def test_every_packaged_video_config_is_valid():
+    names = set(list_packaged_configs())
+    expected = {f"video/{d}_{m}" for d in ("ssv2", "hmdb51") for m in ("adaptformer", "linear", "vpt", "full")}
+    expected |= {f"video/hmdb51_adaptformer_frames{f}" for f in (2, 4, 8)}
+    assert expected <= names
+    for name in expected:
+        cfg = make_config(load_config_file(name), {})
+        assert (cfg.epochs, cfg.warmup_epochs, cfg.effective_batch, cfg.blr) == (90, 10, 512, 0.1), name
+        assert cfg.model == "videomae_base_patch16_224" and cfg.test_crops == 3
+        assert cfg.test_clips == (2 if "ssv2" in name else 4)
+        if name.endswith(("_adaptformer", "frames2", "frames4", "frames8")):
+            assert cfg.method_config().dropout == 0.0
+    assert make_config(load_config_file("video/hmdb51_adaptformer_frames2"), {}).num_frames == 2
