@@ -15,6 +15,7 @@ cannot share a backbone with other tasks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .backbones.hf import HFBackbone, wrap_if_hf
 from .backbones.taps import install_taps
 from .backbones.timm import check_vit, create_backbone, source_name
 from .errors import AdaptFormerError
@@ -52,6 +54,7 @@ class AdaptedModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, source: BackboneSource | None = None):
         super().__init__()
+        backbone = wrap_if_hf(backbone)
         check_vit(backbone)
         fc_norm = getattr(backbone, "fc_norm", None)
         pretrained_fc_norm = fc_norm if fc_norm is not None and any(True for _ in fc_norm.parameters()) else None
@@ -63,7 +66,9 @@ class AdaptedModel(nn.Module):
         self.backbone = backbone
         self.tasks = nn.ModuleDict()
         self.active_task: str | None = None
-        self.source = source or BackboneSource(source_name(backbone))
+        family = "hf" if isinstance(backbone, HFBackbone) else "timm"
+        source = source or BackboneSource(source_name(backbone))
+        self.source = dataclasses.replace(source, family=family)
         self._pretrained_fc_norm = (pretrained_fc_norm,)  # a tuple, so it is not registered as a sub-module
         self.train(False)
 
@@ -289,14 +294,17 @@ def adapt(
     source: BackboneSource | None = None,
     **options: Any,
 ) -> AdaptedModel:
-    """Adapt a timm ViT: ``adapt(vit, "adaptformer", num_classes=100, bottleneck=64)``.
+    """Adapt a ViT: ``adapt(vit, "adaptformer", num_classes=100, bottleneck=64)``.
 
-    The ViT becomes the frozen backbone of the returned :class:`AdaptedModel` (its hooks are installed on the
-    ViT's own blocks) with one task named ``task``. Pass a method name and its options, or ``config``.
+    ``model`` is a timm ViT, a video ViT of this library, or a Hugging Face ``ViTModel`` /
+    ``ViTForImageClassification`` / ``VideoMAEModel`` / ``VideoMAEForVideoClassification``. The ViT becomes
+    the frozen backbone of the returned :class:`AdaptedModel` (its hooks are installed on the ViT's own
+    blocks) with one task named ``task``. Pass a method name and its options, or ``config``.
     ``num_classes`` defaults to the ViT's own class count.
     """
     if isinstance(model, AdaptedModel):
         raise AdaptFormerError("this model is already adapted; add tasks to it with add_task(...)")
+    model = wrap_if_hf(model)
     check_vit(model)
     if config is None:
         config = make_method_config(method or "adaptformer", **options)

@@ -1,7 +1,9 @@
-"""Where a task plugs into a real timm ViT block, without copying or re-implementing the block.
+"""Where a task plugs into a real ViT block (timm's ``Block``, or Hugging Face's ``ViTLayer`` / ``VideoMAELayer``),
+without copying or re-implementing the block.
 
-timm's pre-norm ``Block`` computes ``x' = x + attn-branch`` then ``y = x' + drop_path2(ls2(mlp(norm2(x'))))``.
-Four hooks on timm's own modules give a task every point it needs:
+timm's pre-norm ``Block`` computes ``x' = x + attn-branch`` then ``y = x' + drop_path2(ls2(mlp(norm2(x'))))``
+(Hugging Face: ``y = output.dropout(output.dense(intermediate(layernorm_after(x')))) + x'``, see ``anatomy``).
+Four hooks on the block's own modules give a task every point it needs:
 
 * a forward pre-hook on the block: its input (VPT prepends prompts);
 * a forward pre-hook on ``norm2``: x', the post-attention residual (the parallel adapter's input);
@@ -47,9 +49,13 @@ class BeforeBlock(BlockTap):
 
 
 class AfterBlock(BlockTap):
-    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    def __call__(self, module: nn.Module, args: tuple, output):
         task = self.router.routed_task()
-        return output if task is None else task.after_block(self.index, output)
+        if task is None:
+            return output
+        if isinstance(output, tuple):  # layers that also return attentions
+            return (task.after_block(self.index, output[0]), *output[1:])
+        return task.after_block(self.index, output)
 
 
 class CaptureResidual(BlockTap):
@@ -81,15 +87,29 @@ class AdaptMLPBranch(BlockTap):
         return task.mlp_branch(self.index, output, residual)
 
 
-def check_prenorm_block(block: nn.Module, index: int) -> None:
-    """Only pre-norm blocks (norm2 -> mlp -> drop_path2 on the residual) have the x' the adapter needs."""
-    missing = [name for name in ("norm2", "mlp", "drop_path2") if not isinstance(getattr(block, name, None), nn.Module)]
+def anatomy(block: nn.Module, index: int) -> tuple[nn.Module, nn.Module]:
+    """(module whose input is x', module whose output is the MLP branch m) of a pre-norm block.
+
+    timm's ``Block``: ``norm2`` and ``drop_path2``. Hugging Face's ``ViTLayer`` / ``VideoMAELayer``:
+    ``layernorm_after`` and ``output.dropout`` (its ``output`` adds the residual after that dropout)."""
     name = type(block).__name__
-    if missing or name in UNSUPPORTED_BLOCKS:
-        raise AdaptFormerError(
-            f"block {index} ({name}) is not a pre-norm timm ViT block with norm2/mlp/drop_path2; "
-            "AdaptFormer supports timm's Block (ViT, DeiT, DeiT-III, MAE, augreg, in21k families)"
-        )
+    parts = [getattr(block, n, None) for n in ("norm2", "mlp", "drop_path2")]
+    if all(isinstance(p, nn.Module) for p in parts) and name not in UNSUPPORTED_BLOCKS:
+        return block.norm2, block.drop_path2
+    output = getattr(block, "output", None)
+    if isinstance(getattr(block, "layernorm_after", None), nn.Module) and isinstance(
+        getattr(output, "dropout", None), nn.Module
+    ):
+        return block.layernorm_after, output.dropout
+    raise AdaptFormerError(
+        f"block {index} ({name}) is not a pre-norm ViT block (timm's norm2/mlp/drop_path2 or Hugging Face's "
+        "layernorm_after/output); AdaptFormer supports timm's Block (ViT, DeiT, DeiT-III, MAE, augreg, in21k) and "
+        "Hugging Face ViT / VideoMAE layers"
+    )
+
+
+def check_prenorm_block(block: nn.Module, index: int) -> None:
+    anatomy(block, index)
 
 
 def is_tapped(block: nn.Module) -> bool:
@@ -106,8 +126,9 @@ def install_taps(blocks: list[nn.Module], router: TaskRouter) -> None:
                 "fresh backbone"
             )
     for index, block in enumerate(blocks):
+        residual_at, branch_at = anatomy(block, index)
         capture = CaptureResidual(router, index)
         block.register_forward_pre_hook(BeforeBlock(router, index))
-        block.norm2.register_forward_pre_hook(capture)
-        block.drop_path2.register_forward_hook(AdaptMLPBranch(router, index, capture))
+        residual_at.register_forward_pre_hook(capture)
+        branch_at.register_forward_hook(AdaptMLPBranch(router, index, capture))
         block.register_forward_hook(AfterBlock(router, index))

@@ -20,6 +20,8 @@ from torch import nn
 from ..errors import AdaptFormerError
 from .checkpoints import read_state_dict, to_timm_vit
 from .embedded import EMBEDDED, EmbeddedBackbone, get_embedded
+from .hf import HF_PREFIX
+from .hf import from_pretrained as hf_from_pretrained
 from .video import build_video_vit, inflate_image_vit, is_video_model
 from .video_checkpoints import load_video_weights, read_video_state_dict
 
@@ -94,6 +96,10 @@ def source_name(model: nn.Module) -> str | None:
 def _create(
     name: str, pretrained: bool, checkpoint: str | Path | None, num_classes: int | None, timm_kwargs: dict[str, Any]
 ) -> nn.Module:
+    if name.startswith(HF_PREFIX):
+        if checkpoint is not None or num_classes:
+            raise AdaptFormerError(f"model {name}: a Hugging Face model brings its weights; drop --checkpoint")
+        return hf_from_pretrained(name, **timm_kwargs)
     if is_video_model(name):
         return _create_video(name, pretrained, checkpoint, num_classes, dict(timm_kwargs))
     if "num_frames" in timm_kwargs:  # an image backbone asked for clips: inflate it (docs: "image backbone on video")

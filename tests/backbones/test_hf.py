@@ -1,0 +1,122 @@
+"""Hugging Face ViT / VideoMAE models adapt like timm's: the same equations, every method, task files."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import adaptformer
+from adaptformer.backbones.hf import HFBackbone
+
+
+def hf_vit(seed=0):
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    return ViTModel(config, add_pooling_layer=False).eval()
+
+
+def hf_videomae(seed=0, classification=True):
+    from transformers import VideoMAEConfig, VideoMAEForVideoClassification, VideoMAEModel
+
+    torch.manual_seed(seed)
+    config = VideoMAEConfig(
+        image_size=32,
+        patch_size=16,
+        num_frames=4,
+        tubelet_size=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=7,
+    )
+    return (VideoMAEForVideoClassification if classification else VideoMAEModel)(config).eval()
+
+
+def randomize(model):
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.task.named_parameters():
+            if "adaptmlp" in name:
+                param.copy_(torch.randn(param.shape, generator=generator, dtype=param.dtype) * 0.5)
+
+
+def reference_layers(model, hidden):
+    """The equations, written with the HF layer's own parts: x' = x + Attn(LN_before(x));
+    m = Dropout(Dense(Intermediate(LN_after(x')))); parallel y = x' + m + a(x'); sequential y = x' + m + a(m)."""
+    task = model.task
+    for index, layer in enumerate(model.backbone.blocks):
+        x_prime = hidden + layer.attention(layer.layernorm_before(hidden))
+        # output.dropout is where the hook adds the adapter: not called here (it is the identity in eval mode)
+        m = layer.output.dense(layer.intermediate(layer.layernorm_after(x_prime)))
+        adapter = task.adapter(index)
+        a = adapter(x_prime if task.parallel else m) if adapter is not None else 0
+        hidden = x_prime + m + a
+    return hidden
+
+
+@pytest.mark.parametrize("placement", ["parallel", "sequential"])
+def test_hf_vit_equals_the_equations(placement):
+    model = adaptformer.adapt(
+        hf_vit().double(), "adaptformer", num_classes=3, bottleneck=4, placement=placement, layers="top:1"
+    )
+    randomize(model)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    vit = model.backbone.model
+    expected = vit.layernorm(reference_layers(model, vit.embeddings(x)))
+    assert (model.forward_features(x) - expected).abs().max() < 1e-10
+    assert (model.forward_features(x) - hf_vit().double()(pixel_values=x).last_hidden_state).abs().max() > 1e-3
+
+
+def test_hf_videomae_equals_the_equations_and_keeps_its_fc_norm():
+    source = hf_videomae()
+    model = adaptformer.adapt(copy.deepcopy(source).double(), "adaptformer", num_classes=3, bottleneck=4)
+    randomize(model)
+    model.eval()
+    clip = torch.randn(2, 3, 4, 32, 32, dtype=torch.float64)
+    mae = model.backbone.model
+    expected = reference_layers(model, mae.embeddings(clip.permute(0, 2, 1, 3, 4), None))
+    assert (model.forward_features(clip) - expected).abs().max() < 1e-10
+    assert torch.equal(model.task.fc_norm.weight, source.fc_norm.weight.double())
+
+
+@pytest.mark.parametrize("method", ["adaptformer", "linear", "full"])
+def test_zero_initialised_methods_equal_the_hf_model(method):
+    source = hf_videomae()
+    model = adaptformer.adapt(copy.deepcopy(source), method, num_classes=7).eval()
+    clip = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        pooled = model.forward_head(model.forward_features(clip), pre_logits=True)
+        reference = source.fc_norm(source.videomae(pixel_values=clip.permute(0, 2, 1, 3, 4)).last_hidden_state.mean(1))
+    torch.testing.assert_close(pooled, reference)
+
+
+def test_vpt_and_training_step_on_hf_models():
+    model = adaptformer.adapt(hf_vit(), "vpt", num_classes=3, vpt_tokens=2)
+    x = torch.randn(4, 3, 32, 32)
+    model.train()
+    F.cross_entropy(model(x), torch.tensor([0, 1, 2, 0])).backward()
+    assert model.task.embeddings[0].grad is not None and model.task.embeddings[0].grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.backbone.parameters())
+
+
+def test_task_files_record_the_family_and_reload_on_a_saved_hf_model(tmp_path):
+    source = hf_videomae(classification=False)
+    source.save_pretrained(tmp_path / "videomae")
+    model = adaptformer.create_model(f"hf:{tmp_path / 'videomae'}", "adaptformer", num_classes=3, bottleneck=4)
+    randomize(model)
+    path = adaptformer.save_task(model, tmp_path / "task.safetensors")
+    meta, _ = adaptformer.read_task(path)
+    assert meta["backbone"]["family"] == "hf" and meta["backbone"]["name"] == f"hf:{tmp_path / 'videomae'}"
+    assert meta["preprocessing"]["frames"] == 4
+    restored = adaptformer.load_task(path).eval()
+    clip = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(clip), model.eval()(clip))
+    assert isinstance(restored.backbone, HFBackbone)
