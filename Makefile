@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo demo-video test lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/adaptformer demo
+
+demo-video: $(STAMP)
+	$(BIN)/adaptformer demo --video
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -33,10 +33,13 @@ def cpu_flags() -> str:
     return " ".join(f for f in wanted if f in flags) or "no AVX2"
 
 
-def build_ours(model_name: str, method: str, options: dict):
+def build_ours(model_name: str, method: str, options: dict, frames: int = 0):
     import adaptformer
 
-    return adaptformer.create_model(model_name, method, num_classes=100, pretrained=False, **options)
+    kwargs = {"num_frames": frames} if frames else None  # video: VideoMAE names, or an image ViT inflated
+    return adaptformer.create_model(
+        model_name, method, num_classes=100, pretrained=False, timm_kwargs=kwargs, **options
+    )
 
 
 def build_peft_lora(model_name: str):
@@ -100,6 +103,7 @@ def measure(
     device_name: str,
     options: dict,
     compile: bool,
+    frames: int = 0,
 ) -> dict:
     import torch
     import torch.nn.functional as F
@@ -111,7 +115,7 @@ def measure(
     precision = resolve_precision(precision, device)
     torch.manual_seed(0)
     if system == "ours":
-        model = build_ours(model_name, method, options if method == "adaptformer" else {})
+        model = build_ours(model_name, method, options if method == "adaptformer" else {}, frames)
     elif system == "peft-lora":
         model = build_peft_lora(model_name)
     else:
@@ -121,8 +125,11 @@ def measure(
     forward = torch.compile(model) if compile else model
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     scaler = make_grad_scaler(precision, device)
-    size = architecture(model_name).patch_embed.img_size[0]
-    images = torch.randn(batch, 3, size, size, device=device)
+    size = (
+        model.backbone.patch_embed.img_size[0] if system == "ours" else architecture(model_name).patch_embed.img_size[0]
+    )
+    shape = (batch, 3, frames, size, size) if frames else (batch, 3, size, size)
+    images = torch.randn(*shape, device=device)
     labels = torch.randint(0, 100, (batch,), device=device)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.type == "cuda":
@@ -201,6 +208,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="also time our methods under torch.compile")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=0,
+        help="video: clips of N frames (e.g. --model videomae_base_patch16_224 --frames 8)",
+    )
     parser.add_argument("--peers", action="store_true", help="also time PEFT LoRA and AdapterHub (if installed)")
     parser.add_argument(
         "--adapter-options", default="{}", help='JSON options for the adaptformer method, e.g. \'{"layers": "top:6"}\''
@@ -216,11 +229,13 @@ def main() -> int:
                 plan.append(("ours", method, precision, True))
         if args.peers:
             missing = {"peft-lora", "adapterhub-parallel"} - set(peers_available())
-            if missing:
+            if args.frames:
+                print("--peers: image models only; skipped for --frames", file=sys.stderr)
+            elif missing:
                 print(
                     f"--peers: not installed: {', '.join(sorted(missing))} (pip install -e '.[peers]')", file=sys.stderr
                 )
-            plan += [(peer, "", precision, False) for peer in peers_available()]
+            plan += [(peer, "", precision, False) for peer in peers_available() if not args.frames]
     print(f"CPU flags: {cpu_flags()}", flush=True)
     rows = []
     for system, method, precision, compiled in plan:
@@ -235,6 +250,7 @@ def main() -> int:
             device_name=args.device,
             options=json.loads(args.adapter_options),
             compile=compiled,
+            frames=args.frames,
         )
         if "error" in row:
             print(f"{system} {method} {precision}: {row['error']}", file=sys.stderr)
@@ -248,7 +264,8 @@ def main() -> int:
             flush=True,
         )
     ratios = summarize(rows, args)
-    print(f"\n{args.model}, batch {args.batch}, device {rows[0]['device']}, CPU flags: {cpu_flags()}")
+    clips = f", {args.frames}-frame clips" if args.frames else ""
+    print(f"\n{args.model}{clips}, batch {args.batch}, device {rows[0]['device']}, CPU flags: {cpu_flags()}")
     for name, value in ratios.items():
         print(f"  {name}: {value:.2f}")
     if args.json:

@@ -228,8 +228,11 @@ def run_predict(args: argparse.Namespace) -> int:
 
 # ---- demo --------------------------------------------------------------------------------------------------
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="demo-report", help="report directory (default: %(default)s)")
-    parser.add_argument("--config", default="demo", help="demo config (default: the packaged demo.yaml)")
+    parser.add_argument("--out", default=None, help="report directory (default: demo-report, demo-report-video)")
+    parser.add_argument("--config", default=None, help="demo config (default: the packaged demo / demo_video)")
+    parser.add_argument(
+        "--video", action="store_true", help="the video demo: the embedded ViT inflated to clips of moving digits"
+    )
     parser.add_argument("--methods", default=None, help="comma-separated subset, e.g. linear,adaptformer")
     parser.add_argument("--epochs", type=int, default=None, help="override the epochs of every method")
 
@@ -244,8 +247,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.epochs:
         overrides["warmup_epochs"] = min(args.epochs, 2)
         overrides["eval_every"] = args.epochs
-    run_demo(args.out, args.config, args.methods.split(",") if args.methods else None, overrides)
-    print(f"report: {args.out}/report.md, plot: {args.out}/accuracy_vs_params.png")
+    out = args.out or ("demo-report-video" if args.video else "demo-report")
+    config = args.config or ("demo_video" if args.video else "demo")
+    run_demo(out, config, args.methods.split(",") if args.methods else None, overrides)
+    print(f"report: {out}/report.md, plot: {out}/accuracy_vs_params.png")
     return 0
 
 
