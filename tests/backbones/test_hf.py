@@ -120,3 +120,27 @@ def test_task_files_record_the_family_and_reload_on_a_saved_hf_model(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(restored(clip), model.eval()(clip))
     assert isinstance(restored.backbone, HFBackbone)
+
+
+def test_image_classification_models_are_adapted_through_their_base_model():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=10,
+    )
+    source = ViTForImageClassification(config).eval()
+    model = adaptformer.adapt(copy.deepcopy(source), "linear", num_classes=4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(
+            model.forward_head(model.forward_features(x), pre_logits=True), source.vit(x).last_hidden_state[:, 0]
+        )
+    assert "classifier.weight" not in {k.split("model.", 1)[-1] for k in model.backbone.state_dict()}
+    assert model.parameter_report().trainable == 32 * 4 + 4

@@ -96,3 +96,14 @@ def test_video_options_are_checked(ssv2, tmp_path, capsys):
     assert "--test-crops: expected 1 or 3" in capsys.readouterr().err
     assert main(train_args(ssv2, tmp_path / "run2", extra=["--num-frames", "3"])) == 2
     assert "multiples of the tubelet" in capsys.readouterr().err
+
+
+def test_corrupt_videos_are_skipped_counted_and_logged_in_training(tmp_path, capsys):
+    data = write_hmdb51(tmp_path / "hmdb", per_class=4)
+    broken = data / "brush_hair" / "brush_hair_clip_0.avi"
+    broken.write_bytes(broken.read_bytes()[:300])  # truncated: no decodable frame
+    assert main(train_args(data, tmp_path / "run", dataset="hmdb51")) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["skipped_images"] >= 1
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "skipped unreadable file" in log and "brush_hair_clip_0.avi" in log

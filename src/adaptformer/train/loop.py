@@ -189,6 +189,10 @@ def train_one_epoch(
                 )
         if batch.inputs is None:
             continue
+        if len(batch) == 1 and cfg.batch_size > 1:
+            # unreadable files left one sample: the head's BatchNorm cannot normalise a batch of one
+            log.warning("skipped a batch left with one readable sample (%s)", batch.ids.tolist())
+            continue
         micro += 1
         last_micro = micro % plan.accumulation == 0
         inputs, labels = batch.inputs.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
