@@ -25,12 +25,13 @@ import torch
 from torch import nn
 
 from .backbones.hf import HFBackbone, wrap_if_hf
-from .backbones.taps import install_taps
+from .backbones.taps import install_taps, is_timm_block
 from .backbones.timm import check_vit, create_backbone, source_name
 from .errors import AdaptFormerError
 from .methods.base import BackboneSpec, MethodConfig, Task
 from .methods.registry import get_method, make_method_config
 from .report import ParameterReport
+from .routing import MixedRouting
 from .utils.hashing import hash_tensors
 
 DEFAULT_TASK = "default"
@@ -66,6 +67,7 @@ class AdaptedModel(nn.Module):
         self.backbone = backbone
         self.tasks = nn.ModuleDict()
         self.active_task: str | None = None
+        self._mixed: MixedRouting | None = None
         family = "hf" if isinstance(backbone, HFBackbone) else "timm"
         source = source or BackboneSource(source_name(backbone))
         self.source = dataclasses.replace(source, family=family)
@@ -142,8 +144,55 @@ class AdaptedModel(nn.Module):
         return self.tasks[self.active_task]
 
     def routed_task(self) -> Task | None:
-        """What the block hooks run (``backbones/taps.py``)."""
+        """The task the block hooks run (``backbones/taps.py``) outside mixed batches."""
         return self.tasks[self.active_task] if self.active_task is not None else None
+
+    # ---- the router: what the four hooks of every block ask -----------------------------------------------------
+    def before_block(self, index: int, block: nn.Module, args: tuple, kwargs: dict):
+        if self._mixed is not None:
+            x, mask = self._mixed.before_block(index, args[0], is_timm_block(block))
+            return (x, *args[1:]), ({**kwargs, "attn_mask": mask} if mask is not None else kwargs)
+        task = self.routed_task()
+        if task is None:
+            return None
+        return (task.before_block(index, args[0]), *args[1:]), kwargs
+
+    def wants_residual(self, index: int) -> bool:
+        if self._mixed is not None:
+            return self._mixed.wants_residual(index)
+        task = self.routed_task()
+        return task is not None and task.wants_residual(index)
+
+    def mlp_branch(self, index: int, m: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        if self._mixed is not None:
+            return self._mixed.mlp_branch(index, m, residual)
+        task = self.routed_task()
+        return m if task is None else task.mlp_branch(index, m, residual)
+
+    def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if self._mixed is not None:
+            return self._mixed.after_block(index, x)
+        task = self.routed_task()
+        return x if task is None else task.after_block(index, x)
+
+    def forward_mixed(self, x: torch.Tensor, tasks: list[str]) -> list[torch.Tensor]:
+        """Logits of sample i by task ``tasks[i]``, all samples in one pass of the backbone (``routing.py``)."""
+        if len(tasks) != len(x):
+            raise AdaptFormerError(f"tasks: {len(tasks)} names for a batch of {len(x)}")
+        names = list(dict.fromkeys(tasks))
+        for name in names:
+            self._get(name)
+        if self.backbone_trains:
+            raise AdaptFormerError("a full fine-tuning task cannot share its backbone in a mixed batch")
+        if len(names) == 1:  # one task: its own path, exactly
+            return list(self.forward(x, task=names[0]))
+        assignment = torch.tensor([names.index(t) for t in tasks], device=x.device)
+        self._mixed = MixedRouting([self.tasks[n] for n in names], assignment, len(self.backbone.blocks))
+        try:
+            pooled = self.backbone.pool(self.backbone.forward_features(x))
+            return self._mixed.heads(pooled)
+        finally:
+            self._mixed = None
 
     def _get(self, name: str) -> Task:
         if name not in self.tasks:
@@ -186,7 +235,11 @@ class AdaptedModel(nn.Module):
             return task.fc_norm(pooled) if task.fc_norm is not None else pooled
         return task.forward_head(pooled)
 
-    def forward(self, x: torch.Tensor, task: str | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, task: str | None = None, tasks: list[str] | None = None):
+        """Logits of the active task (or ``task``); with ``tasks`` (one name per sample), a list of each sample's
+        logits by its own task, computed in one pass of the backbone."""
+        if tasks is not None:
+            return self.forward_mixed(x, tasks)
         if task is not None and task != self.active_task:
             with self.using_task(task):
                 return self.forward_head(self.forward_features(x))

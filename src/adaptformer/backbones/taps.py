@@ -29,7 +29,12 @@ UNSUPPORTED_BLOCKS = {"ResPostBlock", "ParallelScalingBlock", "ParallelThingsBlo
 
 
 class TaskRouter(Protocol):
-    def routed_task(self): ...  # the Task whose modules run now, or None
+    """What the hooks ask (the host model): it runs one task, or a mixed-task batch (``routing.py``)."""
+
+    def before_block(self, index: int, block: nn.Module, args: tuple, kwargs: dict): ...
+    def wants_residual(self, index: int) -> bool: ...
+    def mlp_branch(self, index: int, m: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor: ...
+    def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor: ...
 
 
 class BlockTap:
@@ -41,50 +46,47 @@ class BlockTap:
 
 
 class BeforeBlock(BlockTap):
-    def __call__(self, module: nn.Module, args: tuple):
-        task = self.router.routed_task()
-        if task is None:
-            return None
-        return (task.before_block(self.index, args[0]), *args[1:])
+    """Pre-hook (with keyword arguments) on the block: its input, and an attention mask when one is needed."""
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict):
+        return self.router.before_block(self.index, module, args, kwargs)
 
 
 class AfterBlock(BlockTap):
     def __call__(self, module: nn.Module, args: tuple, output):
-        task = self.router.routed_task()
-        if task is None:
-            return output
         if isinstance(output, tuple):  # layers that also return attentions
-            return (task.after_block(self.index, output[0]), *output[1:])
-        return task.after_block(self.index, output)
+            return (self.router.after_block(self.index, output[0]), *output[1:])
+        return self.router.after_block(self.index, output)
 
 
 class CaptureResidual(BlockTap):
-    """Pre-hook on ``norm2``: keep x' when the task's MLP branch will need it."""
+    """Pre-hook on the module whose input is x' (``norm2``): keep x' when the MLP branch will need it."""
 
     def __init__(self, router: TaskRouter, index: int):
         super().__init__(router, index)
         self.residual: torch.Tensor | None = None
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
-        task = self.router.routed_task()
-        if task is not None and task.wants_residual(self.index):
+        if self.router.wants_residual(self.index):
             self.residual = args[0]
 
 
 class AdaptMLPBranch(BlockTap):
-    """Forward hook on ``drop_path2``: m -> the task's branch (m + a(x') or m + a(m))."""
+    """Forward hook on the module whose output is the MLP branch m (``drop_path2``): m -> the task's branch."""
 
     def __init__(self, router: TaskRouter, index: int, capture: CaptureResidual):
         super().__init__(router, index)
         self.capture = capture
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        task = self.router.routed_task()
-        if task is None:
-            return output
         residual = self.capture.residual
         self.capture.residual = None  # release x' at once: nothing keeps activations alive between forwards
-        return task.mlp_branch(self.index, output, residual)
+        return self.router.mlp_branch(self.index, output, residual)
+
+
+def is_timm_block(block: nn.Module) -> bool:
+    """timm blocks take an ``attn_mask`` keyword (mixed batches of different prompts need it)."""
+    return isinstance(getattr(block, "norm2", None), nn.Module) and isinstance(getattr(block, "attn", None), nn.Module)
 
 
 def anatomy(block: nn.Module, index: int) -> tuple[nn.Module, nn.Module]:
@@ -128,7 +130,7 @@ def install_taps(blocks: list[nn.Module], router: TaskRouter) -> None:
     for index, block in enumerate(blocks):
         residual_at, branch_at = anatomy(block, index)
         capture = CaptureResidual(router, index)
-        block.register_forward_pre_hook(BeforeBlock(router, index))
+        block.register_forward_pre_hook(BeforeBlock(router, index), with_kwargs=True)
         residual_at.register_forward_pre_hook(capture)
         branch_at.register_forward_hook(AdaptMLPBranch(router, index, capture))
         block.register_forward_hook(AfterBlock(router, index))

@@ -86,6 +86,11 @@ class Task(TaskHead):
     def wants_residual(self, index: int) -> bool:
         return False
 
+    def prompt_span(self, index: int, depth: int) -> tuple[torch.Tensor, int] | None:
+        """Tokens this task prepends before block ``index`` and the block after which they are dropped (used by
+        mixed-task batches, which lay prompts out themselves); None when it prepends nothing there."""
+        return None
+
     def mlp_branch(self, index: int, m: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         return m
 

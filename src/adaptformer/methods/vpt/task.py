@@ -48,5 +48,11 @@ class VPTTask(Task):
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         return x[:, self.num_tokens :] if index in self.drop_after else x
 
+    def prompt_span(self, index: int, depth: int) -> tuple[torch.Tensor, int] | None:
+        position = self.prompt_at.get(index)
+        if position is None:
+            return None
+        return self.embeddings[position], index if self.config.vpt_mode == "deep" else depth - 1
+
     def parameter_groups(self) -> dict[str, int]:
         return {**super().parameter_groups(), "prompts": sum(p.numel() for p in self.embeddings)}
