@@ -19,7 +19,7 @@ from .data.video import VideoTransform
 from .errors import AdaptFormerError
 from .evaluation import evaluate
 from .runtime.device import pick_device
-from .runtime.precision import autocast, resolve_precision
+from .runtime.precision import resolve_precision
 from .tasks import apply_task, preprocessing_of, read_task
 
 
@@ -119,36 +119,13 @@ def collect_images(paths: list[str]) -> list[Path]:
     return files
 
 
-@torch.no_grad()
-def predict_files(loaded: LoadedTask, files: list[Path], top_k: int = 5, batch_size: int = 64) -> list[dict]:
-    """Top-k labels and probabilities per image; unreadable files get an ``error`` entry instead."""
-    transform = eval_transform(loaded.spec)
-    k = min(top_k, len(loaded.classes))
-    results: list[dict] = []
-    for start in range(0, len(files), batch_size):
-        chunk, tensors = [], []
-        for path in files[start : start + batch_size]:
-            try:
-                with Image.open(path) as image:
-                    tensors.append(transform(image.convert("RGB")))
-                chunk.append(path)
-            except (OSError, UnidentifiedImageError, ValueError) as error:
-                results.append({"file": str(path), "error": f"unreadable image ({type(error).__name__})"})
-        if not tensors:
-            continue
-        with autocast(loaded.precision, loaded.device):
-            logits = loaded.model(torch.stack(tensors).to(loaded.device))
-        probs = logits.float().softmax(dim=1)
-        values, indices = probs.topk(k, dim=1)
-        for path, vals, idxs in zip(chunk, values.tolist(), indices.tolist(), strict=True):
-            results.append(
-                {
-                    "file": str(path),
-                    "top": [
-                        {"label": loaded.classes[i], "index": i, "prob": round(v, 5)}
-                        for v, i in zip(vals, idxs, strict=True)
-                    ],
-                }
-            )
-    order = {str(p): i for i, p in enumerate(files)}
-    return sorted(results, key=lambda r: order[r["file"]])
+def open_images(paths: list[Path]) -> tuple[dict[str, Image.Image], dict[str, str]]:
+    """Decoded RGB images by path, and a one-line reason for each file that is not a readable image."""
+    images, errors = {}, {}
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images[str(path)] = image.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            errors[str(path)] = f"unreadable image ({type(error).__name__})"
+    return images, errors

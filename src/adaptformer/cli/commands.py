@@ -110,8 +110,17 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 # ---- eval / predict ----------------------------------------------------------------------------------------
-def _task_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", required=True, help="task file (.safetensors) written by train / save_task")
+def _task_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    if several:
+        parser.add_argument(
+            "--task",
+            action="append",
+            required=True,
+            metavar="[NAME=]FILE",
+            help="a task file; repeat for several tasks on one backbone (named by file stem, or NAME=FILE)",
+        )
+    else:
+        parser.add_argument("--task", required=True, help="task file (.safetensors) written by train / save_task")
     parser.add_argument("--model", default=None, help="backbone name (default: the one recorded in the task)")
     parser.add_argument("--checkpoint", default=None, help="local backbone weights file")
     parser.add_argument(
@@ -122,7 +131,8 @@ def _task_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (%(default)s)")
     parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (%(default)s)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    if not several:
+        parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
     parser.add_argument("--batch-size", type=int, default=128, help="%(default)s")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
@@ -203,27 +213,55 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
-    _task_arguments(parser)
+    _task_arguments(parser, several=True)
     parser.add_argument("images", nargs="+", help="image files and/or folders")
     parser.add_argument("--top-k", type=int, default=5)
 
 
-@command("predict", "top-k labels for image files or folders", _predict_arguments)
+@command("predict", "top-k labels of one or several tasks for image files or folders", _predict_arguments)
 def run_predict(args: argparse.Namespace) -> int:
-    from ..inference import collect_images, predict_files
+    from ..bank import TaskBank
+    from ..inference import collect_images, open_images
 
     files = collect_images(args.images)
-    loaded = _load_task(args)
-    results = predict_files(loaded, files, top_k=args.top_k, batch_size=args.batch_size)
-    if args.json:
-        print(json.dumps(results))
-        return 0
-    for row in results:
-        if "error" in row:
-            print(f"{row['file']}  ERROR {row['error']}")
-        else:
-            print(f"{row['file']}  " + "  ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top"]))
-    return 1 if all("error" in row for row in results) else 0
+    bank = TaskBank.from_files(
+        args.task,
+        args.model,
+        args.checkpoint,
+        device=args.device,
+        precision=args.precision,
+        check_backbone=args.check_backbone,
+    )
+    readable = 0
+    for start in range(0, len(files), args.batch_size):
+        chunk = files[start : start + args.batch_size]
+        images, errors = open_images(chunk)
+        opened = [path for path in chunk if str(path) not in errors]
+        results = bank.predict_images([images[str(p)] for p in opened], top_k=args.top_k) if opened else []
+        readable += len(opened)
+        by_file: dict[str, list[dict]] = {}
+        for row in results:
+            by_file.setdefault(str(opened[row["index"]]), []).append(row)
+        for path in chunk:
+            _print_predictions(str(path), by_file.get(str(path), []), errors.get(str(path)), args.json)
+    return 0 if readable else 1
+
+
+def _print_predictions(file: str, rows: list[dict], error: str | None, as_json: bool) -> None:
+    if as_json:
+        if error:
+            print(json.dumps({"file": file, "error": error}))
+        for row in rows:
+            print(json.dumps({"file": file, "task": row["task"], "top_k": row["top_k"]}))
+        return
+    if error:
+        print(f"{file}  ERROR {error}")
+        return
+    cells = ["  ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top_k"]) for row in rows]
+    if len(rows) == 1:
+        print(f"{file}  {cells[0]}")
+    else:
+        print(f"{file}  " + "  |  ".join(f"{row['task']}: {cell}" for row, cell in zip(rows, cells, strict=True)))
 
 
 # ---- demo --------------------------------------------------------------------------------------------------

@@ -1,0 +1,105 @@
+"""The task bank: many task files on one backbone, predictions equal to each task's own model, refusals."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import adaptformer
+from adaptformer import AdaptFormerError
+from adaptformer.bank import TaskBank
+from adaptformer.cli import main
+from adaptformer.train.loop import fit
+from training_helpers import tiny_train_config
+
+
+@pytest.fixture(scope="module")
+def task_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bank")
+    runs = {
+        "colour": dict(method="adaptformer", bottleneck=8),
+        "prompted": dict(method="vpt", vpt_tokens=2, seed=1),
+        "probe": dict(method="linear", seed=2),
+        "whole": dict(method="full"),
+    }
+    files = {}
+    for name, options in runs.items():
+        cfg = tiny_train_config(root, epochs=1, out=str(root / name), lr=0.1, augment=False, **options)
+        fit(cfg)
+        files[name] = root / name / "last.safetensors"
+    return root, files
+
+
+def images():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(3)]
+
+
+def test_bank_predictions_equal_each_task_alone(task_files):
+    root, files = task_files
+    checkpoint = str(root / "tiny_vit.safetensors")
+    bank = TaskBank.from_files(
+        [str(files["colour"]), f"prompted={files['prompted']}", f"probe={files['probe']}"],
+        checkpoint=checkpoint,
+        device="cpu",
+        precision="fp32",
+    )
+    assert bank.tasks == ["last", "prompted", "probe"]
+    results = bank.predict_images(images(), top_k=3)
+    assert [(r["index"], r["task"]) for r in results][:3] == [(0, "last"), (0, "prompted"), (0, "probe")]
+    for name, file in (("last", files["colour"]), ("prompted", files["prompted"]), ("probe", files["probe"])):
+        alone = adaptformer.load_task(file, checkpoint=checkpoint).eval()
+        from adaptformer.data.transforms import eval_transform
+
+        transform = eval_transform(bank.infos[name].spec)
+        with torch.no_grad():
+            probs = alone(torch.stack([transform(image) for image in images()])).softmax(1)
+        for row in (r for r in results if r["task"] == name):
+            top = row["top_k"][0]
+            expected = probs[row["index"]]
+            assert top["label"] == alone.classes[int(expected.argmax())]
+            assert top["prob"] == pytest.approx(float(expected.max()), abs=1e-5)
+
+
+def test_bank_refusals_and_removal(task_files):
+    root, files = task_files
+    checkpoint = str(root / "tiny_vit.safetensors")
+    bank = TaskBank.from_files([f"colour={files['colour']}"], checkpoint=checkpoint, device="cpu")
+    with pytest.raises(AdaptFormerError, match="already has a task of that name"):
+        bank.load(f"colour={files['probe']}")
+    with pytest.raises(AdaptFormerError, match="full fine-tuning trains the backbone"):
+        bank.load(str(files["whole"]))
+    random_backbone = TaskBank.from_files(
+        [f"colour={files['colour']}"], checkpoint=None, pretrained=False, device="cpu", check_backbone=False
+    )
+    random_backbone.check_backbone = True
+    with pytest.raises(AdaptFormerError, match="other backbone weights"):
+        random_backbone.load(f"probe={files['probe']}")
+    bank.load(f"probe={files['probe']}")
+    bank.remove("colour")
+    assert bank.tasks == ["probe"] and list(bank.model.tasks) == ["probe"]
+    with pytest.raises(AdaptFormerError, match="no such task"):
+        bank.remove("colour")
+    with pytest.raises(AdaptFormerError, match="NAME=FILE"):
+        bank.load("=nothing")
+
+
+def test_predict_command_with_several_tasks(task_files, tmp_path, capsys):
+    root, files = task_files
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k, image in enumerate(images()):
+        image.save(folder / f"{k}.png")
+    args = ["predict", "--task", f"colour={files['colour']}", "--task", f"probe={files['probe']}"]
+    args += ["--checkpoint", str(root / "tiny_vit.safetensors"), str(folder), "--top-k", "2"]
+    assert main([*args, "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [(line["file"].rsplit("/", 1)[-1], line["task"]) for line in lines] == [
+        (f"{k}.png", task) for k in range(3) for task in ("colour", "probe")
+    ]
+    assert all(len(line["top_k"]) == 2 and set(line["top_k"][0]) == {"label", "prob"} for line in lines)
+    assert main(args) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert len(table) == 3 and "colour: " in table[0] and "  |  probe: " in table[0]
