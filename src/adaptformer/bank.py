@@ -51,6 +51,16 @@ class TaskInfo:
         }
 
 
+def top_k_labels(logits: torch.Tensor, classes: list[str], k: int) -> list[dict[str, Any]]:
+    """``[{"label", "prob"}, ...]`` of the k most probable classes (softmax over the task's classes)."""
+    probs = logits.float().softmax(dim=0)
+    top = probs.topk(min(k, len(probs)))
+    return [
+        {"label": classes[j], "prob": round(p, 6)}
+        for p, j in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    ]
+
+
 def parse_task_argument(text: str) -> tuple[str, Path]:
     """``NAME=FILE`` or ``FILE`` (named by its stem)."""
     name, sep, file = text.partition("=")
@@ -96,6 +106,16 @@ class TaskBank:
             bank.load(text)
         return bank
 
+    @classmethod
+    def empty(
+        cls, model_name: str, checkpoint: str | None = None, device: str = "auto", precision: str = "auto"
+    ) -> TaskBank:
+        """A bank with no task yet (tasks come later through ``load``)."""
+        backbone = create_backbone(model_name, checkpoint=checkpoint)
+        model = AdaptedModel(backbone, BackboneSource(model_name, {}, Path(checkpoint).name if checkpoint else None))
+        torch_device = pick_device(device)
+        return cls(model, torch_device, resolve_precision(precision, torch_device))
+
     # ---- tasks -----------------------------------------------------------------------------------------------
     def load(self, text: str, name: str | None = None) -> str:
         """Load ``FILE`` or ``NAME=FILE``; returns the task's name."""
@@ -134,6 +154,19 @@ class TaskBank:
         """One mixed-task pass: row i through task ``tasks[i]``."""
         with autocast(self.precision, self.device):
             return [row.float() for row in self.model(inputs.to(self.device), tasks=tasks)]
+
+    def input_rows(self, image: Image.Image, tasks: list[str]) -> list[torch.Tensor]:
+        """``image`` preprocessed for each task (tasks with the same preprocessing share one tensor)."""
+        done: dict[InputSpec, torch.Tensor] = {}
+        rows = []
+        for name in tasks:
+            spec = self.infos[name].spec
+            if spec.modality != "image":
+                raise AdaptFormerError(f"task {name!r}: a {spec.modality} task; images cannot be sent to it")
+            if spec not in done:
+                done[spec] = eval_transform(spec)(image.convert("RGB"))
+            rows.append(done[spec])
+        return rows
 
     def predict_images(self, images: list[Image.Image], tasks: list[str] | None = None, top_k: int = 5) -> list[dict]:
         """For every image and task: ``{"index": i, "task": name, "top_k": [{"label", "prob"}, ...]}``, in image

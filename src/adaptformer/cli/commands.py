@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 from ..errors import AdaptFormerError
 from .options import add_dataclass_options, add_method_options, given
@@ -312,4 +313,50 @@ def run_pretrain(args: argparse.Namespace) -> int:
             raise AdaptFormerError(f"--{required} is required")
     card = pretrain(PretrainConfig(**values))
     print(json.dumps({k: card[k] for k in ("test_top1", "epochs_done", "train_minutes")}))
+    return 0
+
+
+# ---- serve -------------------------------------------------------------------------------------------------
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", action="append", default=[], metavar="[NAME=]FILE", help="a task file; repeat")
+    parser.add_argument("--task-dir", default=None, help="directory POST /tasks may load task files from")
+    parser.add_argument("--model", default=None, help="backbone (default: the one the first task records)")
+    parser.add_argument("--checkpoint", default=None, help="local backbone weights file")
+    parser.add_argument("--no-check-backbone", dest="check_backbone", action="store_false")
+    parser.add_argument("--host", default="127.0.0.1", help="%(default)s")
+    parser.add_argument("--port", type=int, default=8000, help="%(default)s")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--max-batch", type=int, default=32, help="rows per mixed-task batch (%(default)s)")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (%(default)s)")
+    parser.add_argument("--no-batching", dest="batching", action="store_false", help="one request per batch")
+    parser.add_argument("--max-upload-mb", type=float, default=16.0, help="%(default)s")
+    parser.add_argument("--max-pixels", type=int, default=40_000_000, help="decompression-bomb limit (%(default)s)")
+
+
+@command("serve", "serve task files over HTTP (FastAPI) with cross-task batching", _serve_arguments)
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..bank import TaskBank
+    from ..serve.app import Limits, create_app
+
+    if not args.task and not args.model:
+        raise AdaptFormerError("serve: give --task FILE (repeatable) or --model to start with no task")
+    if args.task_dir and not Path(args.task_dir).is_dir():
+        raise AdaptFormerError(f"--task-dir {args.task_dir}: not a directory")
+    if args.task:
+        bank = TaskBank.from_files(
+            args.task,
+            args.model,
+            args.checkpoint,
+            device=args.device,
+            precision=args.precision,
+            check_backbone=args.check_backbone,
+        )
+    else:
+        bank = TaskBank.empty(args.model, args.checkpoint, device=args.device, precision=args.precision)
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
+    app = create_app(bank, args.task_dir, args.max_batch, args.max_wait_ms, args.batching, limits)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

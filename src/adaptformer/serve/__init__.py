@@ -1,0 +1,1 @@
+"""Serving many tasks over HTTP: the FastAPI app and its cross-task batcher."""
