@@ -36,14 +36,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_speed import cpu_flags  # noqa: E402
 
 
-def timed(function, repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
+def interleaved(functions: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each function, measured round-robin so that drift in the machine's speed (shared hosts)
+    affects all of them alike; one warm-up call each first."""
+    for function in functions.values():
         function()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            began = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - began)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def make_bank(model_name: str, tasks: int, bottleneck: int = 64):
@@ -75,15 +79,16 @@ def mixed_vs_single(args) -> dict:
         with torch.no_grad(), autocast(precision, device):
             model(x, **kwargs)
 
-    single = timed(lambda: run(task="t0"), args.repeats)
-    mixed_t = timed(lambda: run(tasks=mixed), args.repeats)
     plain = _plain_backbone(args.model)
 
     def run_plain():
         with torch.no_grad(), autocast(precision, device):
             plain(x)
 
-    plain_t = timed(run_plain, args.repeats)
+    medians = interleaved(
+        {"single": lambda: run(task="t0"), "mixed": lambda: run(tasks=mixed), "plain": run_plain}, args.repeats
+    )
+    single, mixed_t, plain_t = medians["single"], medians["mixed"], medians["plain"]
     return {
         "precision": precision,
         "single_s": single,
@@ -123,8 +128,8 @@ def peft_mixed(args) -> dict | None:
         with torch.no_grad(), autocast(precision, device):
             model(x, **kwargs)
 
-    single = timed(lambda: run(), args.repeats)
-    mixed = timed(lambda: run(adapter_names=names), args.repeats)
+    medians = interleaved({"single": lambda: run(), "mixed": lambda: run(adapter_names=names)}, args.repeats)
+    single, mixed = medians["single"], medians["mixed"]
     return {"single_s": single, "mixed_s": mixed, "mixed_throughput_ratio": single / mixed}
 
 
@@ -265,7 +270,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit_base_patch16_224")
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
     parser.add_argument("--skip-server", action="store_true")
     parser.add_argument("--json", default=None)

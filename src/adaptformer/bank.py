@@ -27,6 +27,7 @@ from .model import AdaptedModel, BackboneSource
 from .runtime.device import pick_device
 from .runtime.precision import autocast, resolve_precision
 from .tasks import apply_task, preprocessing_of, read_task
+from .tasks.files import recorded_backbone
 from .tasks.format import task_path
 
 
@@ -93,13 +94,8 @@ class TaskBank:
             raise AdaptFormerError("--task: give at least one task file")
         _, first = parse_task_argument(tasks[0])
         meta, _ = read_task(first)
-        source = meta["backbone"]
-        name = model_name or source["name"]
-        if not name:
-            raise AdaptFormerError(f"task file {first}: records no backbone; pass --model")
-        kwargs = source.get("kwargs", {}) if model_name is None else {}
-        backbone = create_backbone(name, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
-        model = AdaptedModel(backbone, BackboneSource(name, kwargs, Path(checkpoint).name if checkpoint else None))
+        backbone, source = recorded_backbone(meta, first, model_name, checkpoint, pretrained)
+        model = AdaptedModel(backbone, source)
         torch_device = pick_device(device)
         bank = cls(model, torch_device, resolve_precision(precision, torch_device), check_backbone)
         for text in tasks:

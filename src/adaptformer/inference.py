@@ -10,7 +10,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from .backbones.timm import create_backbone
 from .data.image import IMAGE_SUFFIXES
 from .data.loading import ShardSampler, make_loader
 from .data.registry import build_split, get_dataset
@@ -18,9 +17,11 @@ from .data.transforms import InputSpec, eval_transform
 from .data.video import VideoTransform
 from .errors import AdaptFormerError
 from .evaluation import evaluate
+from .model import AdaptedModel
 from .runtime.device import pick_device
 from .runtime.precision import resolve_precision
 from .tasks import apply_task, preprocessing_of, read_task
+from .tasks.files import recorded_backbone
 
 
 @dataclass
@@ -43,12 +44,8 @@ def load_for_inference(
     compile: bool = False,
 ) -> LoadedTask:
     meta, _ = read_task(task)
-    name = model_name or meta["backbone"]["name"]
-    if not name:
-        raise AdaptFormerError(f"task file {task}: records no backbone; pass --model")
-    kwargs = meta["backbone"].get("kwargs", {}) if model_name is None else {}
-    backbone = create_backbone(name, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
-    model = apply_task(backbone, task, check_backbone=check_backbone)
+    backbone, source = recorded_backbone(meta, task, model_name, checkpoint, pretrained)
+    model = apply_task(AdaptedModel(backbone, source), task, check_backbone=check_backbone)
     torch_device = pick_device(device)
     model = model.to(torch_device).eval()
     return LoadedTask(

@@ -221,18 +221,10 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("predict", "top-k labels of one or several tasks for image files or folders", _predict_arguments)
 def run_predict(args: argparse.Namespace) -> int:
-    from ..bank import TaskBank
     from ..inference import collect_images, open_images
 
     files = collect_images(args.images)
-    bank = TaskBank.from_files(
-        args.task,
-        args.model,
-        args.checkpoint,
-        device=args.device,
-        precision=args.precision,
-        check_backbone=args.check_backbone,
-    )
+    bank = _bank_from_args(args)
     readable = 0
     for start in range(0, len(files), args.batch_size):
         chunk = files[start : start + args.batch_size]
@@ -246,6 +238,22 @@ def run_predict(args: argparse.Namespace) -> int:
         for path in chunk:
             _print_predictions(str(path), by_file.get(str(path), []), errors.get(str(path)), args.json)
     return 0 if readable else 1
+
+
+def _bank_from_args(args: argparse.Namespace):
+    """The task bank of ``predict`` and ``serve``: the --task files on their recorded (or --model) backbone."""
+    from ..bank import TaskBank
+
+    if not args.task:
+        return TaskBank.empty(args.model, args.checkpoint, device=args.device, precision=args.precision)
+    return TaskBank.from_files(
+        args.task,
+        args.model,
+        args.checkpoint,
+        device=args.device,
+        precision=args.precision,
+        check_backbone=args.check_backbone,
+    )
 
 
 def _print_predictions(file: str, rows: list[dict], error: str | None, as_json: bool) -> None:
@@ -338,24 +346,13 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ..bank import TaskBank
     from ..serve.app import Limits, create_app
 
     if not args.task and not args.model:
         raise AdaptFormerError("serve: give --task FILE (repeatable) or --model to start with no task")
     if args.task_dir and not Path(args.task_dir).is_dir():
         raise AdaptFormerError(f"--task-dir {args.task_dir}: not a directory")
-    if args.task:
-        bank = TaskBank.from_files(
-            args.task,
-            args.model,
-            args.checkpoint,
-            device=args.device,
-            precision=args.precision,
-            check_backbone=args.check_backbone,
-        )
-    else:
-        bank = TaskBank.empty(args.model, args.checkpoint, device=args.device, precision=args.precision)
+    bank = _bank_from_args(args)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
     app = create_app(bank, args.task_dir, args.max_batch, args.max_wait_ms, args.batching, limits)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

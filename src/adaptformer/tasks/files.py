@@ -115,6 +115,23 @@ def apply_task(
     return model
 
 
+def recorded_backbone(
+    meta: dict[str, Any],
+    path: str | Path,
+    model_name: str | None = None,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = True,
+) -> tuple[nn.Module, BackboneSource]:
+    """The backbone a task file records (its name and keywords), or ``model_name`` instead, and its source."""
+    recorded = meta["backbone"]
+    name = model_name or recorded.get("name")
+    if not name:
+        raise AdaptFormerError(f"task file {path}: records no backbone name; pass the backbone (--model)")
+    kwargs = recorded.get("kwargs") or {} if model_name is None else {}
+    backbone = create_backbone(name, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+    return backbone, BackboneSource(name, kwargs, Path(checkpoint).name if checkpoint else None)
+
+
 def load_task(
     path: str | Path,
     backbone: nn.Module | None = None,
@@ -125,10 +142,8 @@ def load_task(
     """A ready model for a task file: the recorded backbone (or ``backbone``) with the task applied."""
     if backbone is None:
         meta, _ = read_task(path)
-        source = meta["backbone"]
-        if not source.get("name"):
-            raise AdaptFormerError(f"task file {path}: records no backbone name; pass the backbone explicitly")
-        backbone = create_backbone(source["name"], pretrained=pretrained, checkpoint=checkpoint, **source["kwargs"])
+        backbone, source = recorded_backbone(meta, path, checkpoint=checkpoint, pretrained=pretrained)
+        backbone = AdaptedModel(backbone, source)
     return apply_task(backbone, path, check_backbone=check_backbone)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import AdaptFormerConfig
@@ -48,14 +49,26 @@ class AdaptMLP(nn.Module):
         if self.adapter_layer_norm_before is not None:
             self.adapter_layer_norm_before.reset_parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, add_to: torch.Tensor | None = None) -> torch.Tensor:
+        """The branch a, or ``add_to + a`` when given (the MLP branch it joins), computed in fewer passes."""
         if self.norm_in:
             x = self.adapter_layer_norm_before(x)
         hidden = self.dropout(self.non_linear_func(self.down_proj(x)))
-        out = self.up_proj(hidden) * self.scale
         if self.norm_out:
-            out = self.adapter_layer_norm_before(out)
-        return out
+            out = self.adapter_layer_norm_before(self.up_proj(hidden) * self.scale)
+            return out if add_to is None else add_to + out
+        # s * Up(h) = h @ (s W)^T + s b: scaling the (d x r) weight instead of the (tokens x d) output saves a pass
+        weight, bias = self.up_proj.weight * self.scale, self.up_proj.bias * self.scale
+        if add_to is None:
+            return F.linear(hidden, weight, bias)
+        # add_to + a as one matrix product accumulating into add_to: [h, 1] @ [sW | sb]^T, so neither the sum nor
+        # the bias costs a separate pass over the (tokens x d) activations
+        shape = add_to.shape
+        ones = F.pad(hidden.reshape(-1, hidden.shape[-1]), (0, 1), value=1.0)
+        weight = torch.cat([weight, bias[:, None]], dim=1).t().to(ones.dtype)
+        return torch.addmm(
+            add_to.reshape(-1, shape[-1]), ones, weight.to(add_to.dtype) if not torch.is_autocast_enabled() else weight
+        ).view(shape)
 
     def extra_repr(self) -> str:
         c = self.config

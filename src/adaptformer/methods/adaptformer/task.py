@@ -39,7 +39,7 @@ class AdaptFormerTask(Task):
         key = str(index)
         if key not in self.blocks:
             return m
-        return m + self.blocks[key]["adaptmlp"](residual if self.parallel else m)
+        return self.blocks[key]["adaptmlp"](residual if self.parallel else m, add_to=m)  # m + a
 
     def parameter_groups(self) -> dict[str, int]:
         return {**super().parameter_groups(), "adapters": sum(p.numel() for p in self.blocks.parameters())}
