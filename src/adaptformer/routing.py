@@ -35,7 +35,6 @@ class MixedRouting:
         self.groups = [(task, rows) for task, rows in self.groups if len(rows)]
         self.batch = len(assignment)
         self.segments: list[_Segment] = []  # front of the sequence first
-        self.residual: dict[int, torch.Tensor] = {}
 
     # ---- prompts ---------------------------------------------------------------------------------------------
     def before_block(
@@ -63,9 +62,8 @@ class MixedRouting:
         valid = torch.zeros(self.batch, length, dtype=torch.bool, device=x.device)
         for rows, prompt in prompts:
             n = prompt.shape[1]
-            slots = slots.index_copy(
-                0, rows, torch.cat([prompt.to(x.dtype).expand(len(rows), -1, -1), slots[rows, n:]], dim=1)
-            )
+            padding = x.new_zeros(len(rows), length - n, x.shape[-1])
+            slots = slots.index_copy(0, rows, torch.cat([prompt.to(x.dtype).expand(len(rows), -1, -1), padding], dim=1))
             valid[rows, :n] = True
         self.segments.insert(0, _Segment(length, valid, drop_after))
         return torch.cat([slots, x], dim=1)
