@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -357,3 +358,46 @@ def run_serve(args: argparse.Namespace) -> int:
     app = create_app(bank, args.task_dir, args.max_batch, args.max_wait_ms, args.batching, limits)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+# ---- experiments ---------------------------------------------------------------------------------------------
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep", help="sweep file (base/grid/points), or a packaged name: sweeps/<name>")
+    parser.add_argument("--out", required=True, help="directory of the runs (one sub-directory each)")
+    parser.add_argument("--shard", default=None, help="i/n: run every n-th run starting at i (0-based)")
+    parser.add_argument("--seeds", type=int, default=1, help="repeat every run over this many seeds (%(default)s)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs (and validate them) without training")
+
+
+@command("sweep", "run a grid of training runs; reruns skip finished runs and resume unfinished ones", _sweep_arguments)
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from ..experiments.sweep import load_sweep, run_sweep, shard
+
+    if args.dry_run:
+        for run in shard(load_sweep(args.sweep, args.seeds), args.shard):
+            print(f"{run.name}  {json.dumps(run.varied)}")
+        return 0
+    for row in run_sweep(args.sweep, args.out, args.shard, args.seeds):
+        print(json.dumps(row))
+    return 0
+
+
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", help="run directories (e.g. a sweep's: runs/bottleneck/*)")
+    parser.add_argument("--out", required=True, help="report directory: report.md, report.html, plots")
+
+
+@command(
+    "report", "tables and plots over run directories (markdown and one self-contained HTML file)", _report_arguments
+)
+def run_report(args: argparse.Namespace) -> int:
+    from ..experiments.report import write_report
+
+    result = write_report(args.runs, args.out)
+    for path, why in result["skipped"]:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    print(
+        f"report: {args.out}/report.md, {args.out}/report.html ({result['rows']} configurations, "
+        f"{len(result['skipped'])} skipped)"
+    )
+    return 0 if result["rows"] else 1

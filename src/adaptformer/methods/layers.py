@@ -30,7 +30,8 @@ _SYNTAX_ONLY = 10**9  # a depth no model has: resolve_layers then checks the syn
 def resolve_layers(spec: LayerSpec, depth: int) -> list[int]:
     """Turn a layer spec into sorted block indices in ``[0, depth)``.
 
-    ``all``; ``top:k`` (the k blocks nearest the output); ``bottom:k`` (the k nearest the input);
+    ``all``; ``top:k`` (the k blocks nearest the output); ``bottom:k`` (the k nearest the input); ``top:k/d``
+    (k of d blocks, scaled to this depth: ``top:6/12`` is the top half of any model);
     ``"0,3,5"`` or ``[0, 3, 5]``; negative indices count from the end like Python.
     """
     if isinstance(spec, str):
@@ -39,7 +40,14 @@ def resolve_layers(spec: LayerSpec, depth: int) -> list[int]:
             return list(range(depth))
         for side in ("top", "bottom"):
             if text.startswith(side + ":"):
-                k = _parse_int(text[len(side) + 1 :], spec)
+                count = text[len(side) + 1 :]
+                if "/" in count:  # top:K/D: K of D blocks, scaled to this model's depth (at least one)
+                    k_text, d_text = count.split("/", 1)
+                    k, of = _parse_int(k_text, spec), _parse_int(d_text, spec)
+                    if not 1 <= k <= of:
+                        raise AdaptFormerError(f"layers: {spec!r}: expected 1 <= K <= D in {side}:K/D")
+                    count = str(max(1, round(k * depth / of)) if depth != _SYNTAX_ONLY else 1)
+                k = _parse_int(count, spec)
                 if not 1 <= k <= depth:
                     raise AdaptFormerError(f"layers: {spec!r} asks for {k} blocks, the model has {depth}")
                 return list(range(depth - k, depth)) if side == "top" else list(range(k))

@@ -474,8 +474,18 @@ def summarize(cfg, model: AdaptedModel, progress: Progress, plan: Plan, classes,
         "lr": plan.lr,
         "effective_batch": plan.effective_batch,
         "skipped_images": progress.skipped_images,
+        "peak_memory_mb": round(peak_memory_mb(), 1),
         "run_dir": str(run_dir),
     }
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: the GPU's allocations on CUDA, else the peak resident set (Linux: KiB)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def check_resumable(state: dict[str, Any], cfg: TrainConfig, fingerprint: str | None, path: Path) -> None:

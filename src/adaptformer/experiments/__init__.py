@@ -1,0 +1,1 @@
+"""Experiments: sweeps over training configurations, and reports over their run directories."""

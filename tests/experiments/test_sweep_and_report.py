@@ -1,0 +1,136 @@
+"""Sweeps (grid, points, seeds, shards, skip/resume, validation) and reports over their run directories."""
+
+import json
+
+import pytest
+import yaml
+
+from adaptformer import AdaptFormerError
+from adaptformer.cli import main
+from adaptformer.experiments.report import write_report
+from adaptformer.experiments.sweep import load_sweep, run_sweep, shard
+from adaptformer.methods.layers import resolve_layers
+from formats import write_imagefolder
+from training_helpers import TINY_KWARGS, tiny_checkpoint
+
+
+def sweep_file(tmp_path, grid=None, points=None, **base):
+    data = tmp_path / "data"
+    if not data.exists():
+        write_imagefolder(data, classes=("red", "green", "blue"), per_class=10)
+    values = dict(
+        dataset="imagefolder",
+        data_root=str(data),
+        model="vit_tiny_patch16_224",
+        checkpoint=str(tiny_checkpoint(tmp_path)),
+        model_kwargs=TINY_KWARGS,
+        epochs=2,
+        warmup_epochs=1,
+        batch_size=8,
+        effective_batch=8,
+        lr=0.1,
+        workers=0,
+        precision="fp32",
+        tensorboard=False,
+        augment=False,
+        method="adaptformer",
+    )
+    values.update(base)
+    path = tmp_path / "sweep.yaml"
+    content = {"base": values}
+    if grid is not None:
+        content["grid"] = grid
+    if points is not None:
+        content["points"] = points
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
+def test_grid_points_seeds_and_names(tmp_path):
+    path = sweep_file(tmp_path, grid={"bottleneck": [2, 4], "layers": ["all", [0, 1]]}, points=[{}, {"scale": 0.5}])
+    runs = load_sweep(str(path))
+    assert len(runs) == 2 * 2 * 2
+    assert runs[0].name == "bottleneck=2,layers=all" and runs[3].name == "bottleneck=4,layers=0-1"
+    assert runs[4].name.startswith("scale=0.5,") and runs[4].values["scale"] == 0.5
+    seeded = load_sweep(str(path), seeds=3)
+    assert len(seeded) == 24 and seeded[2].name.endswith("seed=2")
+    parts = [shard(runs, f"{i}/3") for i in range(3)]
+    assert sorted(r.name for p in parts for r in p) == sorted(r.name for r in runs) and len(parts[0]) == 3
+
+
+@pytest.mark.parametrize(
+    "grid, points, message",
+    [
+        ({"bottleneck": []}, None, r"grid.bottleneck: expected a non-empty list"),
+        ({"bottlenek": [1]}, None, r"unknown option\(s\) bottlenek"),
+        ({"bottleneck": ["wide"]}, None, r"bottleneck: expected an integer"),
+        (None, [{"vpt_tokens": 2}], r"vpt_tokens is an option of vpt, not of method adaptformer"),
+        ({"bottleneck": 4}, None, r"grid.bottleneck: expected a non-empty list"),
+    ],
+)
+def test_bad_sweeps_fail_before_any_run(tmp_path, grid, points, message):
+    path = sweep_file(tmp_path, grid=grid, points=points)
+    with pytest.raises(AdaptFormerError, match=message):
+        run_sweep(str(path), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_rerun_skips_finished_and_resumes_unfinished_runs(tmp_path):
+    path = sweep_file(tmp_path, grid={"bottleneck": [2, 4]})
+    first = run_sweep(str(path), tmp_path / "out")
+    assert [r["status"] for r in first] == ["trained", "trained"]
+    (tmp_path / "out" / "bottleneck=4" / "summary.json").unlink()  # as if killed after its last checkpoint
+    again = run_sweep(str(path), tmp_path / "out")
+    assert [r["status"] for r in again] == ["done already", "resumed"]
+    assert (tmp_path / "out" / "bottleneck=4" / "summary.json").exists()
+
+
+def test_cli_sweep_shard_and_report(tmp_path, capsys):
+    path = sweep_file(tmp_path, points=[{"method": "linear"}, {"method": "adaptformer", "bottleneck": 4}])
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--shard", "1/2", "--seeds", "2"]) == 0
+    done = [json.loads(line)["run"] for line in capsys.readouterr().out.strip().splitlines()]
+    assert done == ["method=linear,seed=1", "bottleneck=4,method=adaptformer,seed=1"]  # keys in file order
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--shard", "0/2", "--seeds", "2"]) == 0
+    (tmp_path / "out" / "not-a-run").mkdir()
+    runs = sorted(str(p) for p in (tmp_path / "out").iterdir())
+    assert main(["report", *runs, "--out", str(tmp_path / "report")]) == 0
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "not-a-run" in captured.err
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "2 configurations" in report and " ± " in report and "accuracy_vs_params.png" in report
+    assert (tmp_path / "report" / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "report" / "curves.png").exists()
+    assert "data:image/png;base64," in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_report_marks_partial_runs_and_plots_varying_options(tmp_path):
+    path = sweep_file(tmp_path, grid={"bottleneck": [2, 8]})
+    run_sweep(str(path), tmp_path / "out")
+    (tmp_path / "out" / "bottleneck=8" / "summary.json").unlink()
+    result = write_report(sorted((tmp_path / "out").iterdir()), tmp_path / "report")
+    assert result["axes"] == ["bottleneck"] and "accuracy_vs_bottleneck.png" in result["plots"]
+    assert "(partial)" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_packaged_ablation_sweeps_are_valid():
+    sizes = {
+        name: len(load_sweep(name))
+        for name in ("bottleneck", "layers", "placement", "scale", "vpt_tokens", "methods", "frames")
+    }
+    assert sizes == {
+        "bottleneck": 9,
+        "layers": 11,
+        "placement": 2,
+        "scale": 7,
+        "vpt_tokens": 6,
+        "methods": 4,
+        "frames": 3,
+    }
+
+
+@pytest.mark.parametrize(
+    "spec, depth, expected",
+    [("top:6/12", 6, [3, 4, 5]), ("bottom:1/12", 6, [0]), ("top:12/12", 4, [0, 1, 2, 3]), ("top:2/12", 6, [5])],
+)
+def test_layer_counts_scaled_to_the_depth(spec, depth, expected):
+    assert resolve_layers(spec, depth) == expected
