@@ -134,3 +134,12 @@ def test_packaged_ablation_sweeps_are_valid():
 )
 def test_layer_counts_scaled_to_the_depth(spec, depth, expected):
     assert resolve_layers(spec, depth) == expected
+
+
+def test_a_failing_run_is_reported_and_the_others_still_run(tmp_path, capsys):
+    path = sweep_file(tmp_path, points=[{"lr": 1.0e6}, {"bottleneck": 4}])  # the first diverges
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.strip().splitlines()]
+    assert [r["status"] for r in rows] == ["failed", "trained"] and "loss is" in rows[0]["error"]
+    assert "1 run(s) failed: lr=1000000.0" in captured.err

@@ -377,9 +377,13 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         for run in shard(load_sweep(args.sweep, args.seeds), args.shard):
             print(f"{run.name}  {json.dumps(run.varied)}")
         return 0
-    for row in run_sweep(args.sweep, args.out, args.shard, args.seeds):
+    rows = run_sweep(args.sweep, args.out, args.shard, args.seeds)
+    for row in rows:
         print(json.dumps(row))
-    return 0
+    failed = [row["run"] for row in rows if row["status"] == "failed"]
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _report_arguments(parser: argparse.ArgumentParser) -> None:

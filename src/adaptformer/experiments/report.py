@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -262,7 +263,34 @@ def _plot_params(rows: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+LAYER_SPEC = re.compile(r"^(top|bottom):(\d+)(?:/(\d+))?$")
+
+
+def _plot_layer_sides(rows: list[dict], path: Path) -> Path:
+    """Layer ablations: one line per side (top-k, bottom-k) against k, the paper's layout."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for side in ("top", "bottom"):
+        points = []
+        for r in rows:
+            match = LAYER_SPEC.match(_cell(r["config"].get("layers")))
+            if match and match.group(1) == side and r["top1"] is not None:
+                points.append((int(match.group(2)), r["top1"], r["std"], r["method"]))
+        for method in sorted({p[3] for p in points}):
+            xs, ys, err, _ = zip(*sorted(p for p in points if p[3] == method), strict=True)
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{method}, {side}-k")
+    denominators = {LAYER_SPEC.match(_cell(r["config"].get("layers"))).group(3) for r in rows}
+    of = next(iter(denominators)) if len(denominators) == 1 else None
+    ax.set_xlabel(f"k (adapted blocks{f', out of {of}, scaled to the depth' if of else ''})")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def _plot_axis(rows: list[dict], axis: str, path: Path) -> Path:
+    if axis == "layers" and all(LAYER_SPEC.match(_cell(r["config"].get("layers"))) for r in rows):
+        return _plot_layer_sides(rows, path)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     values = sorted({_cell(r["config"].get(axis)) for r in rows}, key=_order)
@@ -302,10 +330,11 @@ def _plot_curves(runs: list[dict], path: Path) -> Path:
 
 
 def _order(text: str):
+    """Numbers by value, then text in natural order (top:2 before top:12)."""
     try:
-        return (0, float(text), text)
+        return (0, float(text), [])
     except ValueError:
-        return (1, math.inf, text)
+        return (1, math.inf, [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)])
 
 
 def _save(fig, path: Path) -> Path:

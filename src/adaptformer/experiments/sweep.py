@@ -10,7 +10,8 @@ Runs are ``base`` + each point (or none) + each grid combination, each repeated 
 directory under DIR named by its varied values (``bottleneck=4,placement=parallel,seed=0``). Every run's
 configuration is validated before any starts (unknown fields, wrong types, empty grids: one line naming the
 field). A rerun skips finished runs (``summary.json``) and resumes unfinished ones (``checkpoint.pt``) with the
-training loop's ``--resume``. ``--shard i/n`` takes every n-th run starting at i, so n shells or a SLURM array
+training loop's ``--resume``. A run that fails (a diverging loss, say) is reported and the others still run.
+``--shard i/n`` takes every n-th run starting at i, so n shells or a SLURM array
 split a sweep with no coordinator; each run may itself be under torchrun.
 """
 
@@ -101,7 +102,11 @@ def run_sweep(name: str, out: str | Path, shard_spec: str | None = None, seeds: 
         )
         if not resume and any(run_dir.iterdir() if run_dir.exists() else []):
             cfg.overwrite = True  # a run that died before its first checkpoint: start it again
-        summary = fit(cfg)
+        try:
+            summary = fit(cfg)
+        except AdaptFormerError as error:  # e.g. a diverging run: record it, run the others
+            rows.append({"run": run.name, "status": "failed", "error": str(error)})
+            continue
         rows.append({"run": run.name, "status": "resumed" if resume else "trained", "top1": summary.get("top1")})
     return rows
 
