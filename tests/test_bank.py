@@ -1,6 +1,7 @@
 """The task bank: many task files on one backbone, predictions equal to each task's own model, refusals."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,15 @@ def test_predict_command_with_several_tasks(task_files, tmp_path, capsys):
     assert main(args) == 0
     table = capsys.readouterr().out.strip().splitlines()
     assert len(table) == 3 and "colour: " in table[0] and "  |  probe: " in table[0]
+
+
+def test_task_paths_with_equals_signs_are_files(task_files, tmp_path):
+    from adaptformer.bank import parse_task_argument
+
+    _, files = task_files
+    run_dir = tmp_path / "bottleneck=4"
+    run_dir.mkdir()
+    (run_dir / "best.safetensors").write_bytes(files["colour"].read_bytes())
+    assert parse_task_argument(str(run_dir / "best.safetensors")) == ("best", run_dir / "best.safetensors")
+    assert parse_task_argument(f"colour={run_dir / 'best.safetensors'}") == ("colour", run_dir / "best.safetensors")
+    assert parse_task_argument("digits=missing.safetensors") == ("digits", Path("missing.safetensors"))

@@ -63,9 +63,10 @@ def top_k_labels(logits: torch.Tensor, classes: list[str], k: int) -> list[dict[
 
 
 def parse_task_argument(text: str) -> tuple[str, Path]:
-    """``NAME=FILE`` or ``FILE`` (named by its stem)."""
+    """``NAME=FILE`` or ``FILE`` (named by its stem). A path that exists is a file even when it holds ``=`` (sweep
+    run directories are named ``bottleneck=4``)."""
     name, sep, file = text.partition("=")
-    if not sep:
+    if not sep or Path(text).is_file() or Path(f"{text}.safetensors").is_file():
         return Path(text).stem, Path(text)
     if not name or not file:
         raise AdaptFormerError(f"--task {text!r}: expected FILE or NAME=FILE")
