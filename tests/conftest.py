@@ -26,3 +26,20 @@ def images() -> torch.Tensor:
 def features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Pooled, pre-head features of a timm ViT (what the head sees)."""
     return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def tiny_videomae_config(**overrides):
+    """A Hugging Face VideoMAEConfig small enough to run instantly (32 px, 4 frames, width 32, depth 2)."""
+    from transformers import VideoMAEConfig
+
+    values = dict(
+        image_size=32,
+        patch_size=16,
+        num_frames=4,
+        tubelet_size=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    return VideoMAEConfig(**{**values, **overrides})

@@ -25,7 +25,8 @@ def tiny_checkpoint(folder: Path) -> Path:
     return path
 
 
-def tiny_train_config(tmp_path: Path, **overrides) -> TrainConfig:
+def tiny_train_values(tmp_path: Path, **overrides) -> dict:
+    """Flat training options for a tiny run on a generated image folder (what YAML files and sweeps hold)."""
     data = tmp_path / "data"
     if not data.exists():
         write_imagefolder(data, classes=("red", "green", "blue"), per_class=10)
@@ -43,7 +44,10 @@ def tiny_train_config(tmp_path: Path, **overrides) -> TrainConfig:
         workers=0,
         precision="fp32",
         tensorboard=True,
-        out=str(tmp_path / "run"),
     )
     values.update(overrides)
-    return TrainConfig.from_flat(values)
+    return values
+
+
+def tiny_train_config(tmp_path: Path, **overrides) -> TrainConfig:
+    return TrainConfig.from_flat(tiny_train_values(tmp_path, **{"out": str(tmp_path / "run"), **overrides}))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import adaptformer
 from adaptformer.backbones.hf import HFBackbone
+from conftest import tiny_videomae_config
 
 
 def hf_vit(seed=0):
@@ -21,20 +22,10 @@ def hf_vit(seed=0):
 
 
 def hf_videomae(seed=0, classification=True):
-    from transformers import VideoMAEConfig, VideoMAEForVideoClassification, VideoMAEModel
+    from transformers import VideoMAEForVideoClassification, VideoMAEModel
 
     torch.manual_seed(seed)
-    config = VideoMAEConfig(
-        image_size=32,
-        patch_size=16,
-        num_frames=4,
-        tubelet_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=7,
-    )
+    config = tiny_videomae_config(num_labels=7)
     return (VideoMAEForVideoClassification if classification else VideoMAEModel)(config).eval()
 
 

@@ -12,6 +12,7 @@ from adaptformer import AdaptFormerError
 from adaptformer.backbones.video import VideoViT, sinusoid_table
 from adaptformer.cli import main
 from adaptformer.data.transforms import InputSpec
+from conftest import tiny_videomae_config
 
 NAME = "videomae_base_patch16_224"
 TINY = dict(embed_dim=32, depth=2, num_heads=2, img_size=32, patch_size=16, num_frames=4)
@@ -23,22 +24,10 @@ def clips(n=2, seed=0):
 
 def hf_videomae(tmp_path, seed=0):
     """A tiny Hugging Face VideoMAEModel saved as save_pretrained writes it (config.json + model.safetensors)."""
-    from transformers import VideoMAEConfig, VideoMAEModel
+    from transformers import VideoMAEModel
 
     torch.manual_seed(seed)
-    config = VideoMAEConfig(
-        image_size=32,
-        patch_size=16,
-        num_frames=4,
-        tubelet_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        qkv_bias=True,
-        use_mean_pooling=True,
-        layer_norm_eps=1e-6,
-    )
+    config = tiny_videomae_config(intermediate_size=128, qkv_bias=True, use_mean_pooling=True, layer_norm_eps=1e-6)
     model = VideoMAEModel(config).eval()
     with torch.no_grad():  # HF initialises the q/v biases to zero: make them count
         for layer in model.encoder.layer:

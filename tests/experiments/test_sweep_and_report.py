@@ -10,32 +10,13 @@ from adaptformer.cli import main
 from adaptformer.experiments.report import write_report
 from adaptformer.experiments.sweep import load_sweep, run_sweep, shard
 from adaptformer.methods.layers import resolve_layers
-from formats import write_imagefolder
-from training_helpers import TINY_KWARGS, tiny_checkpoint
+from training_helpers import tiny_train_values
 
 
 def sweep_file(tmp_path, grid=None, points=None, **base):
-    data = tmp_path / "data"
-    if not data.exists():
-        write_imagefolder(data, classes=("red", "green", "blue"), per_class=10)
-    values = dict(
-        dataset="imagefolder",
-        data_root=str(data),
-        model="vit_tiny_patch16_224",
-        checkpoint=str(tiny_checkpoint(tmp_path)),
-        model_kwargs=TINY_KWARGS,
-        epochs=2,
-        warmup_epochs=1,
-        batch_size=8,
-        effective_batch=8,
-        lr=0.1,
-        workers=0,
-        precision="fp32",
-        tensorboard=False,
-        augment=False,
-        method="adaptformer",
+    values = tiny_train_values(
+        tmp_path, epochs=2, lr=0.1, tensorboard=False, augment=False, method="adaptformer", **base
     )
-    values.update(base)
     path = tmp_path / "sweep.yaml"
     content = {"base": values}
     if grid is not None:

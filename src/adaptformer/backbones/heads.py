@@ -24,11 +24,6 @@ def make_head(dim: int, num_classes: int, batchnorm: bool = True) -> nn.Module:
     return nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear)
 
 
-def head_linear(head: nn.Module) -> nn.Linear:
-    """The Linear layer of a head made by :func:`make_head`."""
-    return head[-1] if isinstance(head, nn.Sequential) else head
-
-
 class TaskHead(nn.Module):
     """Pooled backbone features -> (fc_norm) -> BatchNorm -> Linear -> logits."""
 

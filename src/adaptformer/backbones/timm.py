@@ -233,8 +233,3 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], path
         raise AdaptFormerError(
             f"checkpoint {path}: keys do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-
-
-def backbone_input_config(model: nn.Module) -> dict[str, Any]:
-    """Input size, mean/std and interpolation the backbone was pretrained with (timm's data config)."""
-    return timm.data.resolve_data_config({}, model=model)
