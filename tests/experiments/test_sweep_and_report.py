@@ -124,3 +124,15 @@ def test_a_failing_run_is_reported_and_the_others_still_run(tmp_path, capsys):
     rows = [json.loads(line) for line in captured.out.strip().splitlines()]
     assert [r["status"] for r in rows] == ["failed", "trained"] and "loss is" in rows[0]["error"]
     assert "1 run(s) failed: lr=1000000.0" in captured.err
+
+
+def test_set_replaces_base_fields_and_is_validated_first(tmp_path, capsys):
+    path = sweep_file(tmp_path, grid={"bottleneck": [2]})
+    runs = load_sweep(str(path), overrides={"epochs": 5, "scale": 0.2})
+    assert runs[0].values["epochs"] == 5 and runs[0].values["scale"] == 0.2
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--dry-run", "--set", "epochs=7"]) == 0
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--set", "epochz=7"]) == 2
+    assert "unknown option(s) epochz" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--set", "epochs"]) == 2
+    assert "--set 'epochs': expected FIELD=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

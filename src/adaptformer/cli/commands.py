@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from ..errors import AdaptFormerError
 from .options import add_dataclass_options, add_method_options, given
 
@@ -367,17 +369,36 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", default=None, help="i/n: run every n-th run starting at i (0-based)")
     parser.add_argument("--seeds", type=int, default=1, help="repeat every run over this many seeds (%(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs (and validate them) without training")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="replace a field of the sweep's base (repeatable; the value is YAML), e.g. --set dataset=lfw-faces",
+    )
+
+
+def _overrides(pairs: list[str]) -> dict:
+    values = {}
+    for pair in pairs:
+        field, sep, text = pair.partition("=")
+        if not sep or not field:
+            raise AdaptFormerError(f"--set {pair!r}: expected FIELD=VALUE, e.g. --set dataset=lfw-faces")
+        values[field.replace("-", "_")] = yaml.safe_load(text) if text else None
+    return values
 
 
 @command("sweep", "run a grid of training runs; reruns skip finished runs and resume unfinished ones", _sweep_arguments)
 def run_sweep_command(args: argparse.Namespace) -> int:
     from ..experiments.sweep import load_sweep, run_sweep, shard
 
+    overrides = _overrides(args.overrides)
     if args.dry_run:
-        for run in shard(load_sweep(args.sweep, args.seeds), args.shard):
+        for run in shard(load_sweep(args.sweep, args.seeds, overrides), args.shard):
             print(f"{run.name}  {json.dumps(run.varied)}")
         return 0
-    rows = run_sweep(args.sweep, args.out, args.shard, args.seeds)
+    rows = run_sweep(args.sweep, args.out, args.shard, args.seeds, overrides)
     for row in rows:
         print(json.dumps(row))
     failed = [row["run"] for row in rows if row["status"] == "failed"]

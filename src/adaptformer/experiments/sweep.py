@@ -6,6 +6,8 @@ A sweep file::
     grid: {bottleneck: [1, 2, 4, 8], placement: [parallel, sequential]}              # every combination
     points: [{method: linear}, {method: full, lr: 0.025}]                             # optional explicit runs
 
+``--set field=value`` (repeatable) replaces a ``base`` field, e.g. to run a packaged ablation on your dataset.
+
 Runs are ``base`` + each point (or none) + each grid combination, each repeated over ``--seeds``; each gets a
 directory under DIR named by its varied values (``bottleneck=4,placement=parallel,seed=0``). Every run's
 configuration is validated before any starts (unknown fields, wrong types, empty grids: one line naming the
@@ -36,8 +38,9 @@ class Run:
     varied: dict[str, Any]
 
 
-def load_sweep(name: str, seeds: int = 1) -> list[Run]:
-    """The runs of a sweep file (a path or a packaged ``sweeps/<name>``), every one validated."""
+def load_sweep(name: str, seeds: int = 1, overrides: dict[str, Any] | None = None) -> list[Run]:
+    """The runs of a sweep file (a path or a packaged ``sweeps/<name>``), every one validated. ``overrides``
+    replace fields of ``base`` (``--set dataset=lfw-faces`` runs a packaged ablation on another dataset)."""
     path = _sweep_path(name)
     data = read_yaml_mapping(path, "sweep")
     unknown = sorted(set(data) - set(SWEEP_KEYS))
@@ -45,7 +48,7 @@ def load_sweep(name: str, seeds: int = 1) -> list[Run]:
         raise AdaptFormerError(
             f"sweep {path}: unknown section(s) {', '.join(unknown)} (expected {', '.join(SWEEP_KEYS)})"
         )
-    base = _mapping(data.get("base") or {}, f"sweep {path}: base")
+    base = {**_mapping(data.get("base") or {}, f"sweep {path}: base"), **(overrides or {})}
     grid = _mapping(data.get("grid") or {}, f"sweep {path}: grid")
     for field, values in grid.items():
         if not isinstance(values, list) or not values:
@@ -84,20 +87,22 @@ def shard(runs: list[Run], spec: str | None) -> list[Run]:
     return runs[index::count]
 
 
-def run_sweep(name: str, out: str | Path, shard_spec: str | None = None, seeds: int = 1, overrides=None) -> list[dict]:
+def run_sweep(
+    name: str, out: str | Path, shard_spec: str | None = None, seeds: int = 1, overrides: dict | None = None
+) -> list[dict]:
     """Run (or skip, or resume) every run of this shard; returns one status row per run."""
     from ..train.loop import fit
 
     out = Path(out)
     rows = []
-    for run in shard(load_sweep(name, seeds), shard_spec):
+    for run in shard(load_sweep(name, seeds, overrides), shard_spec):
         run_dir = out / run.name
         if (run_dir / "summary.json").exists():
             rows.append({"run": run.name, "status": "done already"})
             continue
         resume = (run_dir / "checkpoint.pt").exists()
         cfg = TrainConfig.from_flat(
-            {**run.values, **(overrides or {}), "out": str(run_dir), "resume": resume, "overwrite": False},
+            {**run.values, "out": str(run_dir), "resume": resume, "overwrite": False},
             source=f"run {run.name}",
         )
         if not resume and any(run_dir.iterdir() if run_dir.exists() else []):
