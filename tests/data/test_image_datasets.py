@@ -1,5 +1,6 @@
 """Each named dataset reads its real on-disk format; bad input fails in one line."""
 
+import io
 import numpy as np
 import pytest
 import torch
@@ -58,7 +59,10 @@ def test_imagefolder_fixed_split_and_given_folders(tmp_path):
     assert len(build_split("imagefolder", tmp_path / "split", False).dataset) == 6
 
 
-@pytest.mark.parametrize("name, sizes, classes", [("digits", (1437, 360), 10), ("lfw-faces", (150, 50), 2)])
+@pytest.mark.parametrize(
+    "name, sizes, classes",
+    [("digits", (1437, 360), 10), ("lfw-faces", (150, 50), 2), ("cifar10-neg", (1000, 1000), 10)],
+)
 def test_packaged_datasets_have_fixed_disjoint_splits(name, sizes, classes):
     train = build_split(name, None, True)
     test = build_split(name, None, False)
@@ -68,6 +72,21 @@ def test_packaged_datasets_have_fixed_disjoint_splits(name, sizes, classes):
     train_rows = {img.tobytes() for img in train.dataset.images}
     assert sum(img.tobytes() in train_rows for img in test.dataset.images) < len(test.dataset) // 10
     assert sorted(set(test.dataset.labels.tolist())) == list(range(classes))
+
+
+def test_cifar10_negative_is_greyscale_negatives_of_held_out_cifar10_test_images():
+    from PIL import Image
+
+    from adaptformer.data.image import CIFAR10_SAMPLE
+
+    test = build_split("cifar10-neg", None, False)
+    assert test.classes[3] == "cat" and np.bincount(test.dataset.labels).tolist() == [100] * 10
+    images = test.dataset.images
+    assert images.shape[1:] == (32, 32, 3) and (images[..., 0] == images[..., 2]).all()
+    with np.load(CIFAR10_SAMPLE) as sample:  # the first test image is the 101st image of class 0, inverted
+        start, end = sample["offsets"][100], sample["offsets"][101]
+        original = Image.open(io.BytesIO(sample["jpeg"][start:end].tobytes())).convert("L")
+    assert np.array_equal(images[0, ..., 0], 255 - np.asarray(original))
 
 
 def test_transform_is_applied(tmp_path):

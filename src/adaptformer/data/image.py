@@ -10,7 +10,13 @@ food101        ``food-101/images``, ``food-101/meta/*.json``       official trai
 imagefolder    ``<class>/<image>`` or ``train/`` + ``val|test/``    given folders, else every 5th file -> test
 digits         nothing (scikit-learn's 8x8 digits, 1,797 images)   fixed stratified 80/20 (seed 0)
 lfw-faces      nothing (scikit-image's lfw_subset, 200 images)     fixed stratified 75/25 (seed 0)
+cifar10-neg    nothing (2,000 CIFAR-10 test images ship inside)    100 / 100 per class, fixed
 =============  ==================================================  =========================================
+
+``cifar10-neg`` is a small shifted-domain task for the embedded backbone (pretrained on CIFAR-10's training
+split): 200 images per class from CIFAR-10's *test* split, shown as greyscale negatives (255 - luminance), with
+CIFAR-10's ten classes. The backbone knows the classes but not this look, so it needs adapting; it builds with
+no download (``tools/make_cifar10_sample.py`` made the file).
 
 torchvision MD5-checks CIFAR and SVHN files even without downloading; ``verify=False`` skips that check (for
 files re-packed in the same format). ``download=True`` fetches the official archives (needs a network).
@@ -178,6 +184,23 @@ def _lfw_faces(root: Path | None, train: bool, verify: bool, download: bool) -> 
     return Split(ArrayImageDataset(images, labels), ["face", "non-face"])
 
 
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_SAMPLE = Path(__file__).resolve().parent / "samples" / "cifar10_sample.npz"
+
+
+def _cifar10_negative(root: Path | None, train: bool, verify: bool, download: bool) -> Split:
+    import io
+
+    with np.load(CIFAR10_SAMPLE, allow_pickle=False) as sample:
+        jpeg, offsets, labels, in_train = sample["jpeg"], sample["offsets"], sample["labels"], sample["train"]
+    chosen = np.flatnonzero(in_train == train)
+    images = np.empty((len(chosen), 32, 32, 3), dtype=np.uint8)
+    for row, index in enumerate(chosen):
+        grey = Image.open(io.BytesIO(jpeg[offsets[index] : offsets[index + 1]].tobytes())).convert("L")
+        images[row] = (255 - np.asarray(grey, dtype=np.uint8))[..., None]
+    return Split(ArrayImageDataset(images, labels[chosen]), list(CIFAR10_CLASSES))
+
+
 for _name, _build, _needs_root, _description in (
     ("cifar10", _cifar(tvd.CIFAR10, "CIFAR-10 (cifar-10-batches-py)"), True, "CIFAR-10 python pickles"),
     ("cifar100", _cifar(tvd.CIFAR100, "CIFAR-100 (cifar-100-python)"), True, "CIFAR-100 python pickles"),
@@ -186,5 +209,6 @@ for _name, _build, _needs_root, _description in (
     ("imagefolder", _imagefolder, True, "<class>/<image> or train/ + val|test/"),
     ("digits", _digits, False, "scikit-learn's 8x8 digits (offline)"),
     ("lfw-faces", _lfw_faces, False, "scikit-image's lfw_subset, faces vs non-faces (offline)"),
+    ("cifar10-neg", _cifar10_negative, False, "CIFAR-10 test images as greyscale negatives (offline, ships)"),
 ):
     register_dataset(DatasetEntry(_name, _build, _needs_root, "image", _description))
