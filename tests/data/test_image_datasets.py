@@ -1,6 +1,7 @@
 """Each named dataset reads its real on-disk format; bad input fails in one line."""
 
 import io
+
 import numpy as np
 import pytest
 import torch
