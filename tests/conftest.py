@@ -28,6 +28,17 @@ def features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
+def tiny_hf_vit(seed: int = 0) -> torch.nn.Module:
+    """A real Hugging Face ViTModel (width 32, depth 2, 32 px, patch 8); same seed -> same weights."""
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    return ViTModel(config, add_pooling_layer=False).eval()
+
+
 def tiny_videomae_config(**overrides):
     """A Hugging Face VideoMAEConfig small enough to run instantly (32 px, 4 frames, width 32, depth 2)."""
     from transformers import VideoMAEConfig

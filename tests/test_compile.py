@@ -24,6 +24,7 @@ def randomize(model):
         ("adaptformer", dict(placement="parallel", layers="top:1")),
         ("adaptformer", dict(placement="sequential", layernorm="in", scale="learnable")),
         ("vpt", dict(vpt_tokens=2, vpt_mode="deep")),
+        ("vpt", dict(vpt_tokens=2, vpt_mode="kv")),
         ("linear", {}),
     ],
 )

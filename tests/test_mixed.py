@@ -14,6 +14,8 @@ TASKS = {
     "vpt_deep2": ("vpt", dict(vpt_tokens=2)),
     "vpt_shallow3": ("vpt", dict(vpt_tokens=3, vpt_mode="shallow")),
     "vpt_bottom1": ("vpt", dict(vpt_tokens=1, layers="bottom:1")),
+    "vpt_kv2": ("vpt", dict(vpt_tokens=2, vpt_mode="kv")),
+    "vpt_kv_top1": ("vpt", dict(vpt_tokens=4, vpt_mode="kv", layers="top:1")),
     "linear": ("linear", {}),
 }
 

@@ -55,6 +55,7 @@ def test_task_file_holds_exactly_the_tuned_keys(tmp_path, method, expected):
         ("adaptformer", dict(placement="sequential", layernorm="in", scale="learnable", layers="top:1")),
         ("adaptformer", {}),
         ("vpt", dict(vpt_mode="shallow", vpt_tokens=2)),
+        ("vpt", dict(vpt_mode="kv", vpt_tokens=2, layers="top:1")),
         ("linear", {}),
         ("full", {}),
     ],

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .backbones.hf import HFBackbone, wrap_if_hf
-from .backbones.taps import install_taps, is_timm_block
+from .backbones.taps import install_taps, is_timm_block, key_value_dim, write_key_value_prefix
 from .backbones.timm import check_vit, create_backbone, source_name
 from .errors import AdaptFormerError
 from .methods.base import BackboneSpec, MethodConfig, Task
@@ -147,7 +147,7 @@ class AdaptedModel(nn.Module):
         """The task the block hooks run (``backbones/taps.py``) outside mixed batches."""
         return self.tasks[self.active_task] if self.active_task is not None else None
 
-    # ---- the router: what the four hooks of every block ask -----------------------------------------------------
+    # ---- the router: what the hooks of every block ask -----------------------------------------------------
     def before_block(self, index: int, block: nn.Module, args: tuple, kwargs: dict):
         if self._mixed is not None:
             x, mask = self._mixed.before_block(index, args[0], is_timm_block(block))
@@ -168,6 +168,13 @@ class AdaptedModel(nn.Module):
             return self._mixed.mlp_branch(index, m, residual)
         task = self.routed_task()
         return m if task is None else task.mlp_branch(index, m, residual)
+
+    def attention_qkv(self, index: int, qkv: torch.Tensor) -> torch.Tensor:
+        if self._mixed is not None:
+            return self._mixed.attention_qkv(index, qkv)
+        task = self.routed_task()
+        prefix = task.key_value_prefix(index) if task is not None else None
+        return qkv if prefix is None else write_key_value_prefix(qkv, *prefix)
 
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         if self._mixed is not None:
@@ -208,6 +215,7 @@ class AdaptedModel(nn.Module):
         return BackboneSpec(
             dim=int(self.backbone.embed_dim),
             depth=len(self.backbone.blocks),
+            key_value_dim=key_value_dim(list(self.backbone.blocks)),
             fc_norm=self._pretrained_fc_norm[0],
             device=reference.device,
             dtype=reference.dtype,

@@ -6,7 +6,8 @@ point the samples are split by task: an adapter runs on its task's rows only (``
 or fewer tokens, deep or shallow), so before a block every sample gets the same number of prefix slots: its own
 prompts, then zero padding. Padded slots are masked out as attention keys (an attention mask passed to the
 block), so no real token attends to them and every sample's outputs equal what its task's own model computes.
-Prefix segments are dropped after the block their prompts belong to (deep) or after the last block (shallow).
+Prefix segments are dropped after the block their prompts belong to (deep, kv) or after the last block (shallow).
+A ``kv`` task's slots hold placeholders whose keys and values it writes at the attention's input projection.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .backbones.taps import write_key_value_prefix
 from .errors import AdaptFormerError
 from .methods.base import Task
 
@@ -74,6 +76,15 @@ class MixedRouting:
         prefix = torch.cat([s.valid for s in self.segments], dim=1)
         rest = torch.ones(self.batch, x.shape[1] - prefix.shape[1], dtype=torch.bool, device=x.device)
         return torch.cat([prefix, rest], dim=1)[:, None, None, :]  # (B, 1, 1, N): keys to attend to
+
+    def attention_qkv(self, index: int, qkv: torch.Tensor) -> torch.Tensor:
+        # a key/value prefix sits in the segment added before this block, which is dropped after it and so is
+        # at the front; each task's slots come first within the segment (padding after them)
+        for task, rows in self.groups:
+            prefix = task.key_value_prefix(index)
+            if prefix is not None:
+                qkv = write_key_value_prefix(qkv, *prefix, rows=None if len(self.groups) == 1 else rows)
+        return qkv
 
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         while self.segments and self.segments[0].drop_after == index:

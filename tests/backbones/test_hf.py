@@ -8,17 +8,8 @@ import torch.nn.functional as F
 
 import adaptformer
 from adaptformer.backbones.hf import HFBackbone
+from conftest import tiny_hf_vit as hf_vit
 from conftest import tiny_videomae_config
-
-
-def hf_vit(seed=0):
-    from transformers import ViTConfig, ViTModel
-
-    torch.manual_seed(seed)
-    config = ViTConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
-    )
-    return ViTModel(config, add_pooling_layer=False).eval()
 
 
 def hf_videomae(seed=0, classification=True):

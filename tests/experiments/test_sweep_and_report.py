@@ -96,7 +96,7 @@ def test_report_marks_partial_runs_and_plots_varying_options(tmp_path):
 def test_packaged_ablation_sweeps_are_valid():
     sizes = {
         name: len(load_sweep(name))
-        for name in ("bottleneck", "layers", "placement", "scale", "vpt_tokens", "methods", "frames")
+        for name in ("bottleneck", "layers", "placement", "scale", "vpt_tokens", "vpt_modes", "methods", "frames")
     }
     assert sizes == {
         "bottleneck": 9,
@@ -104,6 +104,7 @@ def test_packaged_ablation_sweeps_are_valid():
         "placement": 2,
         "scale": 7,
         "vpt_tokens": 6,
+        "vpt_modes": 6,
         "methods": 4,
         "frames": 3,
     }

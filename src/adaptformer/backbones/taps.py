@@ -3,12 +3,14 @@ without copying or re-implementing the block.
 
 timm's pre-norm ``Block`` computes ``x' = x + attn-branch`` then ``y = x' + drop_path2(ls2(mlp(norm2(x'))))``
 (Hugging Face: ``y = output.dropout(output.dense(intermediate(layernorm_after(x')))) + x'``, see ``anatomy``).
-Four hooks on the block's own modules give a task every point it needs:
+Hooks on the block's own modules give a task every point it needs:
 
 * a forward pre-hook on the block: its input (VPT prepends prompts);
 * a forward pre-hook on ``norm2``: x', the post-attention residual (the parallel adapter's input);
 * a forward hook on ``drop_path2``: m, the MLP branch after DropPath (AdaptFormer returns m + a);
-* a forward hook on the block: its output (VPT drops the prompts).
+* a forward hook on the block: its output (VPT drops the prompts);
+* timm blocks only: a forward hook on ``attn.qkv``, the fused [queries | keys | values] projection, where VPT's
+  ``kv`` mode writes learned keys and values over its prefix slots (``write_key_value_prefix``).
 
 Each hook asks its router (the host model) for the task to run, so one backbone serves many tasks. The hooks
 keep no per-thread state and call only plain Python, so ``torch.compile`` traces them with no graph break. The
@@ -35,10 +37,11 @@ class TaskRouter(Protocol):
     def wants_residual(self, index: int) -> bool: ...
     def mlp_branch(self, index: int, m: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor: ...
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor: ...
+    def attention_qkv(self, index: int, qkv: torch.Tensor) -> torch.Tensor: ...
 
 
 class BlockTap:
-    """Base of the four hooks: knows its block index and its router."""
+    """Base of the hooks: knows its block index and its router."""
 
     def __init__(self, router: TaskRouter, index: int):
         self.router = router
@@ -82,6 +85,40 @@ class AdaptMLPBranch(BlockTap):
         residual = self.capture.residual
         self.capture.residual = None  # release x' at once: nothing keeps activations alive between forwards
         return self.router.mlp_branch(self.index, output, residual)
+
+
+class KeyValuePrefix(BlockTap):
+    """Forward hook on ``attn.qkv``: its output (B, L, 3A) -> the router's (prefix keys and values written in)."""
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return self.router.attention_qkv(self.index, output)
+
+
+def write_key_value_prefix(
+    qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``qkv`` (B, L, 3A) with the keys and values of its first N tokens replaced by ``keys`` / ``values``
+    ((1, N, A) each), for the samples ``rows`` (all when None). Their queries are left alone: those slots'
+    outputs are dropped after the block, so the learned keys and values act only as keys and values."""
+    count, width = keys.shape[1], keys.shape[2]
+    head = qkv[:, :count]
+    chosen = head if rows is None else head.index_select(0, rows)
+    prefix = torch.cat([keys, values], dim=-1).to(qkv.dtype).expand(len(chosen), -1, -1)
+    written = torch.cat([chosen[..., :width], prefix], dim=-1)
+    head = written if rows is None else head.index_copy(0, rows, written)
+    return torch.cat([head, qkv[:, count:]], dim=1)
+
+
+def fused_qkv(block: nn.Module) -> nn.Linear | None:
+    """timm's fused attention input projection (out = 3 x key width), or None for other attention layouts."""
+    qkv = getattr(getattr(block, "attn", None), "qkv", None)
+    return qkv if isinstance(qkv, nn.Linear) and qkv.out_features % 3 == 0 else None
+
+
+def key_value_dim(blocks: list[nn.Module]) -> int | None:
+    """Key/value width of the blocks' attention when every block can take a key/value prefix, else None."""
+    widths = {q.out_features // 3 if (q := fused_qkv(block)) is not None else None for block in blocks}
+    return widths.pop() if len(widths) == 1 else None
 
 
 def is_timm_block(block: nn.Module) -> bool:
@@ -134,3 +171,6 @@ def install_taps(blocks: list[nn.Module], router: TaskRouter) -> None:
         residual_at.register_forward_pre_hook(capture)
         branch_at.register_forward_hook(AdaptMLPBranch(router, index, capture))
         block.register_forward_hook(AfterBlock(router, index))
+        qkv = fused_qkv(block)
+        if qkv is not None:
+            qkv.register_forward_hook(KeyValuePrefix(router, index))

@@ -8,7 +8,9 @@ points, so a method only says what happens at them:
 * ``before_block(i, x)``: the input of block i (VPT prepends prompt tokens here);
 * ``after_block(i, y)``: the output of block i (VPT drops them again);
 * ``wants_residual(i)``: whether ``mlp_branch`` needs x', the post-attention residual of block i;
-* ``mlp_branch(i, m, x')``: the block's MLP branch m = DropPath(MLP(LN2(x'))) (AdaptFormer adds its AdaptMLP).
+* ``mlp_branch(i, m, x')``: the block's MLP branch m = DropPath(MLP(LN2(x'))) (AdaptFormer adds its AdaptMLP);
+* ``key_value_prefix(i)``: keys and values that block i's attention should see in its first prefix slots
+  (VPT's ``kv`` mode; the host writes them over those slots' keys and values).
 
 Parameter names inside a task are the reference implementation's (``blocks.{i}.adaptmlp.*``,
 ``embeddings.{i}``, ``fc_norm.*``, ``head.0.*``, ``head.1.*``), so a task's ``state_dict()`` is what a task
@@ -59,6 +61,9 @@ class BackboneSpec:
 
     dim: int
     depth: int
+    #: width of the keys/values of a block's attention where it can take a key/value prefix (timm's fused
+    #: ``attn.qkv``), else None
+    key_value_dim: int | None
     fc_norm: nn.Module | None  # the backbone's pretrained fc_norm (mean-pooled models); each task trains a copy
     device: torch.device
     dtype: torch.dtype
@@ -93,6 +98,11 @@ class Task(TaskHead):
 
     def mlp_branch(self, index: int, m: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         return m
+
+    def key_value_prefix(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(keys, values), each (1, N, key_value_dim), for the N prefix slots this task put before block
+        ``index``; None where it adds none."""
+        return None
 
     def parameter_groups(self) -> dict[str, int]:
         """Trainable parameter counts by kind (what ``parameter_report`` shows)."""

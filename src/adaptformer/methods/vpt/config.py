@@ -9,7 +9,7 @@ from ...utils.options import check_choice, check_int, option
 from ..base import MethodConfig
 from ..layers import LayerSpec, normalize_layer_spec
 
-VPT_MODES = ("deep", "shallow")
+VPT_MODES = ("deep", "shallow", "kv")
 
 
 @dataclass(frozen=True)
@@ -19,8 +19,10 @@ class VPTConfig(MethodConfig):
     name: ClassVar[str] = "vpt"
 
     vpt_tokens: int = option(1, "prompt tokens per prompted block")
-    vpt_mode: Literal["deep", "shallow"] = option(
-        "deep", "deep: new prompts before each chosen block, dropped after it; shallow: before block 0 only"
+    vpt_mode: Literal["deep", "shallow", "kv"] = option(
+        "deep",
+        "deep: new prompts before each chosen block, dropped after it; shallow: before block 0 only; "
+        "kv: learned keys and values added to each chosen block's attention (prefix-style, never queries)",
     )
     layers: LayerSpec = option("all", "blocks that get an adapter or prompt: all, top:K, bottom:K or 0,3,5")
 
