@@ -113,6 +113,37 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_arguments(parser: argparse.ArgumentParser) -> None:
+    add_train_config_arguments(parser)
+    parser.add_argument(
+        "--space",
+        default=None,
+        help="YAML file of field: [values] axes, searched in order (default: lr, scale_min, hflip and the "
+        "method's own: adapter scale and bottleneck for adaptformer, tokens for vpt)",
+    )
+
+
+@command(
+    "tune",
+    "choose lr / crops / flips / the method's options on a validation split carved from the training set, then "
+    "retrain the winner on the whole training set",
+    _tune_arguments,
+)
+def run_tune(args: argparse.Namespace) -> int:
+    from ..experiments.tune import load_space, tune
+
+    cfg = train_config_from_args(args)
+    if cfg.resume or cfg.overwrite:
+        raise AdaptFormerError(
+            "tune: --resume/--overwrite do not apply: a rerun skips finished trials and resumes the unfinished one"
+        )
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.dataset}-{cfg.method}-tune"
+    space = load_space(args.space) if args.space else None
+    result = tune(cfg.to_dict(), out, space, cfg.validation_split or 0.2, log=lambda line: print(line, file=sys.stderr))
+    print((out / "tune.md").read_text())
+    return 0 if result["test_top1"] is not None else 1
+
+
 # ---- eval / predict ----------------------------------------------------------------------------------------
 def _task_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
     if several:

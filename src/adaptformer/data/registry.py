@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import AdaptFormerError
@@ -79,6 +80,38 @@ def build_split(
     )
     split.dataset.transform = transform
     return split
+
+
+def labels_of(dataset: Dataset) -> list[int]:
+    """Every sample's label, read from the dataset's label list where it keeps one (torchvision's ``targets`` /
+    ``labels`` / ``_labels``, ``samples`` of (path, label)); otherwise by loading each sample."""
+    for name in ("targets", "labels", "_labels"):
+        labels = getattr(dataset, name, None)
+        if labels is not None and len(labels) == len(dataset):
+            return [int(label) for label in labels]
+    samples = getattr(dataset, "samples", None)
+    if samples is not None and len(samples) == len(dataset):
+        return [int(label) for _, label in samples]
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def carve_validation(labels: list[int], fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(kept, held-out) indices: ``fraction`` of the samples, stratified by label where every class has at
+    least two samples, the same for every run (a fixed seed, independent of the training seed)."""
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(labels) if labels else np.zeros(0, dtype=int)
+    held_count = max(1, round(fraction * len(labels)))
+    if len(labels) < 2 or held_count >= len(labels):
+        raise AdaptFormerError(
+            f"--validation-split {fraction}: the training set has {len(labels)} samples, too few to hold out "
+            f"{held_count}"
+        )
+    classes = int((counts > 0).sum())
+    can_stratify = counts[counts > 0].min() >= 2 and classes <= held_count <= len(labels) - classes
+    stratify = labels if can_stratify else None
+    kept, held = train_test_split(np.arange(len(labels)), test_size=held_count, random_state=seed, stratify=stratify)
+    return sorted(kept.tolist()), sorted(held.tolist())
 
 
 def _load_builtin() -> None:

@@ -20,6 +20,7 @@ split a sweep with no coordinator; each run may itself be under torchrun.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,29 +92,32 @@ def run_sweep(
     name: str, out: str | Path, shard_spec: str | None = None, seeds: int = 1, overrides: dict | None = None
 ) -> list[dict]:
     """Run (or skip, or resume) every run of this shard; returns one status row per run."""
+    out = Path(out)
+    return [
+        train_run(out / run.name, run.values, run.name) for run in shard(load_sweep(name, seeds, overrides), shard_spec)
+    ]
+
+
+def train_run(run_dir: Path, values: dict[str, Any], name: str) -> dict[str, Any]:
+    """Train one run of flat options in ``run_dir``: skipped when finished, resumed when a checkpoint is there,
+    started again when it died before its first checkpoint. A failing run (a diverging loss, say) is returned as
+    a row, not raised, so the runs after it still run."""
     from ..train.loop import fit
 
-    out = Path(out)
-    rows = []
-    for run in shard(load_sweep(name, seeds, overrides), shard_spec):
-        run_dir = out / run.name
-        if (run_dir / "summary.json").exists():
-            rows.append({"run": run.name, "status": "done already"})
-            continue
-        resume = (run_dir / "checkpoint.pt").exists()
-        cfg = TrainConfig.from_flat(
-            {**run.values, "out": str(run_dir), "resume": resume, "overwrite": False},
-            source=f"run {run.name}",
-        )
-        if not resume and any(run_dir.iterdir() if run_dir.exists() else []):
-            cfg.overwrite = True  # a run that died before its first checkpoint: start it again
-        try:
-            summary = fit(cfg)
-        except AdaptFormerError as error:  # e.g. a diverging run: record it, run the others
-            rows.append({"run": run.name, "status": "failed", "error": str(error)})
-            continue
-        rows.append({"run": run.name, "status": "resumed" if resume else "trained", "top1": summary.get("top1")})
-    return rows
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        return {"run": name, "status": "done already", "top1": json.loads(summary_path.read_text()).get("top1")}
+    resume = (run_dir / "checkpoint.pt").exists()
+    cfg = TrainConfig.from_flat(
+        {**values, "out": str(run_dir), "resume": resume, "overwrite": False}, source=f"run {name}"
+    )
+    if not resume and any(run_dir.iterdir() if run_dir.exists() else []):
+        cfg.overwrite = True
+    try:
+        summary = fit(cfg)
+    except AdaptFormerError as error:
+        return {"run": name, "status": "failed", "error": str(error)}
+    return {"run": name, "status": "resumed" if resume else "trained", "top1": summary.get("top1")}
 
 
 def _sweep_path(name: str) -> Path:

@@ -34,6 +34,9 @@ class TrainConfig:
     verify: bool = option(True, "MD5-check CIFAR/SVHN files (--no-verify for re-packed files)")
     max_train_samples: int | None = option(None, "train on a prefix of the training set (quick runs)")
     max_eval_samples: int | None = option(None, "evaluate on a prefix of the test set")
+    validation_split: float = option(
+        0.0, "hold out this fraction of the training set (stratified, fixed) and evaluate on it, not on the test set"
+    )
     # video data (ignored by image datasets)
     num_frames: int = option(8, "video: frames per clip (an image backbone is inflated to them)")
     sampling_rate: int = option(4, "video: frames between sampled frames (dense sampling; SSv2 uses segments)")
@@ -125,6 +128,7 @@ class TrainConfig:
         check_number("--crop-pct", self.crop_pct, 0.01, 1.0, allow_none=True)
         check_number("--hflip", self.hflip, 0.0, 1.0)
         check_number("--scale-min", self.scale_min, 0.0, 1.0)
+        check_number("--validation-split", self.validation_split, 0.0, 0.9)
         if self.resume and self.overwrite:
             raise AdaptFormerError("--resume and --overwrite exclude each other")
         if self.cache_features and self.method != "linear":

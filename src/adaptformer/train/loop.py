@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..backbones.timm import create_backbone
 from ..data.loading import ResumableSampler, ShardSampler, make_loader
-from ..data.registry import build_split, get_dataset
+from ..data.registry import build_split, carve_validation, get_dataset, labels_of
 from ..data.transforms import InputSpec, eval_transform, train_transform
 from ..data.video import VideoTransform
 from ..errors import AdaptFormerError
@@ -143,6 +143,11 @@ def build_data(cfg: TrainConfig, spec: InputSpec):
     train_set, test_set = train.dataset, test.dataset
     if cfg.max_train_samples:
         train_set = torch.utils.data.Subset(train_set, range(min(cfg.max_train_samples, len(train_set))))
+    if cfg.validation_split:  # evaluate on held-out training samples, seen as test samples are
+        held_out = build_split(cfg.dataset, cfg.data_root, True, test_tf, **common).dataset
+        labels = labels_of(train.dataset)[: len(train_set)]
+        kept, held = carve_validation(labels, cfg.validation_split)
+        train_set, test_set = torch.utils.data.Subset(train_set, kept), torch.utils.data.Subset(held_out, held)
     if cfg.max_eval_samples:
         test_set = torch.utils.data.Subset(test_set, range(min(cfg.max_eval_samples, len(test_set))))
     return train_set, test_set, train.classes
@@ -281,11 +286,12 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     if info.is_main:
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
         log.info(
-            "%s on %s: %d train / %d test samples, %d classes; %s on %s (%s)",
+            "%s on %s: %d train / %d %s samples, %d classes; %s on %s (%s)",
             cfg.method,
             cfg.dataset,
             len(train_set),
             len(test_set),
+            "validation (held out of train)" if cfg.validation_split else "test",
             len(classes),
             cfg.model,
             info.device,
@@ -465,6 +471,7 @@ def summarize(cfg, model: AdaptedModel, progress: Progress, plan: Plan, classes,
         "epochs": progress.epoch,
         "top1": last.get("test_top1"),
         "top5": last.get("test_top5"),
+        "evaluated_on": f"validation ({cfg.validation_split:g} of train)" if cfg.validation_split else "test",
         "best_top1": progress.best_top1,
         "best_epoch": progress.best_epoch,
         "trainable": report.trainable,

@@ -1,0 +1,153 @@
+"""``adaptformer tune``: pick the recipe for your own data on a validation split, then retrain the winner.
+
+No single recipe fits every small dataset: the paper's ImageNet-scale crops and flips, or its learning rate, can
+cost several points on a few hundred images. ``tune`` never looks at the test split while choosing:
+
+1. every trial trains on the training set minus a held-out ``validation_split`` (stratified, the same for every
+   trial) and is scored by its final top-1 on that held-out part;
+2. the search is coordinate-wise: the axes are tried one after another (learning rate first, and again last),
+   each axis's values with the best values found so far and the base values for the rest; the best value is
+   kept (ties keep the earlier value), and a configuration already tried is not trained again;
+3. the winner is retrained on the whole training set and evaluated on the test split.
+
+Trials are ordinary run directories under ``OUT/trials`` named by their searched values, so a rerun skips the
+finished ones and resumes an interrupted one, and ``adaptformer report OUT/trials/*`` plots them. ``OUT/tune.md``
+and ``OUT/tune.json`` hold the table; ``OUT/final`` is the retrained run (its task files are the result).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import AdaptFormerError
+from ..train.config import TrainConfig, read_yaml_mapping
+from .sweep import _name, train_run
+
+#: the axes every method searches, learning rate first (the values for full fine-tuning are its own)
+LEARNING_RATES = {"full": [0.005, 0.025, 0.1], "default": [0.1, 0.4, 1.0]}
+COMMON_AXES = [("scale_min", [0.08, 0.4, 0.9]), ("hflip", [0.0, 0.5])]
+METHOD_AXES = {
+    "adaptformer": [("scale", [0.05, 0.1, 0.2]), ("bottleneck", [16, 64])],
+    "vpt": [("vpt_tokens", [1, 8])],
+}
+
+
+def default_space(method: str) -> list[tuple[str, list[Any]]]:
+    """The axes that matter for ``method``: lr, crop scale, flips, the method's own (adapter scale and
+    bottleneck for AdaptFormer, prompt tokens for VPT), then lr once more (the best lr moves with the crops)."""
+    lr = ("lr", LEARNING_RATES.get(method, LEARNING_RATES["default"]))
+    return [lr, *COMMON_AXES, *METHOD_AXES.get(method, []), lr]
+
+
+def load_space(path: str) -> list[tuple[str, list[Any]]]:
+    """A search space file: ``field: [values...]`` per axis, searched in the file's order."""
+    data = read_yaml_mapping(Path(path), "--space")
+    for field, values in data.items():
+        if not isinstance(values, list) or not values:
+            raise AdaptFormerError(f"--space {path}: {field}: expected a non-empty list of values, got {values!r}")
+    if not data:
+        raise AdaptFormerError(f"--space {path}: expected at least one field: [values]")
+    return list(data.items())
+
+
+def check_space(base: dict[str, Any], space: list[tuple[str, list[Any]]]) -> None:
+    """Every value of every axis is a valid training configuration with the base (before any trial runs)."""
+    for field, values in space:
+        for value in values:
+            try:
+                TrainConfig.from_flat({**base, field: value}, source=f"tune: {field}={value!r}")
+            except AdaptFormerError as error:
+                message = str(error)
+                raise AdaptFormerError(message if message.startswith("tune:") else f"tune: {message}") from None
+
+
+def tune(
+    base: dict[str, Any],
+    out: str | Path,
+    space: list[tuple[str, list[Any]]] | None = None,
+    validation_split: float = 0.2,
+    log=print,
+) -> dict[str, Any]:
+    """Search ``space`` (default: ``default_space(method)``) from the flat options ``base``, retrain the winner;
+    returns the result that ``OUT/tune.json`` holds."""
+    out = Path(out)
+    base = {k: v for k, v in TrainConfig.from_flat(base).to_dict().items() if k not in ("out", "resume", "overwrite")}
+    space = space or default_space(TrainConfig.from_flat(base).method)
+    if not 0 < validation_split < 1:
+        raise AdaptFormerError(f"--validation-split: expected a fraction in (0, 1) for tune, got {validation_split}")
+    check_space(base, space)
+    started = time.perf_counter()
+    chosen: dict[str, Any] = {}
+    trials: dict[str, dict[str, Any]] = {}
+    for field, values in space:
+        scores = []
+        for value in values:
+            searched = _searched({**chosen, field: value}, base, space)
+            name = _name(searched)
+            if name not in trials:
+                log(f"tune: trial {len(trials) + 1}: {name}")
+                values_of_run = {**base, **searched, "validation_split": validation_split}
+                row = train_run(out / "trials" / name, values_of_run, name)
+                trials[name] = {**row, "values": searched, "validation_top1": row.get("top1")}
+            scores.append((trials[name]["validation_top1"], value))
+        best = max(scores, key=lambda pair: -1.0 if pair[0] is None else pair[0])  # the first of equal scores
+        if best[0] is None:
+            raise AdaptFormerError(f"tune: every trial of {field} failed ({out / 'trials'}); see their train.log")
+        chosen[field] = best[1]
+        log(f"tune: {field} = {best[1]!r} (validation top-1 {best[0]:.2f})")
+    winner = _searched(chosen, base, space)
+    log(f"tune: retraining {_name(winner)} on the whole training set")
+    final = train_run(out / "final", {**base, **winner, "validation_split": 0.0}, "final")
+    result = {
+        "chosen": winner,
+        "validation_split": validation_split,
+        "validation_top1": trials[_name(winner)]["validation_top1"],
+        "test_top1": final.get("top1"),
+        "final": {**final, "run_dir": str(out / "final")},
+        "trials": list(trials.values()),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tune.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / "tune.md").write_text(tune_markdown(result, space))
+    return result
+
+
+def _searched(chosen: dict[str, Any], base: dict[str, Any], space: list[tuple[str, list[Any]]]) -> dict[str, Any]:
+    """The value of every searched field for a trial: chosen, else the base's (or the axis's first value)."""
+    return {field: chosen.get(field, base.get(field, values[0])) for field, values in space}
+
+
+def tune_markdown(result: dict[str, Any], space: list[tuple[str, list[Any]]]) -> str:
+    fields = list(dict.fromkeys(field for field, _ in space))
+    lines = [
+        "# Tuning",
+        "",
+        f"Validation: {result['validation_split']:g} of the training set, held out (stratified, fixed). "
+        f"Coordinate search over {', '.join(f for f, _ in space)}, in that order.",
+        "",
+        "| trial | " + " | ".join(fields) + " | validation top-1 | status |",
+        "|---|" + "---|" * len(fields) + "---|---|",
+    ]
+    for number, trial in enumerate(result["trials"], 1):
+        score = trial["validation_top1"]
+        cells = [str(trial["values"][f]) for f in fields]
+        lines.append(
+            f"| {number} | "
+            + " | ".join(cells)
+            + f" | {'—' if score is None else f'{score:.2f}'} | {trial['status']} |"
+        )
+    chosen = ", ".join(f"{k}={v}" for k, v in result["chosen"].items())
+    test = result["test_top1"]
+    lines += [
+        "",
+        f"**Chosen:** {chosen} (validation top-1 {result['validation_top1']:.2f}).",
+        "",
+        f"**Retrained on the whole training set:** test top-1 {'—' if test is None else f'{test:.2f}'} "
+        f"({result['final']['run_dir']}). Total time {result['seconds']:.0f} s.",
+        "",
+    ]
+    return "\n".join(lines)
