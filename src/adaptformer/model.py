@@ -277,6 +277,15 @@ class AdaptedModel(nn.Module):
         ]
         if wrong:
             raise AdaptFormerError(f"{source}: shape mismatch: {'; '.join(wrong[:3])}")
+        # a float where a float is expected (any precision: files may be saved in bf16), an integer where an
+        # integer is (BatchNorm's counter); and no NaN/inf, which would silently poison every prediction
+        kinds = [k for k, v in own.items() if tensors[k].is_floating_point() != v.is_floating_point()]
+        if kinds:
+            k = kinds[0]
+            raise AdaptFormerError(f"{source}: {k} has dtype {tensors[k].dtype}, expected {own[k].dtype}")
+        broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if broken:
+            raise AdaptFormerError(f"{source}: non-finite values (NaN or inf) in {_few(sorted(broken))}")
         task_keys = set(task.state_dict())
         task.load_state_dict({k: v for k, v in tensors.items() if k in task_keys})
         if not task.config.shares_backbone:

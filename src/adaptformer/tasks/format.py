@@ -28,7 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import AdaptFormerError
-from ..methods.registry import get_method, option_names
+from ..methods.registry import get_method, method_config_from_dict, option_names
 from ..utils.atomic import atomic_write, atomic_write_json
 
 FORMAT = "adaptformer.task"
@@ -76,9 +76,30 @@ def read_task(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     ):
         found = f"{meta.get('format')} v{meta.get('format_version')}" if isinstance(meta, dict) else "no format"
         raise AdaptFormerError(f"task file {path}: format {found}, expected {FORMAT} v1 or v2")
-    if meta["format_version"] == 1:
-        meta = upgrade_v1(meta, path)
+    try:
+        if meta["format_version"] == 1:
+            meta = upgrade_v1(meta, path)
+        check_description(meta, path)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise AdaptFormerError(f"task file {path}: malformed description ({type(error).__name__}: {error})") from None
     return meta, tensors
+
+
+def check_description(meta: dict[str, Any], path: Path) -> None:
+    """The fields every reader relies on have the right types (a hand-edited or hostile file is refused here,
+    not deep inside model building)."""
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise AdaptFormerError(f"task file {path}: classes: expected a non-empty list of class names")
+    if meta.get("num_classes", len(classes)) != len(classes):
+        raise AdaptFormerError(f"task file {path}: num_classes {meta['num_classes']} but {len(classes)} class names")
+    for section in ("method", "backbone"):
+        if not isinstance(meta.get(section), dict):
+            raise AdaptFormerError(f"task file {path}: {section}: expected a mapping")
+    try:
+        method_config_from_dict(meta["method"])
+    except AdaptFormerError as error:
+        raise AdaptFormerError(f"task file {path}: method: {error}") from None
 
 
 def upgrade_v1(meta: dict[str, Any], path: Path) -> dict[str, Any]:
