@@ -153,6 +153,24 @@ def build_data(cfg: TrainConfig, spec: InputSpec):
     return train_set, test_set, train.classes
 
 
+class Diverged(AdaptFormerError):
+    """A non-finite loss or weight: the run stops before anything is saved, so the files keep the last good state."""
+
+    def __init__(self, what: str, progress: Progress, lr: float):
+        where = f"step {progress.global_step + 1} (epoch {progress.epoch + 1})"
+        super().__init__(
+            f"training diverged: {what} at {where}; stopped without saving, so the run's checkpoint and task files "
+            "keep the last good state; "
+            f"rerun with a lower learning rate, e.g. --lr {lr / 10:.3g} (with --overwrite or another --out)"
+        )
+
+
+def check_finite_weights(model: nn.Module, progress: Progress, lr: float) -> None:
+    """Refuse to save weights an overflowing step has made NaN/inf (the next loss would only say so later)."""
+    if any(not bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad):
+        raise Diverged("a trained weight is NaN or inf", progress, lr)
+
+
 def train_one_epoch(
     model,
     loader,
@@ -207,7 +225,7 @@ def train_one_epoch(
             with autocast(precision, device):
                 loss = F.cross_entropy(model(inputs), labels, label_smoothing=cfg.label_smoothing)
             if not math.isfinite(loss.item()):
-                raise AdaptFormerError(f"loss is {loss.item()} at step {progress.global_step}; lower --lr/--blr")
+                raise Diverged(f"loss is {loss.item()}", progress, optimizer.param_groups[0]["lr"])
             scaler.scale(loss / plan.accumulation).backward()
         loss_sum += loss.item()
         seen += 1
@@ -340,6 +358,7 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     )
 
     def save_checkpoint() -> None:
+        check_finite_weights(model, progress, optimizer.param_groups[0]["lr"])
         rngs = [rng_state()]
         if info.distributed:
             gathered = [None] * info.world_size
@@ -398,6 +417,7 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         progress.epoch += 1
         progress.step_in_epoch = 0
         record = {"epoch": progress.epoch, **stats, "train_seconds": round(progress.train_seconds, 2)}
+        check_finite_weights(model, progress, optimizer.param_groups[0]["lr"])  # before any file is written
         if progress.epoch % cfg.eval_every == 0 or progress.epoch == cfg.epochs:
             result = evaluate(
                 eval_forward, test_loader, info.device, precision, len(classes), input_ndim, show_progress=info.is_main
