@@ -18,6 +18,8 @@ from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.data import default_collate as torch_default_collate
 
+from ..errors import AdaptFormerError
+
 
 @dataclass
 class Unreadable:
@@ -40,15 +42,35 @@ class SkipUnreadable(Dataset):
             inputs, label = self.dataset[index]
             return index, inputs, label
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-            samples = getattr(self.dataset, "samples", None) or getattr(self.dataset, "_image_files", None)
-            path = str(
-                samples[index][0]
-                if samples and isinstance(samples[index], tuple)
-                else samples[index]
-                if samples
-                else f"item {index}"
-            )
-            return Unreadable(index, path, f"{type(error).__name__}: {str(error).splitlines()[0][:120]}")
+            reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:120]}"
+            return Unreadable(index, source_of(self.dataset, index), reason)
+
+
+def source_of(dataset: Dataset, index: int) -> str:
+    """The file behind sample ``index`` (through Subsets), or ``item N`` for datasets without files."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset, index = dataset.dataset, dataset.indices[index]
+    samples = getattr(dataset, "samples", None) or getattr(dataset, "_image_files", None)
+    if not samples:
+        return f"item {index}"
+    sample = samples[index]
+    return str(sample[0] if isinstance(sample, tuple) else sample)
+
+
+def check_some_readable(dataset: Dataset, what: str, probes: int = 8) -> None:
+    """Fail fast when none of up to ``probes`` samples spread over the dataset can be read (a wrong folder, a
+    broken copy), rather than after an epoch of skipped files; a few unreadable ones are skipped in training."""
+    if len(dataset) == 0:
+        raise AdaptFormerError(f"{what}: no samples")
+    wrapped = SkipUnreadable(dataset)
+    step = max(1, len(dataset) // probes)
+    tried = [wrapped[i] for i in range(0, len(dataset), step)[:probes]]
+    failures = [item for item in tried if isinstance(item, Unreadable)]
+    if len(failures) == len(tried):
+        first = failures[0]
+        raise AdaptFormerError(
+            f"{what}: none of the {len(tried)} files tried could be read (first: {first.path}: {first.reason})"
+        )
 
 
 @dataclass

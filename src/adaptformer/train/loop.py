@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..backbones.timm import create_backbone
-from ..data.loading import ResumableSampler, ShardSampler, make_loader
+from ..data.loading import ResumableSampler, ShardSampler, check_some_readable, make_loader
 from ..data.registry import build_split, carve_validation, get_dataset, labels_of
 from ..data.transforms import InputSpec, eval_transform, train_transform
 from ..data.video import VideoTransform
@@ -67,6 +67,7 @@ class Progress:
     best_top1: float = -1.0
     best_epoch: int = -1
     skipped_images: int = 0
+    skipped_files: list[str] = field(default_factory=list)  # each unreadable file once, in the order met
     train_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -204,6 +205,8 @@ def train_one_epoch(
         if batch.skipped:
             progress.skipped_images += len(batch.skipped)
             for item in batch.skipped:
+                if item.path not in progress.skipped_files:
+                    progress.skipped_files.append(item.path)
                 log.warning(
                     "skipped unreadable file %s (%s); %d skipped so far",
                     item.path,
@@ -272,6 +275,9 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     backbone = create_backbone(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, **backbone_kwargs)
     spec = input_spec(cfg, backbone, video)
     train_set, test_set, classes = build_data(cfg, spec)
+    where = f"--data-root {cfg.data_root}" if cfg.data_root else f"--dataset {cfg.dataset}"
+    check_some_readable(train_set, f"{where} (training split)")  # before the seed: no random draw is moved
+    check_some_readable(test_set, f"{where} (evaluation split)")
     torch.manual_seed(cfg.seed)  # the same initial adapters / head on every rank
     source = BackboneSource(cfg.model, backbone_kwargs, Path(cfg.checkpoint).name if cfg.checkpoint else None)
     model = adapt(
@@ -501,6 +507,7 @@ def summarize(cfg, model: AdaptedModel, progress: Progress, plan: Plan, classes,
         "lr": plan.lr,
         "effective_batch": plan.effective_batch,
         "skipped_images": progress.skipped_images,
+        "skipped_files": progress.skipped_files[:1000],
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "run_dir": str(run_dir),
     }
