@@ -178,7 +178,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     test_loader = make_loader(
         NormalizedImages(test_x, test_y), 500, ShardSampler(len(test_y), 1, 0), 0, cfg.seed, drop_last=False
     )
-    logger = MetricsLogger(out)
+    logger = MetricsLogger(out, resumed_at=start_epoch * steps_per_epoch if start_epoch else None)
     accuracy = None
     for epoch in range(start_epoch, cfg.epochs):
         model.train()

@@ -7,14 +7,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..utils.atomic import atomic_write_text
+
 
 class MetricsLogger:
     """Append-only metrics sink. Only rank 0 should create one (others pass ``enabled=False``)."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(
+        self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True, resumed_at: int | None = None
+    ):
+        """``resumed_at``: the step of the checkpoint a resumed run continues from. Lines logged after it by the
+        interrupted run (and a line torn by the kill) are dropped, so the resumed run does not log them twice."""
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._writer = None
+        if enabled and resumed_at is not None and self.path.exists():
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resumed_at]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

@@ -27,7 +27,16 @@ def prepare_run_dir(run_dir: Path, files: Iterable[str], resume: bool, overwrite
             shutil.rmtree(target) if target.is_dir() else target.unlink()
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_torn_writes(run_dir)
     return run_dir
+
+
+def remove_torn_writes(run_dir: Path) -> None:
+    """Delete the temporary files of atomic writes a killed run left half written (``.<name>.<random>.tmp``;
+    the files they were to replace are intact)."""
+    for stale in run_dir.glob(".*.tmp"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
 
 
 def check_same_settings(saved: dict[str, Any], current: dict[str, Any], ignore: Iterable[str], path: Path) -> None:

@@ -68,6 +68,8 @@ class Progress:
     best_epoch: int = -1
     skipped_images: int = 0
     skipped_files: list[str] = field(default_factory=list)  # each unreadable file once, in the order met
+    epoch_loss_sum: float = 0.0  # the current epoch's losses so far (a resumed epoch reports the whole mean)
+    epoch_batches: int = 0
     train_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -197,7 +199,7 @@ def train_one_epoch(
         disable=not info.is_main,
         dynamic_ncols=True,
     )
-    micro, loss_sum, seen = 0, 0.0, 0
+    micro = 0
     optimizer.zero_grad(set_to_none=True)
     for batch in loader:
         if progress.step_in_epoch >= plan.steps_per_epoch:
@@ -230,8 +232,8 @@ def train_one_epoch(
             if not math.isfinite(loss.item()):
                 raise Diverged(f"loss is {loss.item()}", progress, optimizer.param_groups[0]["lr"])
             scaler.scale(loss / plan.accumulation).backward()
-        loss_sum += loss.item()
-        seen += 1
+        progress.epoch_loss_sum += loss.item()
+        progress.epoch_batches += 1
         if not last_micro:
             continue
         scaler.step(optimizer)
@@ -242,13 +244,16 @@ def train_one_epoch(
         schedule.step_update(progress.global_step)
         lr = optimizer.param_groups[0]["lr"]
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{lr:.2e}", skipped=progress.skipped_images)
+        mean_loss = progress.epoch_loss_sum / progress.epoch_batches
+        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", skipped=progress.skipped_images)
         if progress.global_step % 10 == 0 or progress.step_in_epoch == plan.steps_per_epoch:
             metrics.log(progress.global_step, train_loss=loss.item(), lr=lr, epoch=progress.epoch + 1)
         if on_step is not None:
             on_step()
     bar.close()
-    return {"train_loss": loss_sum / max(seen, 1)}
+    stats = {"train_loss": progress.epoch_loss_sum / max(progress.epoch_batches, 1)}
+    progress.epoch_loss_sum, progress.epoch_batches = 0.0, 0
+    return stats
 
 
 def fit(cfg: TrainConfig) -> dict[str, Any]:
@@ -287,7 +292,7 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     optimizer = make_optimizer(model.trainable_parameters(), plan.lr, cfg.momentum, cfg.weight_decay)
     schedule = make_schedule(optimizer, plan.total_steps, plan.warmup_steps, cfg.min_lr)
     scaler = make_grad_scaler(precision, info.device)
-    progress = Progress()
+    progress, resumed = Progress(), False
     fingerprint = model.backbone_fingerprint()  # the frozen weights do not change: hash them once
 
     checkpoint_path = run_dir / CHECKPOINT_NAME
@@ -298,13 +303,13 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
-        progress = Progress(**state["progress"])
+        progress, resumed = Progress(**state["progress"]), True
         restore_rng_state(state["rng"][info.rank] if info.rank < len(state["rng"]) else state["rng"][0])
         schedule.step_update(progress.global_step)
         log.info("resumed %s at epoch %d, step %d", checkpoint_path, progress.epoch, progress.step_in_epoch)
-    elif cfg.resume:
-        log.info("--resume: no checkpoint in %s yet, starting from scratch", run_dir)
     else:
+        if cfg.resume:  # killed before its first checkpoint: start exactly as a fresh run does
+            log.info("--resume: no checkpoint in %s yet, starting from scratch", run_dir)
         torch.manual_seed(cfg.seed + info.rank)  # augmentation / dropout streams differ per rank
 
     if info.is_main:
@@ -352,7 +357,9 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         ddp_model = step_model
     train_forward = torch.compile(ddp_model) if cfg.compile else ddp_model
     eval_forward = torch.compile(step_model) if cfg.compile else step_model
-    metrics = MetricsLogger(run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard)
+    metrics = MetricsLogger(
+        run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard, resumed_at=progress.global_step if resumed else None
+    )
     sampler = ResumableSampler(train_set, info.world_size, info.rank, shuffle=True, seed=cfg.seed, drop_last=True)
     test_loader = make_loader(
         test_set,

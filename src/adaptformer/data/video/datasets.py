@@ -22,7 +22,6 @@ and log; malformed annotation files fail at once, naming the file and line.
 from __future__ import annotations
 
 import json
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch.utils.data import Dataset
 from ...errors import AdaptFormerError
 from ..registry import DatasetEntry, Split, register_dataset
 from .decode import probe, read_clip
-from .sampling import SAMPLING_MODES, clip_indices
+from .sampling import SAMPLING_MODES, TorchRandom, clip_indices
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v")
 
@@ -61,7 +60,7 @@ class VideoClips(Dataset):
     def __init__(self, samples: list[tuple[str, int]], options: ClipOptions, train: bool):
         self.samples, self.options, self.train = samples, options, train
         self.transform = None
-        self.rng = random.Random()
+        self.rng = TorchRandom()
         self._frames: dict[str, int] = {}  # frame counts, probed once per file (per worker)
 
     def __len__(self) -> int:

@@ -13,7 +13,25 @@ from __future__ import annotations
 
 import random
 
+import torch
+
 SAMPLING_MODES = ("dense", "segment")
+
+
+class TorchRandom(random.Random):
+    """``random.Random``'s interface drawing from torch's global generator. Image augmentation draws from it
+    too, so the training seed decides every clip window, crop and flip, and a resumed run (which restores that
+    generator; DataLoader workers are seeded from it) continues with exactly the draws of an uninterrupted one."""
+
+    def random(self) -> float:
+        return float(torch.rand(()))
+
+    def getrandbits(self, k: int) -> int:  # what randint / choice / randrange build on
+        bits = 0
+        for shift in range(0, k, 62):
+            width = min(62, k - shift)
+            bits |= int(torch.randint(0, 2**width, ())) << shift
+        return bits
 
 
 def dense_train(total: int, num_frames: int, rate: int, rng: random.Random) -> list[int]:

@@ -7,13 +7,12 @@ V test views (clips x crops), whose logits evaluation averages.
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ..transforms import INTERPOLATIONS, InputSpec
+from .sampling import TorchRandom
 
 MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
 
@@ -25,7 +24,7 @@ class VideoTransform:
         self.std = torch.tensor(spec.std).view(3, 1, 1, 1)
         # training crops are taken from a frame of short side `resize` (256 for 224); test views at `size`
         self.decode_short_side = spec.resize if train or crops == 1 else spec.size
-        self.rng = random.Random()
+        self.rng = TorchRandom()
 
     def __call__(self, clips: list[np.ndarray]) -> torch.Tensor:
         views = [view for clip in clips for view in self._views(torch.from_numpy(clip).permute(0, 3, 1, 2))]
