@@ -3,28 +3,18 @@
 Requests are bounded in number and time; the server is stopped at the end."""
 
 import io
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
+from launch import start_server, stop_server
 from PIL import Image
 
 from adaptformer.bank import TaskBank
 from adaptformer.train.loop import fit
 from training_helpers import tiny_train_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def png(seed: int, size: int = 32) -> bytes:
@@ -46,47 +36,26 @@ def server(tmp_path_factory):
     }.items():
         fit(tiny_train_config(root, epochs=1, out=str(root / name), lr=0.1, augment=False, **options))
         shutil.copy(root / name / "last.safetensors", task_dir / f"{name}.safetensors")
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "adaptformer",
-        "serve",
-        "--task",
-        str(task_dir / "colour.safetensors"),
-        "--task",
-        str(task_dir / "probe.safetensors"),
-        "--task-dir",
-        str(task_dir),
-        "--checkpoint",
-        str(root / "tiny_vit.safetensors"),
-        "--port",
-        str(port),
-        "--precision",
-        "fp32",
-        "--max-wait-ms",
-        "100",
-        "--max-upload-mb",
-        "0.05",
-        "--max-pixels",
-        "100000",
-    ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    process, url = start_server(
+        [
+            "--task",
+            str(task_dir / "colour.safetensors"),
+            "--task",
+            str(task_dir / "probe.safetensors"),
+            "--task-dir",
+            str(task_dir),
+            "--checkpoint",
+            str(root / "tiny_vit.safetensors"),
+            "--precision",
+            "fp32",
+            "--max-wait-ms",
+            "100",
+            "--max-upload-mb",
+            "0.05",
+            "--max-pixels",
+            "100000",
+        ]
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-        if process.poll() is not None:
-            pytest.fail(process.stdout.read().decode()[-2000:])
-    else:
-        process.kill()
-        pytest.fail("the server did not start in 120 s")
     bank = TaskBank.from_files(
         [str(task_dir / "colour.safetensors"), str(task_dir / "probe.safetensors")],
         checkpoint=str(root / "tiny_vit.safetensors"),
@@ -94,11 +63,7 @@ def server(tmp_path_factory):
         precision="fp32",
     )
     yield url, bank, task_dir
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_server(process)
 
 
 def expected(bank, seed, task):

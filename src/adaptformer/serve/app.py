@@ -85,7 +85,10 @@ def create_app(
     async def load_task(request: LoadRequest) -> dict:
         if root is None:
             raise HTTPException(403, "no --task-dir was given: the server loads no task files at run time")
-        path = (root / request.file).resolve()
+        try:
+            path = (root / request.file).resolve()
+        except (ValueError, OSError) as error:  # a NUL byte, a name too long for the file system, ...
+            raise HTTPException(400, f"file: not a usable file name ({error})") from None
         if not path.is_relative_to(root):
             raise HTTPException(403, f"{request.file}: outside the task directory")
         if not path.is_file():

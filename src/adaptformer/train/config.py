@@ -12,6 +12,7 @@ options. The resolved configuration, every method option included, is written to
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -22,7 +23,8 @@ import yaml
 from ..errors import AdaptFormerError
 from ..methods.base import MethodConfig
 from ..methods.registry import make_method_config, method_option_fields, methods_with_option, option_names
-from ..utils.options import check_int, check_number, option
+from ..runtime.precision import PRECISIONS
+from ..utils.options import check_choice, check_int, check_number, option
 
 
 @dataclass
@@ -129,6 +131,20 @@ class TrainConfig:
         check_number("--hflip", self.hflip, 0.0, 1.0)
         check_number("--scale-min", self.scale_min, 0.0, 1.0)
         check_number("--validation-split", self.validation_split, 0.0, 0.9)
+        check_choice("--precision", self.precision, PRECISIONS)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise AdaptFormerError(f"--device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_number("--lr", self.lr, 1e-12, None, allow_none=True)
+        check_number("--blr", self.blr, 1e-12)
+        check_number("--min-lr", self.min_lr, 0.0)
+        check_number("--momentum", self.momentum, 0.0, 1.0)
+        check_number("--weight-decay", self.weight_decay, 0.0)
+        check_number("--label-smoothing", self.label_smoothing, 0.0, 0.99)
+        check_int("--img-size", self.img_size, 1, allow_none=True)
+        check_int("--max-train-samples", self.max_train_samples, 1, allow_none=True)
+        check_int("--max-eval-samples", self.max_eval_samples, 1, allow_none=True)
+        if self.model_kwargs is not None and not isinstance(self.model_kwargs, dict):
+            raise AdaptFormerError(f"--model-kwargs: expected a mapping of timm keywords, got {self.model_kwargs!r}")
         if self.resume and self.overwrite:
             raise AdaptFormerError("--resume and --overwrite exclude each other")
         if self.cache_features and self.method != "linear":

@@ -1,0 +1,47 @@
+"""Start ``adaptformer serve`` as a real subprocess on a free local port, and stop it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(arguments: list[str], timeout: float = 120) -> tuple[subprocess.Popen, str]:
+    """``adaptformer serve ARGUMENTS --port P``; returns once /health answers (the test fails otherwise)."""
+    port = free_port()
+    command = [sys.executable, "-m", "adaptformer", "serve", *arguments, "--port", str(port)]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+        if process.poll() is not None:
+            pytest.fail(process.stdout.read().decode()[-2000:])
+    process.kill()
+    pytest.fail(f"the server did not start in {timeout:.0f} s")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
