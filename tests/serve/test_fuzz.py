@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from launch import start_server, stop_server
 from PIL import Image
 
 import adaptformer
-from launch import start_server, stop_server
 
 EXAMPLES_PER_OPERATION = 320  # GET /health and /tasks have few distinct requests; the rest fill 1,000+
 
