@@ -123,6 +123,10 @@ def test_bad_requests_get_4xx_with_a_message(server):
     Image.new("L", (400, 400)).save(bomb, format="PNG")  # small file, 160,000 pixels > --max-pixels
     response = post("/predict/colour", bomb.getvalue())
     assert response.status_code == 413 and "pixels" in response.json()["detail"]
+    huge = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(huge, format="PNG")  # a few hundred kB claiming 900 M pixels
+    response = post("/predict/colour", huge.getvalue()[:40_000])  # cut to fit the upload cap; the header stays
+    assert response.status_code == 413 and "too large" in response.json()["detail"]
     assert httpx.post(f"{url}/predict", timeout=10).status_code == 422  # no file
 
 

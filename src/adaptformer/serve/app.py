@@ -154,7 +154,9 @@ def create_app(
             image.load()
         except HTTPException:
             raise
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
+        except Image.DecompressionBombError as error:  # Pillow's own limit, met while reading the header
+            raise HTTPException(413, f"image too large to decode ({error})") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
             raise HTTPException(415, f"not a readable image ({type(error).__name__})") from None
         return image
 
