@@ -137,3 +137,20 @@ def test_set_replaces_base_fields_and_is_validated_first(tmp_path, capsys):
     assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--set", "epochs"]) == 2
     assert "--set 'epochs': expected FIELD=VALUE" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_runs_from_before_an_option_existed_group_with_newer_runs(tmp_path):
+    from adaptformer.experiments.report import group_seeds, read_run
+    from adaptformer.train.config import TrainConfig
+
+    full = TrainConfig.from_flat(tiny_train_values(tmp_path, seed=0)).to_dict()
+    for seed, top1 in ((0, 50.0), (1, 70.0)):
+        run = tmp_path / f"seed={seed}"
+        run.mkdir()
+        config = {**full, "seed": seed}
+        if seed == 0:
+            del config["validation_split"]  # written by a release that did not have the option
+        run.joinpath("config.yaml").write_text(yaml.safe_dump(config))
+        run.joinpath("summary.json").write_text(json.dumps({"top1": top1}))
+    rows = group_seeds([read_run(tmp_path / f"seed={seed}")[0] for seed in (0, 1)])
+    assert len(rows) == 1 and rows[0]["seeds"] == 2 and rows[0]["top1"] == 60.0

@@ -26,7 +26,9 @@ from typing import Any
 
 import yaml
 
+from ..errors import AdaptFormerError
 from ..runtime.metrics import read_metrics
+from ..train.config import TrainConfig
 from ..utils.atomic import atomic_write_text
 
 AXES = (
@@ -70,7 +72,7 @@ def read_run(path: Path) -> tuple[dict | None, str | None]:
     if not config_file.is_file():
         return None, "no config.yaml"
     try:
-        config = yaml.safe_load(config_file.read_text()) or {}
+        config = with_defaults(yaml.safe_load(config_file.read_text()) or {})
     except yaml.YAMLError:
         return None, "config.yaml is not valid YAML"
     curve = (
@@ -99,6 +101,15 @@ def read_run(path: Path) -> tuple[dict | None, str | None]:
         "curve": curve,
         "complete": bool(summary),
     }, None
+
+
+def with_defaults(config: dict) -> dict:
+    """The configuration with every option a newer release added at its default, so a run made before an option
+    existed groups with the same run made after (a configuration that no longer validates is kept as it is)."""
+    try:
+        return {**TrainConfig.from_flat(config).to_dict(), **config}
+    except (AdaptFormerError, TypeError):
+        return config
 
 
 def group_seeds(runs: list[dict]) -> list[dict]:
