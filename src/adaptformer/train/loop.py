@@ -156,11 +156,14 @@ def build_data(cfg: TrainConfig, spec: InputSpec):
     return train_set, test_set, train.classes
 
 
+MAX_LISTED_SKIPPED = 1000  # unreadable files listed in summary.json (bounded: a broken disk may hold millions)
+
+
 class Diverged(AdaptFormerError):
     """A non-finite loss or weight: the run stops before anything is saved, so the files keep the last good state."""
 
-    def __init__(self, what: str, progress: Progress, lr: float):
-        where = f"step {progress.global_step + 1} (epoch {progress.epoch + 1})"
+    def __init__(self, what: str, step: int, epoch: int, lr: float):
+        where = f"step {step} (epoch {epoch})"
         super().__init__(
             f"training diverged: {what} at {where}; stopped without saving, so the run's checkpoint and task files "
             "keep the last good state; "
@@ -171,7 +174,9 @@ class Diverged(AdaptFormerError):
 def check_finite_weights(model: nn.Module, progress: Progress, lr: float) -> None:
     """Refuse to save weights an overflowing step has made NaN/inf (the next loss would only say so later)."""
     if any(not bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad):
-        raise Diverged("a trained weight is NaN or inf", progress, lr)
+        # the step that made them so is the last one taken, in the epoch it was taken in
+        epoch = progress.epoch + (1 if progress.step_in_epoch else 0)
+        raise Diverged("a trained weight is NaN or inf", progress.global_step, epoch, lr)
 
 
 def train_one_epoch(
@@ -207,8 +212,9 @@ def train_one_epoch(
         if batch.skipped:
             progress.skipped_images += len(batch.skipped)
             for item in batch.skipped:
-                if item.path not in progress.skipped_files:
-                    progress.skipped_files.append(item.path)
+                listed = progress.skipped_files  # the first MAX_LISTED_SKIPPED, each once (all are logged)
+                if len(listed) < MAX_LISTED_SKIPPED and item.path not in listed:
+                    listed.append(item.path)
                 log.warning(
                     "skipped unreadable file %s (%s); %d skipped so far",
                     item.path,
@@ -230,7 +236,8 @@ def train_one_epoch(
             with autocast(precision, device):
                 loss = F.cross_entropy(model(inputs), labels, label_smoothing=cfg.label_smoothing)
             if not math.isfinite(loss.item()):
-                raise Diverged(f"loss is {loss.item()}", progress, optimizer.param_groups[0]["lr"])
+                lr = optimizer.param_groups[0]["lr"]
+                raise Diverged(f"loss is {loss.item()}", progress.global_step + 1, progress.epoch + 1, lr)
             scaler.scale(loss / plan.accumulation).backward()
         progress.epoch_loss_sum += loss.item()
         progress.epoch_batches += 1
@@ -514,7 +521,7 @@ def summarize(cfg, model: AdaptedModel, progress: Progress, plan: Plan, classes,
         "lr": plan.lr,
         "effective_batch": plan.effective_batch,
         "skipped_images": progress.skipped_images,
-        "skipped_files": progress.skipped_files[:1000],
+        "skipped_files": progress.skipped_files,
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "run_dir": str(run_dir),
     }
