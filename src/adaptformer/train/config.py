@@ -12,7 +12,6 @@ options. The resolved configuration, every method option included, is written to
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -23,6 +22,7 @@ import yaml
 from ..errors import AdaptFormerError
 from ..methods.base import MethodConfig
 from ..methods.registry import make_method_config, method_option_fields, methods_with_option, option_names
+from ..runtime.device import parse_device
 from ..runtime.precision import PRECISIONS
 from ..utils.options import check_choice, check_int, check_number, option
 
@@ -132,8 +132,8 @@ class TrainConfig:
         check_number("--scale-min", self.scale_min, 0.0, 1.0)
         check_number("--validation-split", self.validation_split, 0.0, 0.9)
         check_choice("--precision", self.precision, PRECISIONS)
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
-            raise AdaptFormerError(f"--device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.device != "auto":
+            parse_device(str(self.device))  # the same check as when the device is picked
         check_number("--lr", self.lr, 1e-12, None, allow_none=True)
         check_number("--blr", self.blr, 1e-12)
         check_number("--min-lr", self.min_lr, 0.0)
