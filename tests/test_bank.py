@@ -54,7 +54,7 @@ def test_bank_predictions_equal_each_task_alone(task_files):
         alone = adaptformer.load_task(file, checkpoint=checkpoint).eval()
         from adaptformer.data.transforms import eval_transform
 
-        transform = eval_transform(bank.infos[name].spec)
+        transform = eval_transform(bank.info(name).spec)
         with torch.no_grad():
             probs = alone(torch.stack([transform(image) for image in images()])).softmax(1)
         for row in (r for r in results if r["task"] == name):

@@ -1,18 +1,30 @@
-"""A task bank: one frozen backbone in memory serving many tasks loaded from task files.
+"""A task bank: one frozen backbone serving any number of task files, loaded on demand behind an LRU.
 
-    bank = TaskBank.from_files(["digits.safetensors", "faces.safetensors"])
-    bank.load("food=runs/food/best.safetensors")                 # more at run time; bank.remove("food")
+    bank = TaskBank.open(task_dir="tasks/", max_resident=64)      # lists every task file: headers only
+    bank.infos()                                                 # every task, resident or not, usable or not
     results = bank.predict_images([image_a, image_b], tasks=["digits", "faces"], top_k=3)
+    bank.refresh()                                               # files added to (or removed from) the directory
+    bank.stats()                                                 # resident tasks, loads, evictions, hit rate, MB
 
-Tasks are named by their file stem (or ``NAME=FILE``). Loading refuses a task trained on other backbone weights
-(fingerprint), a name already taken, and full fine-tuning (it trains the backbone, so it cannot share it). Memory
-is the backbone plus each task's own few MB. Prediction preprocesses every image as each task was trained: tasks
-that share their preprocessing (the usual case on one backbone) share one decoded tensor, and all (image, task)
-pairs go through the backbone in one mixed-task pass (``routing.py``).
+**Listing** reads each file's safetensors header only (``tasks.format.read_task_header``) and checks from it what
+can be checked without tensors: the format, the method (full fine-tuning trains the backbone, so it cannot share
+one), the class names, the architecture and the backbone fingerprint (compared as a string: the model hashes its
+frozen weights once). A file that fails is listed as unusable with its reason and never stops the others.
+
+**Residency.** A task's tensors are read (once) on first use and kept in an LRU of resident tasks bounded by count
+(``max_resident``) and by megabytes (``max_resident_mb``). A batch that needs more tasks than fit runs in chunks
+that do, so the bound is never exceeded. A file that changed on disk since it was listed (size, mtime or header)
+is refused until ``refresh()`` lists it again; evicting and reloading a task gives bit-identical outputs.
+
+**Prediction** preprocesses every image as each task was trained: tasks that share their preprocessing (the
+usual case on one backbone) share one decoded tensor, and all (image, task) pairs go through the backbone in one
+mixed-task pass (``routing.py``).
 """
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +38,9 @@ from .errors import AdaptFormerError
 from .model import AdaptedModel, BackboneSource
 from .runtime.device import pick_device
 from .runtime.precision import autocast, resolve_precision
-from .tasks import apply_task, preprocessing_of, read_task
-from .tasks.files import recorded_backbone
-from .tasks.format import task_path
+from .tasks import preprocessing_of
+from .tasks.files import apply_task_tensors, check_fits, recorded_backbone
+from .tasks.format import TaskHeader, read_task_file, read_task_header, task_path
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,27 @@ class TaskInfo:
         }
 
 
+@dataclass
+class _Entry:
+    """A listed task file: usable (``info``) or not (``error``)."""
+
+    name: str
+    path: Path
+    header: TaskHeader | None
+    info: TaskInfo | None = None
+    error: str | None = None
+    from_directory: bool = False  # found by scanning the task directory (``refresh`` may drop it)
+
+
+@dataclass
+class BankCounters:
+    loads: int = 0
+    evictions: int = 0
+    hits: int = 0
+    misses: int = 0
+    refused_loads: int = 0
+
+
 def top_k_labels(logits: torch.Tensor, classes: list[str], k: int) -> list[dict[str, Any]]:
     """``[{"label", "prob"}, ...]`` of the k most probable classes (softmax over the task's classes)."""
     probs = logits.float().softmax(dim=0)
@@ -73,91 +106,333 @@ def parse_task_argument(text: str) -> tuple[str, Path]:
     return name, Path(file)
 
 
+def directory_files(task_dir: str | Path) -> list[Path]:
+    """The task files of a directory (``*.safetensors`` directly in it), in name order."""
+    root = Path(task_dir)
+    if not root.is_dir():
+        raise AdaptFormerError(f"--task-dir {task_dir}: not a directory")
+    return sorted(p for p in root.glob("*.safetensors") if p.is_file())
+
+
+@dataclass
+class ResidencyLimits:
+    """How many tasks may have their tensors in memory at once (None: no bound)."""
+
+    max_resident: int | None = None
+    max_resident_mb: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_resident is not None and (isinstance(self.max_resident, bool) or self.max_resident < 1):
+            raise AdaptFormerError(f"--max-resident: expected a positive number of tasks, got {self.max_resident}")
+        if self.max_resident_mb is not None and not (self.max_resident_mb > 0 and math.isfinite(self.max_resident_mb)):
+            raise AdaptFormerError(f"--max-resident-mb: expected a positive number, got {self.max_resident_mb}")
+
+    @property
+    def max_bytes(self) -> float:
+        return self.max_resident_mb * 2**20 if self.max_resident_mb is not None else math.inf
+
+
 class TaskBank:
-    def __init__(self, model: AdaptedModel, device: torch.device, precision: str, check_backbone: bool = True):
+    def __init__(
+        self,
+        model: AdaptedModel,
+        device: torch.device,
+        precision: str,
+        check_backbone: bool = True,
+        limits: ResidencyLimits | None = None,
+        task_dir: str | Path | None = None,
+    ):
         self.model = model.to(device).eval()
         self.device, self.precision, self.check_backbone = device, precision, check_backbone
-        self.infos: dict[str, TaskInfo] = {}
+        self.limits = limits or ResidencyLimits()
+        self.task_dir = Path(task_dir) if task_dir is not None else None
+        self._entries: dict[str, _Entry] = {}
+        self._resident: OrderedDict[str, int] = OrderedDict()  # name -> bytes, least recently used first
+        self.counters = BankCounters()
+        self._element_size = next(self.model.backbone.parameters()).element_size()
+        for task in list(self.model.tasks):  # a model handed over with tasks: the bank lists only its own
+            self.model.remove_task(task)
 
     @classmethod
-    def from_files(
+    def open(
         cls,
-        tasks: list[str],
+        tasks: list[str] = (),
+        task_dir: str | Path | None = None,
         model_name: str | None = None,
         checkpoint: str | None = None,
         pretrained: bool = True,
         device: str = "auto",
         precision: str = "auto",
         check_backbone: bool = True,
+        limits: ResidencyLimits | None = None,
     ) -> TaskBank:
-        """A bank on the backbone the first task file records (or ``model_name``), with every task loaded."""
-        if not tasks:
-            raise AdaptFormerError("--task: give at least one task file")
-        _, first = parse_task_argument(tasks[0])
-        meta, _ = read_task(first)
-        backbone, source = recorded_backbone(meta, first, model_name, checkpoint, pretrained)
-        model = AdaptedModel(backbone, source)
+        """A bank listing the ``tasks`` files (``FILE`` or ``NAME=FILE``; refused in one line when unusable) and
+        every task file of ``task_dir`` (an unusable one is listed with its reason), on the backbone ``model_name``
+        or, by default, the one the first task file records. Nothing is loaded until a task is used."""
+        files = directory_files(task_dir) if task_dir is not None else []
+        if model_name is None:
+            first = _first_description(tasks, files)
+            if first is None:
+                where = f"--task-dir {task_dir} holds no usable task file" if task_dir else "no task file given"
+                raise AdaptFormerError(f"{where}: pass --model to start with no task")
+            backbone, source = recorded_backbone(first.meta, first.path, None, checkpoint, pretrained)
+        else:
+            backbone = create_backbone(model_name, pretrained=pretrained, checkpoint=checkpoint)
+            source = BackboneSource(model_name, {}, Path(checkpoint).name if checkpoint else None)
         torch_device = pick_device(device)
-        bank = cls(model, torch_device, resolve_precision(precision, torch_device), check_backbone)
+        bank = cls(
+            AdaptedModel(backbone, source),
+            torch_device,
+            resolve_precision(precision, torch_device),
+            check_backbone,
+            limits,
+            task_dir,
+        )
         for text in tasks:
-            bank.load(text)
+            bank.add(text)
+        bank.refresh()
         return bank
 
     @classmethod
-    def empty(
-        cls, model_name: str, checkpoint: str | None = None, device: str = "auto", precision: str = "auto"
-    ) -> TaskBank:
-        """A bank with no task yet (tasks come later through ``load``)."""
-        backbone = create_backbone(model_name, checkpoint=checkpoint)
-        model = AdaptedModel(backbone, BackboneSource(model_name, {}, Path(checkpoint).name if checkpoint else None))
-        torch_device = pick_device(device)
-        return cls(model, torch_device, resolve_precision(precision, torch_device))
+    def from_files(cls, tasks: list[str], model_name: str | None = None, checkpoint: str | None = None, **kwargs):
+        """A bank of the given task files (``FILE`` or ``NAME=FILE``)."""
+        if not tasks:
+            raise AdaptFormerError("--task: give at least one task file")
+        return cls.open(list(tasks), None, model_name, checkpoint, **kwargs)
 
-    # ---- tasks -----------------------------------------------------------------------------------------------
-    def load(self, text: str, name: str | None = None) -> str:
-        """Load ``FILE`` or ``NAME=FILE``; returns the task's name."""
+    @classmethod
+    def empty(cls, model_name: str, checkpoint: str | None = None, **kwargs) -> TaskBank:
+        """A bank with no task yet (tasks come later through ``add``/``load``)."""
+        return cls.open([], None, model_name, checkpoint, **kwargs)
+
+    # ---- listing ---------------------------------------------------------------------------------------------
+    def add(self, text: str, name: str | None = None) -> str:
+        """List ``FILE`` or ``NAME=FILE`` (header only; refused in one line when unusable); returns its name."""
         default_name, path = parse_task_argument(text)
         name = name or default_name
-        if name in self.infos:
-            raise AdaptFormerError(f"task {name!r}: the bank already has a task of that name ({self.infos[name].file})")
-        meta, _ = read_task(path)
-        if meta["method"].get("method") == "full":
-            raise AdaptFormerError(f"task file {path}: full fine-tuning trains the backbone; it cannot share a bank's")
-        apply_task(self.model, path, check_backbone=self.check_backbone, name=name)
-        self.model.to(self.device).eval()
-        self.infos[name] = TaskInfo(
-            name,
-            str(path),
-            meta["method"]["method"],
-            list(meta["classes"]),
-            task_path(path).stat().st_size,
-            preprocessing_of(meta, self.model),
-        )
+        if self.has(name):
+            taken = self._entries[name].path
+            if _same_file(taken, path):
+                return name
+            raise AdaptFormerError(f"task {name!r}: the bank already has a task of that name ({taken})")
+        entry = self._list(name, task_path(path) if not path.is_file() else path)
+        if entry.error is not None:
+            raise AdaptFormerError(entry.error)
+        self._entries[name] = entry
         return name
 
+    def load(self, text: str, name: str | None = None) -> str:
+        """List a task file and load its tensors now (every check, tensors included, before it serves). A file
+        already listed under that name is just made resident."""
+        listed = self.has(name or parse_task_argument(text)[0])
+        name = self.add(text, name)
+        try:
+            self._make_resident([name])
+        except AdaptFormerError:
+            if not listed:
+                self._entries.pop(name, None)
+            raise
+        return name
+
+    def refresh(self) -> dict[str, list[str]]:
+        """Scan the task directory again: new files are listed, vanished ones dropped, changed ones re-listed
+        (their old tensors evicted). Returns the names ``added``, ``removed`` and ``changed``."""
+        changes: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}
+        if self.task_dir is None:
+            return changes
+        on_disk = {path.stem: path for path in directory_files(self.task_dir)}
+        for name, entry in list(self._entries.items()):
+            if not entry.from_directory:
+                continue
+            if name not in on_disk or on_disk[name] != entry.path:
+                self._forget(name)
+                changes["removed"].append(name)
+        for name, path in on_disk.items():
+            entry = self._entries.get(name)
+            if entry is not None and not entry.from_directory:
+                continue  # a name given explicitly wins over a directory file of the same stem
+            if entry is not None and entry.header is not None and not _changed(path, entry.header):
+                continue
+            fresh = self._list(name, path)
+            fresh.from_directory = True
+            if entry is not None:
+                self._evict(name)
+                changes["changed"].append(name)
+            else:
+                changes["added"].append(name)
+            self._entries[name] = fresh
+        return changes
+
+    def _list(self, name: str, path: Path) -> _Entry:
+        try:
+            header = read_task_header(path)
+        except AdaptFormerError as error:
+            return _Entry(name, path, None, error=str(error))
+        meta = header.meta
+        try:
+            if meta["method"].get("method") == "full":
+                raise AdaptFormerError(f"task file {path}: full fine-tuning trains the backbone; it cannot share one")
+            check_fits(self.model, meta, path, self.check_backbone)
+            spec = preprocessing_of(meta, self.model)
+        except AdaptFormerError as error:
+            return _Entry(name, path, header, error=str(error))
+        except (KeyError, TypeError, ValueError) as error:
+            return _Entry(name, path, header, error=f"task file {path}: malformed description ({error})")
+        info = TaskInfo(name, str(path), meta["method"]["method"], list(meta["classes"]), header.size, spec)
+        return _Entry(name, path, header, info)
+
     def remove(self, name: str) -> None:
-        if name not in self.infos:
-            raise AdaptFormerError(f"task {name!r}: no such task (the bank has {', '.join(self.infos) or 'none'})")
-        self.model.remove_task(name)
-        del self.infos[name]
+        if name not in self._entries:
+            raise AdaptFormerError(f"task {name!r}: no such task (the bank has {self._names()})")
+        self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        self._evict(name)
+        del self._entries[name]
 
     @property
     def tasks(self) -> list[str]:
-        return list(self.infos)
+        """The usable tasks, resident or not."""
+        return [name for name, entry in self._entries.items() if entry.info is not None]
 
-    # ---- inference --------------------------------------------------------------------------------------------
+    def info(self, name: str) -> TaskInfo:
+        entry = self._entries.get(name)
+        if entry is None or entry.info is None:
+            why = f": {entry.error}" if entry is not None else f" (the bank has {self._names()})"
+            raise AdaptFormerError(f"task {name!r}: no such usable task{why}")
+        return entry.info
+
+    def has(self, name: str) -> bool:
+        entry = self._entries.get(name)
+        return entry is not None and entry.info is not None
+
+    def infos(self) -> list[dict[str, Any]]:
+        """Every listed task: its description and whether it is resident; unusable ones with their reason."""
+        rows = []
+        for name, entry in self._entries.items():
+            if entry.info is not None:
+                rows.append({**entry.info.to_dict(), "usable": True, "resident": name in self._resident})
+            else:
+                rows.append({"name": name, "file": str(entry.path), "usable": False, "error": entry.error})
+        return rows
+
+    def _names(self) -> str:
+        names = self.tasks
+        shown = ", ".join(names[:10]) + (f", … ({len(names)} in all)" if len(names) > 10 else "")
+        return shown or "none"
+
+    # ---- residency -------------------------------------------------------------------------------------------
+    @property
+    def resident(self) -> list[str]:
+        """Tasks whose tensors are in memory, least recently used first."""
+        return list(self._resident)
+
+    def stats(self) -> dict[str, Any]:
+        c = self.counters
+        uses = c.hits + c.misses
+        return {
+            "listed": len(self.tasks),
+            "unusable": len(self._entries) - len(self.tasks),
+            "resident": len(self._resident),
+            "resident_mb": round(sum(self._resident.values()) / 2**20, 3),
+            "max_resident": self.limits.max_resident,
+            "max_resident_mb": self.limits.max_resident_mb,
+            "loads": c.loads,
+            "evictions": c.evictions,
+            "refused_loads": c.refused_loads,
+            "hits": c.hits,
+            "misses": c.misses,
+            "hit_rate": round(c.hits / uses, 4) if uses else None,
+        }
+
+    def _estimate_bytes(self, name: str) -> int:
+        """Memory the task's tensors take once loaded (their element count at the model's precision)."""
+        header = self._entries[name].header
+        return sum(math.prod(shape) for _, shape in header.tensors.values()) * self._element_size
+
+    def _make_resident(self, names: list[str]) -> None:
+        """Load the tasks of ``names`` that are not resident, evicting least recently used others to fit."""
+        for name in names:
+            if name in self._resident:
+                self.counters.hits += 1
+                self._resident.move_to_end(name)
+                continue
+            self.counters.misses += 1
+            self._fit(self._estimate_bytes(name), keep=set(names))
+            self._read_in(name)
+
+    def _fit(self, incoming: int, keep: set[str]) -> None:
+        limits = self.limits
+        if incoming > limits.max_bytes:
+            raise AdaptFormerError(
+                f"a task of {incoming / 2**20:.1f} MB does not fit in --max-resident-mb {limits.max_resident_mb}"
+            )
+
+        def full() -> bool:
+            count = limits.max_resident is not None and len(self._resident) + 1 > limits.max_resident
+            return count or sum(self._resident.values()) + incoming > limits.max_bytes
+
+        while full():
+            victim = next((name for name in self._resident if name not in keep), None)
+            if victim is None:
+                raise AdaptFormerError("the tasks of one batch do not fit the residency limits together")
+            self._evict(victim)
+
+    def _read_in(self, name: str) -> None:
+        entry = self._entries[name]
+        try:
+            header, tensors = read_task_file(entry.path, expected=entry.header)
+            apply_task_tensors(self.model, header.meta, tensors, entry.path, check_backbone=False, name=name)
+        except AdaptFormerError:
+            self.counters.refused_loads += 1
+            raise
+        task = self.model.tasks[name].eval()
+        self._resident[name] = sum(t.numel() * t.element_size() for t in task.state_dict().values())
+        self.counters.loads += 1
+
+    def _evict(self, name: str) -> None:
+        if self._resident.pop(name, None) is not None:
+            self.model.remove_task(name)
+            self.counters.evictions += 1
+
+    def _chunks(self, names: list[str]) -> list[list[str]]:
+        """``names`` in consecutive groups that each fit the residency limits."""
+        chunks: list[list[str]] = [[]]
+        size = 0
+        for name in names:
+            need = self._estimate_bytes(name)
+            count_full = self.limits.max_resident is not None and len(chunks[-1]) >= self.limits.max_resident
+            if chunks[-1] and (count_full or size + need > self.limits.max_bytes):
+                chunks.append([])
+                size = 0
+            chunks[-1].append(name)
+            size += need
+        return chunks
+
+    # ---- inference -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def logits(self, inputs: torch.Tensor, tasks: list[str]) -> list[torch.Tensor]:
-        """One mixed-task pass: row i through task ``tasks[i]``."""
-        with autocast(self.precision, self.device):
-            return [row.float() for row in self.model(inputs.to(self.device), tasks=tasks)]
+        """Row i through task ``tasks[i]``: one mixed-task pass per group of tasks that fits in memory at once."""
+        for name in dict.fromkeys(tasks):
+            self.info(name)
+        out: list[torch.Tensor | None] = [None] * len(tasks)
+        for chunk in self._chunks(list(dict.fromkeys(tasks))):
+            self._make_resident(chunk)
+            members = set(chunk)
+            rows = [i for i, name in enumerate(tasks) if name in members]
+            batch = inputs[rows] if len(rows) < len(tasks) else inputs
+            with autocast(self.precision, self.device):
+                values = self.model(batch.to(self.device), tasks=[tasks[i] for i in rows])
+            for i, value in zip(rows, values, strict=True):
+                out[i] = value.float()
+        return out
 
     def input_rows(self, image: Image.Image, tasks: list[str]) -> list[torch.Tensor]:
         """``image`` preprocessed for each task (tasks with the same preprocessing share one tensor)."""
         done: dict[InputSpec, torch.Tensor] = {}
         rows = []
         for name in tasks:
-            spec = self.infos[name].spec
+            spec = self.info(name).spec
             if spec.modality != "image":
                 raise AdaptFormerError(f"task {name!r}: a {spec.modality} task; images cannot be sent to it")
             if spec not in done:
@@ -169,36 +444,48 @@ class TaskBank:
         """For every image and task: ``{"index": i, "task": name, "top_k": [{"label", "prob"}, ...]}``, in image
         order then task order."""
         tasks = tasks or self.tasks
-        for name in tasks:
-            if name not in self.infos:
-                raise AdaptFormerError(f"task {name!r}: no such task (the bank has {', '.join(self.infos) or 'none'})")
-        rows, pairs = [], []
         by_spec: dict[InputSpec, list[str]] = {}
         for name in tasks:
-            by_spec.setdefault(self.infos[name].spec, []).append(name)
+            by_spec.setdefault(self.info(name).spec, []).append(name)
+        rows, pairs = [], []
         for spec, names in by_spec.items():  # one decoded tensor per preprocessing, shared by its tasks
             transform = eval_transform(spec)
-            tensors = [transform(image.convert("RGB")) for image in images]
-            for i, tensor in enumerate(tensors):
+            for i, tensor in enumerate(transform(image.convert("RGB")) for image in images):
                 for name in names:
                     rows.append(tensor)
                     pairs.append((i, name))
         logits = self.logits(torch.stack(rows), [name for _, name in pairs]) if rows else []
-        results = []
-        for (i, name), values in zip(pairs, logits, strict=True):
-            probs = values.softmax(dim=0)
-            k = min(top_k, len(probs))
-            top = probs.topk(k)
-            classes = self.infos[name].classes
-            results.append(
-                {
-                    "index": i,
-                    "task": name,
-                    "top_k": [
-                        {"label": classes[j], "prob": round(p, 6)}
-                        for p, j in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-                    ],
-                }
-            )
+        results = [
+            {"index": i, "task": name, "top_k": top_k_labels(values, self.info(name).classes, top_k)}
+            for (i, name), values in zip(pairs, logits, strict=True)
+        ]
         order = {name: k for k, name in enumerate(tasks)}
         return sorted(results, key=lambda r: (r["index"], order[r["task"]]))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == task_path(b).resolve() or a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _changed(path: Path, header: TaskHeader) -> bool:
+    try:
+        stat = path.stat()
+    except OSError:
+        return True
+    return (stat.st_size, stat.st_mtime_ns) != (header.size, header.mtime_ns)
+
+
+def _first_description(tasks: list[str], files: list[Path]) -> TaskHeader | None:
+    """The header of the first explicit task file (errors raised), else of the first readable directory file."""
+    if tasks:
+        _, path = parse_task_argument(tasks[0])
+        return read_task_header(path)
+    for path in files:
+        try:
+            return read_task_header(path)
+        except AdaptFormerError:
+            continue
+    return None

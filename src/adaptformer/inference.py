@@ -20,8 +20,9 @@ from .evaluation import evaluate
 from .model import AdaptedModel
 from .runtime.device import pick_device
 from .runtime.precision import resolve_precision
-from .tasks import apply_task, preprocessing_of, read_task
-from .tasks.files import recorded_backbone
+from .tasks import preprocessing_of
+from .tasks.files import apply_task_tensors, recorded_backbone
+from .tasks.format import read_task_file
 
 
 @dataclass
@@ -43,9 +44,10 @@ def load_for_inference(
     check_backbone: bool = True,
     compile: bool = False,
 ) -> LoadedTask:
-    meta, _ = read_task(task)
+    header, tensors = read_task_file(task)  # the file is read once, and before any backbone is built
+    meta = header.meta
     backbone, source = recorded_backbone(meta, task, model_name, checkpoint, pretrained)
-    model = apply_task(AdaptedModel(backbone, source), task, check_backbone=check_backbone)
+    model = apply_task_tensors(AdaptedModel(backbone, source), meta, tensors, task, check_backbone=check_backbone)
     torch_device = pick_device(device)
     model = model.to(torch_device).eval()
     return LoadedTask(

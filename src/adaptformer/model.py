@@ -25,13 +25,13 @@ import torch
 from torch import nn
 
 from .backbones.hf import HFBackbone, wrap_if_hf
-from .backbones.taps import install_taps, is_timm_block, key_value_dim, write_key_value_prefix
+from .backbones.taps import install_taps, is_timm_block, key_value_dim
 from .backbones.timm import check_vit, create_backbone, source_name
 from .errors import AdaptFormerError
 from .methods.base import BackboneSpec, MethodConfig, Task
 from .methods.registry import get_method, make_method_config
 from .report import ParameterReport
-from .routing import MixedRouting
+from .routing import GATHER_FROM_GROUPS, Router
 from .utils.hashing import hash_tensors
 
 DEFAULT_TASK = "default"
@@ -67,11 +67,16 @@ class AdaptedModel(nn.Module):
         self.backbone = backbone
         self.tasks = nn.ModuleDict()
         self.active_task: str | None = None
-        self._mixed: MixedRouting | None = None
+        self._batch_router: Router | None = None  # set during a mixed-task forward
+        self._task_routers: dict[str | None, Router] = {}
+        #: from how many task groups with an adapter at a block a mixed batch gathers them (``routing.py``)
+        self.gather_from = GATHER_FROM_GROUPS
+        self._fingerprint: tuple[tuple, str] | None = None  # (state key, hash) of the frozen weights
         family = "hf" if isinstance(backbone, HFBackbone) else "timm"
         source = source or BackboneSource(source_name(backbone))
         self.source = dataclasses.replace(source, family=family)
         self._pretrained_fc_norm = (pretrained_fc_norm,)  # a tuple, so it is not registered as a sub-module
+        self._refresh_routers()
         self.train(False)
 
     # ---- tasks -------------------------------------------------------------------------------------------
@@ -103,6 +108,7 @@ class AdaptedModel(nn.Module):
         task = get_method(config.name).task(config, list(classes), self.backbone_spec())
         reference = next(self.backbone.parameters())
         self.tasks[name] = task.to(device=reference.device, dtype=reference.dtype)
+        self._refresh_routers()
         if activate or self.active_task is None:
             self.set_task(name)
         return task
@@ -119,6 +125,7 @@ class AdaptedModel(nn.Module):
     def remove_task(self, name: str) -> None:
         self._get(name)
         del self.tasks[name]
+        self._refresh_routers()
         if self.active_task == name:
             self.active_task = None
             if self.tasks:
@@ -143,44 +150,33 @@ class AdaptedModel(nn.Module):
             raise AdaptFormerError("the model has no task; add one with add_task(name, method, classes)")
         return self.tasks[self.active_task]
 
-    def routed_task(self) -> Task | None:
-        """The task the block hooks run (``backbones/taps.py``) outside mixed batches."""
-        return self.tasks[self.active_task] if self.active_task is not None else None
-
     # ---- the router: what the hooks of every block ask -----------------------------------------------------
+    def router(self) -> Router:
+        """The routing of the forward in progress: a mixed batch's, else the active task's (``routing.py``)."""
+        if self._batch_router is not None:
+            return self._batch_router
+        return self._task_routers[self.active_task]
+
     def before_block(self, index: int, block: nn.Module, args: tuple, kwargs: dict):
-        if self._mixed is not None:
-            x, mask = self._mixed.before_block(index, args[0], is_timm_block(block))
-            return (x, *args[1:]), ({**kwargs, "attn_mask": mask} if mask is not None else kwargs)
-        task = self.routed_task()
-        if task is None:
-            return None
-        return (task.before_block(index, args[0]), *args[1:]), kwargs
+        x, mask = self.router().before_block(index, args[0], is_timm_block(block))
+        return (x, *args[1:]), ({**kwargs, "attn_mask": mask} if mask is not None else kwargs)
 
     def wants_residual(self, index: int) -> bool:
-        if self._mixed is not None:
-            return self._mixed.wants_residual(index)
-        task = self.routed_task()
-        return task is not None and task.wants_residual(index)
+        return self.router().wants_residual(index)
 
     def mlp_branch(self, index: int, m: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-        if self._mixed is not None:
-            return self._mixed.mlp_branch(index, m, residual)
-        task = self.routed_task()
-        return m if task is None else task.mlp_branch(index, m, residual)
+        return self.router().mlp_branch(index, m, residual)
 
     def attention_qkv(self, index: int, qkv: torch.Tensor) -> torch.Tensor:
-        if self._mixed is not None:
-            return self._mixed.attention_qkv(index, qkv)
-        task = self.routed_task()
-        prefix = task.key_value_prefix(index) if task is not None else None
-        return qkv if prefix is None else write_key_value_prefix(qkv, *prefix)
+        return self.router().attention_qkv(index, qkv)
 
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        if self._mixed is not None:
-            return self._mixed.after_block(index, x)
-        task = self.routed_task()
-        return x if task is None else task.after_block(index, x)
+        return self.router().after_block(index, x)
+
+    def _refresh_routers(self) -> None:
+        depth = len(self.backbone.blocks)
+        self._task_routers = {name: Router.for_task(task, depth) for name, task in self.tasks.items()}
+        self._task_routers[None] = Router.for_task(None, depth)
 
     def forward_mixed(self, x: torch.Tensor, tasks: list[str]) -> list[torch.Tensor]:
         """Logits of sample i by task ``tasks[i]``, all samples in one pass of the backbone (``routing.py``)."""
@@ -193,18 +189,24 @@ class AdaptedModel(nn.Module):
             raise AdaptFormerError("a full fine-tuning task cannot share its backbone in a mixed batch")
         if len(names) == 1:  # one task: its own path, exactly
             return list(self.forward(x, task=names[0]))
-        assignment = torch.tensor([names.index(t) for t in tasks], device=x.device)
-        self._mixed = MixedRouting([self.tasks[n] for n in names], assignment, len(self.backbone.blocks))
+        position = {name: k for k, name in enumerate(names)}
+        router = Router.for_batch([self.tasks[n] for n in names], [position[t] for t in tasks], self.depth, x.device)
+        router.gather_from = self.gather_from
+        self._batch_router = router
         try:
             pooled = self.backbone.pool(self.backbone.forward_features(x))
-            return self._mixed.heads(pooled)
+            return router.heads(pooled)
         finally:
-            self._mixed = None
+            self._batch_router = None
 
     def _get(self, name: str) -> Task:
         if name not in self.tasks:
             raise AdaptFormerError(f"task {name!r}: no such task (the model has {', '.join(self.tasks) or 'none'})")
         return self.tasks[name]
+
+    @property
+    def depth(self) -> int:
+        return len(self.backbone.blocks)
 
     @property
     def backbone_trains(self) -> bool:
@@ -299,10 +301,18 @@ class AdaptedModel(nn.Module):
         return params
 
     def backbone_fingerprint(self) -> str | None:
-        """SHA-256 over the frozen backbone's tensors (names, shapes, dtypes, bytes); None when it trains."""
+        """SHA-256 over the frozen backbone's tensors (names, shapes, dtypes, bytes); None when it trains.
+
+        Computed once and kept: it is computed again only when a backbone tensor was replaced or written in place
+        (each tensor's identity and version counter are part of the cache key), so comparing the fingerprints of
+        a thousand task files hashes the backbone once."""
         if self.backbone_trains:
             return None
-        return hash_tensors(sorted(self.backbone.state_dict().items()))[:32]
+        state = sorted(self.backbone.state_dict(keep_vars=True).items())
+        key = tuple((name, id(t), t._version) for name, t in state)
+        if self._fingerprint is None or self._fingerprint[0] != key:
+            self._fingerprint = (key, hash_tensors(state)[:32])
+        return self._fingerprint[1]
 
     def parameter_report(self, name: str | None = None) -> ParameterReport:
         task = self._get(name) if name is not None else self.task

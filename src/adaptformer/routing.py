@@ -1,13 +1,24 @@
-"""Mixed-task batches: every sample runs through its own task's modules in one pass of the shared backbone.
+"""The router the block hooks ask: which task's modules run on which samples, for one task or many in a batch.
 
-The backbone's own layers (patch embedding, attention, MLPs, norms) run once over the whole batch. At each hook
-point the samples are split by task: an adapter runs on its task's rows only (``index_select`` in,
-``index_copy`` out), a head on its task's pooled features. Prompt tokens differ between tasks (VPT or not, more
-or fewer tokens, deep or shallow), so before a block every sample gets the same number of prefix slots: its own
-prompts, then zero padding. Padded slots are masked out as attention keys (an attention mask passed to the
-block), so no real token attends to them and every sample's outputs equal what its task's own model computes.
-Prefix segments are dropped after the block their prompts belong to (deep, kv) or after the last block (shallow).
-A ``kv`` task's slots hold placeholders whose keys and values it writes at the attention's input projection.
+A :class:`Router` holds the batch's task groups. A single-task forward is a batch of one group (the whole batch):
+every hook point goes straight to that task's own method, so the single-task path is exactly the task's own
+computation (and traces into one graph under ``torch.compile``). A mixed batch has several groups:
+
+* **Prompts.** Prompt tokens differ between tasks (VPT or not, more or fewer tokens, deep or shallow), so before a
+  block every sample gets the same number of prefix slots: its own prompts, then zero padding. Padded slots are
+  masked out as attention keys (an attention mask passed to the block), so no real token attends to them. Prefix
+  segments are dropped after the block their prompts belong to (deep, kv) or after the last block (shallow). A
+  ``kv`` task's slots hold placeholders whose keys and values it writes at the attention's input projection.
+* **The MLP branch.** With few groups each task's branch runs on its own rows (``index_select`` in,
+  ``index_copy`` out). With many (``gather_from`` or more groups holding an adapter at the block), the tasks'
+  adapters are packed (``Task.packed_branch``: Down, Up and biases, smaller bottlenecks padded with zeros) and
+  gathered per sample, and the whole batch runs as two batched matrix products (``torch.baddbmm``): no Python
+  loop of small matrix products per group. Tasks whose branch cannot be packed run on their rows as before.
+* **Heads.** Each group's head is reduced to its BatchNorm statistics and Linear weights, padded to the largest
+  class count and gathered per sample: one batched product for the batch; each sample's logits are trimmed to
+  its task's classes.
+
+Every sample's outputs equal what its task's own model computes (tested to 1e-5).
 """
 
 from __future__ import annotations
@@ -15,10 +26,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .backbones.taps import write_key_value_prefix
 from .errors import AdaptFormerError
-from .methods.base import Task
+from .methods.base import PackedBranch, PackedHead, Task
+
+#: groups with an adapter at a block from which the gathered (batched-matmul) path runs instead of one small
+#: matrix product per group; measured on ViT-B/16 with ``benchmarks/multitask.py --crossover`` (README)
+GATHER_FROM_GROUPS = 4
 
 
 @dataclass
@@ -28,26 +44,50 @@ class _Segment:
     length: int
     valid: torch.Tensor  # (B, length) bool
     drop_after: int
+    padded: bool  # some sample has fewer real slots than ``length`` (known without looking at tensors)
 
 
-class MixedRouting:
-    def __init__(self, tasks: list[Task], assignment: torch.Tensor, depth: int):
+@dataclass
+class _Group:
+    task: Task
+    rows: torch.Tensor | None  # sample indices; None: the whole batch (a single-task forward)
+
+
+class Router:
+    """One forward's routing of samples to tasks (see the module docstring)."""
+
+    def __init__(self, groups: list[_Group], depth: int, batch: int | None = None, sample_groups: list[int] = ()):
+        self.groups = groups
         self.depth = depth
-        self.groups = [(tasks[k], (assignment == k).nonzero().flatten()) for k in range(len(tasks))]
-        self.groups = [(task, rows) for task, rows in self.groups if len(rows)]
-        self.batch = len(assignment)
+        self.batch = batch
+        self.sample_groups = list(sample_groups)  # group of each sample, as Python ints (mixed batches)
+        self.single = len(groups) == 1 and groups[0].rows is None
         self.segments: list[_Segment] = []  # front of the sequence first
+        self.gather_from = GATHER_FROM_GROUPS
+
+    @classmethod
+    def for_task(cls, task: Task | None, depth: int) -> Router:
+        """The router of a single-task forward (``task`` None: the plain backbone)."""
+        return cls([_Group(task, None)] if task is not None else [], depth)
+
+    @classmethod
+    def for_batch(cls, tasks: list[Task], assignment: list[int], depth: int, device: torch.device) -> Router:
+        """Sample i runs through ``tasks[assignment[i]]``."""
+        index = torch.tensor(assignment, device=device)
+        groups = [_Group(task, (index == k).nonzero().flatten()) for k, task in enumerate(tasks)]
+        return cls(groups, depth, len(assignment), assignment)
 
     # ---- prompts ---------------------------------------------------------------------------------------------
-    def before_block(
-        self, index: int, x: torch.Tensor, block_accepts_mask: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        new = {}  # drop_after -> list of (rows, prompt)
-        for task, rows in self.groups:
-            span = task.prompt_span(index, self.depth)
+    def before_block(self, index: int, x: torch.Tensor, block_accepts_mask: bool):
+        """(x with this block's prompts prepended, an attention mask over keys or None)."""
+        if self.single:
+            return self.groups[0].task.before_block(index, x), None
+        new: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # drop_after -> [(rows, prompt)]
+        for group in self.groups:
+            span = group.task.prompt_span(index, self.depth)
             if span is not None:
                 prompt, drop_after = span
-                new.setdefault(drop_after, []).append((rows, prompt))
+                new.setdefault(drop_after, []).append((group.rows, prompt))
         # segments that are dropped sooner go in front, so the front is always the next to drop
         for drop_after in sorted(new, reverse=True):
             x = self._prepend(x, new[drop_after], drop_after)
@@ -67,11 +107,13 @@ class MixedRouting:
             padding = x.new_zeros(len(rows), length - n, x.shape[-1])
             slots = slots.index_copy(0, rows, torch.cat([prompt.to(x.dtype).expand(len(rows), -1, -1), padding], dim=1))
             valid[rows, :n] = True
-        self.segments.insert(0, _Segment(length, valid, drop_after))
+        covered = sum(len(rows) for rows, _ in prompts)
+        padded = covered < self.batch or any(p.shape[1] < length for _, p in prompts)
+        self.segments.insert(0, _Segment(length, valid, drop_after, padded))
         return torch.cat([slots, x], dim=1)
 
     def _key_mask(self, x: torch.Tensor) -> torch.Tensor | None:
-        if not self.segments or all(bool(s.valid.all()) for s in self.segments):
+        if not any(s.padded for s in self.segments):
             return None  # no padding: nothing to hide
         prefix = torch.cat([s.valid for s in self.segments], dim=1)
         rest = torch.ones(self.batch, x.shape[1] - prefix.shape[1], dtype=torch.bool, device=x.device)
@@ -80,36 +122,105 @@ class MixedRouting:
     def attention_qkv(self, index: int, qkv: torch.Tensor) -> torch.Tensor:
         # a key/value prefix sits in the segment added before this block, which is dropped after it and so is
         # at the front; each task's slots come first within the segment (padding after them)
-        for task, rows in self.groups:
-            prefix = task.key_value_prefix(index)
+        for group in self.groups:
+            prefix = group.task.key_value_prefix(index)
             if prefix is not None:
-                qkv = write_key_value_prefix(qkv, *prefix, rows=None if len(self.groups) == 1 else rows)
+                qkv = write_key_value_prefix(qkv, *prefix, rows=group.rows)
         return qkv
 
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if self.single:
+            return self.groups[0].task.after_block(index, x)
         while self.segments and self.segments[0].drop_after == index:
             x = x[:, self.segments.pop(0).length :]
         return x
 
-    # ---- the MLP branch ----------------------------------------------------------------------------------------
+    # ---- the MLP branch --------------------------------------------------------------------------------------
     def wants_residual(self, index: int) -> bool:
-        return any(task.wants_residual(index) for task, _ in self.groups)
+        return any(group.task.wants_residual(index) for group in self.groups)
 
     def mlp_branch(self, index: int, m: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        if self.single:
+            return self.groups[0].task.mlp_branch(index, m, residual)
+        packed: dict[int, PackedBranch] = {}
+        own: list[_Group] = []
+        for k, group in enumerate(self.groups):
+            branch = group.task.packed_branch(index)
+            if branch is PackedBranch.UNPACKED:
+                own.append(group)
+            elif branch is not None:
+                packed[k] = branch
         out = m
-        for task, rows in self.groups:
-            if len(self.groups) == 1:
-                return task.mlp_branch(index, m, residual)
-            part = task.mlp_branch(
+        if len(packed) >= self.gather_from and not any(self.groups[k].task.training for k in packed):
+            out = self._gathered(packed, m, residual)
+        else:
+            own += [self.groups[k] for k in packed]
+        for group in own:
+            rows = group.rows
+            part = group.task.mlp_branch(
                 index, m.index_select(0, rows), residual.index_select(0, rows) if residual is not None else None
             )
             out = out.index_copy(0, rows, part)
         return out
 
-    # ---- heads --------------------------------------------------------------------------------------------------
+    def _gathered(self, packed: dict[int, PackedBranch], m: torch.Tensor, residual: torch.Tensor | None):
+        """m + s·Up(ReLU(Down(input))) for every sample with its own task's packed adapter, in two ``baddbmm``
+        (samples whose task has no packed adapter here get zero weights: their m is returned unchanged)."""
+        width = max(b.down.shape[0] for b in packed.values())
+        dtype = m.dtype if not torch.is_autocast_enabled(m.device.type) else torch.get_autocast_dtype(m.device.type)
+        padded = {k: b.padded(width, dtype) for k, b in packed.items()}
+        zero = PackedBranch.zeros(m.shape[-1], width, dtype, m.device)
+        per_sample = [padded.get(g, zero) for g in self.sample_groups]
+        down = torch.stack([p.down for p in per_sample])  # (B, r, d)
+        down_bias = torch.stack([p.down_bias for p in per_sample])[:, None]  # (B, 1, r)
+        up = torch.stack([p.up for p in per_sample])  # (B, d, 1 + r): [s·b | s·W]
+        source = self._inputs(packed, m, residual)
+        hidden = torch.relu(torch.baddbmm(down_bias.to(source.dtype), source, down.transpose(1, 2).to(source.dtype)))
+        hidden = F.pad(hidden, (1, 0), value=1.0)  # the bias column of Up
+        return torch.baddbmm(m, hidden.to(m.dtype), up.transpose(1, 2).to(m.dtype))
+
+    def _inputs(self, packed: dict[int, PackedBranch], m: torch.Tensor, residual: torch.Tensor | None):
+        """Each sample's adapter input: x' (parallel) or m (sequential), layer-normalised where its task asks."""
+        kinds = {b.input_kind for b in packed.values()}
+
+        def variant(source: str, eps: float | None) -> torch.Tensor:
+            x = residual if source == "residual" else m
+            return F.layer_norm(x, x.shape[-1:], eps=eps) if eps is not None else x
+
+        if len(kinds) == 1:
+            return variant(*kinds.pop())
+        inputs = m
+        for kind in kinds:
+            rows = torch.cat([self.groups[k].rows for k, b in packed.items() if b.input_kind == kind])
+            inputs = inputs.index_copy(0, rows, variant(*kind).index_select(0, rows))
+        return inputs
+
+    # ---- heads -----------------------------------------------------------------------------------------------
     def heads(self, pooled: torch.Tensor) -> list[torch.Tensor]:
-        logits: list[torch.Tensor | None] = [None] * self.batch
-        for task, rows in self.groups:
-            for row, value in zip(rows.tolist(), task.forward_head(pooled.index_select(0, rows)), strict=True):
-                logits[row] = value
-        return logits
+        """Logits of every sample by its task's head, trimmed to that task's classes."""
+        heads = [group.task.packed_head() for group in self.groups] if len(self.groups) >= self.gather_from else []
+        if not heads or any(h is None for h in heads):
+            logits: list[torch.Tensor | None] = [None] * self.batch
+            for group in self.groups:
+                values = group.task.forward_head(pooled.index_select(0, group.rows))
+                for row, value in zip(group.rows.tolist(), values.unbind(0), strict=True):
+                    logits[row] = value
+            return logits
+        return self._gathered_heads(pooled, heads)
+
+    def _gathered_heads(self, pooled: torch.Tensor, heads: list[PackedHead]) -> list[torch.Tensor]:
+        classes = max(h.weight.shape[0] for h in heads)
+        index = torch.tensor(self.sample_groups, device=pooled.device)
+        x = pooled
+        if heads[0].norm_weight is not None:  # every task on one backbone has fc_norm, or none has
+            x = F.layer_norm(x, x.shape[-1:], eps=heads[0].norm_eps)
+            x = (
+                x * torch.stack([h.norm_weight for h in heads])[index]
+                + torch.stack([h.norm_bias for h in heads])[index]
+            )
+        x = (x - torch.stack([h.mean for h in heads])[index]) * torch.stack([h.inv_std for h in heads])[index]
+        weight = torch.stack([F.pad(h.weight, (0, 0, 0, classes - h.weight.shape[0])) for h in heads])[index]
+        bias = torch.stack([F.pad(h.bias, (0, classes - h.bias.shape[0])) for h in heads])[index]
+        logits = torch.baddbmm(bias[:, None].to(x.dtype), x[:, None], weight.transpose(1, 2).to(x.dtype))[:, 0]
+        counts = [heads[g].weight.shape[0] for g in self.sample_groups]
+        return [row[:n] for row, n in zip(logits.unbind(0), counts, strict=True)]

@@ -150,10 +150,12 @@ def _task_arguments(parser: argparse.ArgumentParser, several: bool = False) -> N
         parser.add_argument(
             "--task",
             action="append",
-            required=True,
-            metavar="[NAME=]FILE",
-            help="a task file; repeat for several tasks on one backbone (named by file stem, or NAME=FILE)",
+            default=[],
+            metavar="[NAME=]FILE|NAME",
+            help="a task file, or the name of a task in --task-dir; repeat for several tasks on one backbone "
+            "(files are named by their stem, or NAME=FILE)",
         )
+        _task_store_arguments(parser, "every task file in DIR is listed (headers only) and loaded on first use")
     else:
         parser.add_argument("--task", required=True, help="task file (.safetensors) written by train / save_task")
     parser.add_argument("--model", default=None, help="backbone name (default: the one recorded in the task)")
@@ -258,13 +260,14 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..inference import collect_images, open_images
 
     files = collect_images(args.images)
-    bank = _bank_from_args(args)
+    bank, chosen = _bank_from_args(args)
     readable = 0
     for start in range(0, len(files), args.batch_size):
         chunk = files[start : start + args.batch_size]
         images, errors = open_images(chunk)
         opened = [path for path in chunk if str(path) not in errors]
-        results = bank.predict_images([images[str(p)] for p in opened], top_k=args.top_k) if opened else []
+        pictures = [images[str(p)] for p in opened]
+        results = bank.predict_images(pictures, tasks=chosen or None, top_k=args.top_k) if opened else []
         readable += len(opened)
         by_file: dict[str, list[dict]] = {}
         for row in results:
@@ -274,20 +277,46 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0 if readable else 1
 
 
-def _bank_from_args(args: argparse.Namespace):
-    """The task bank of ``predict`` and ``serve``: the --task files on their recorded (or --model) backbone."""
-    from ..bank import TaskBank
+def _task_store_arguments(parser: argparse.ArgumentParser, task_dir_help: str) -> None:
+    parser.add_argument("--task-dir", default=None, metavar="DIR", help=task_dir_help)
+    parser.add_argument(
+        "--max-resident", type=int, default=None, help="most tasks with their tensors in memory at once (LRU)"
+    )
+    parser.add_argument(
+        "--max-resident-mb", type=float, default=None, help="most megabytes of task tensors in memory at once (LRU)"
+    )
 
-    if not args.task:
-        return TaskBank.empty(args.model, args.checkpoint, device=args.device, precision=args.precision)
-    return TaskBank.from_files(
-        args.task,
+
+def _bank_from_args(args: argparse.Namespace):
+    """The task bank of ``predict`` and ``serve`` and the tasks named on the command line: the --task files and
+    every task file of --task-dir, on their recorded (or --model) backbone, loaded on first use."""
+    from ..bank import ResidencyLimits, TaskBank, parse_task_argument
+
+    limits = ResidencyLimits(args.max_resident, args.max_resident_mb)
+    if args.task_dir is not None and not Path(args.task_dir).is_dir():
+        raise AdaptFormerError(f"--task-dir {args.task_dir}: not a directory")
+    files, names = [], []
+    for text in args.task:
+        if args.task_dir is not None and "=" not in text and not Path(text).is_file():
+            names.append(text)  # a task of --task-dir, by name
+        else:
+            files.append(text)
+            names.append(parse_task_argument(text)[0])
+    if not files and args.task_dir is None and not args.model:
+        raise AdaptFormerError("give --task FILE (repeatable), --task-dir DIR, or --model to start with no task")
+    bank = TaskBank.open(
+        files,
+        args.task_dir,
         args.model,
         args.checkpoint,
         device=args.device,
         precision=args.precision,
         check_backbone=args.check_backbone,
+        limits=limits,
     )
+    for name in names:
+        bank.info(name)  # a name that is not a usable task of the bank: one line, before any work
+    return bank, names
 
 
 def _print_predictions(file: str, rows: list[dict], error: str | None, as_json: bool) -> None:
@@ -361,7 +390,11 @@ def run_pretrain(args: argparse.Namespace) -> int:
 # ---- serve -------------------------------------------------------------------------------------------------
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", action="append", default=[], metavar="[NAME=]FILE", help="a task file; repeat")
-    parser.add_argument("--task-dir", default=None, help="directory POST /tasks may load task files from")
+    _task_store_arguments(
+        parser,
+        "every task file in DIR is listed at start-up (headers only) and loaded on first use; POST /tasks "
+        "loads files from it and POST /tasks/refresh scans it again",
+    )
     parser.add_argument("--model", default=None, help="backbone (default: the one the first task records)")
     parser.add_argument("--checkpoint", default=None, help="local backbone weights file")
     parser.add_argument("--no-check-backbone", dest="check_backbone", action="store_false")
@@ -382,11 +415,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from ..serve.app import Limits, create_app
 
-    if not args.task and not args.model:
-        raise AdaptFormerError("serve: give --task FILE (repeatable) or --model to start with no task")
-    if args.task_dir and not Path(args.task_dir).is_dir():
-        raise AdaptFormerError(f"--task-dir {args.task_dir}: not a directory")
-    bank = _bank_from_args(args)
+    bank, _ = _bank_from_args(args)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
     app = create_app(bank, args.task_dir, args.max_batch, args.max_wait_ms, args.batching, limits)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -12,6 +12,10 @@ points, so a method only says what happens at them:
 * ``key_value_prefix(i)``: keys and values that block i's attention should see in its first prefix slots
   (VPT's ``kv`` mode; the host writes them over those slots' keys and values).
 
+Two more describe a task's modules in a layout the router can stack across tasks, so a batch whose samples
+belong to many tasks runs as batched matrix products (``routing.py``): ``packed_branch(i)`` (the MLP branch
+of block i as a bottleneck, :class:`PackedBranch`) and ``packed_head()`` (:class:`PackedHead`).
+
 Parameter names inside a task are the reference implementation's (``blocks.{i}.adaptmlp.*``,
 ``embeddings.{i}``, ``fc_norm.*``, ``head.0.*``, ``head.1.*``), so a task's ``state_dict()`` is what a task
 file stores and reference checkpoints load key for key.
@@ -21,9 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.heads import TaskHead
@@ -69,6 +75,57 @@ class BackboneSpec:
     dtype: torch.dtype
 
 
+@dataclass
+class PackedBranch:
+    """An MLP branch ``m + Up(ReLU(Down(x)))`` in the router's stackable layout (the scale folded into Up).
+
+    ``x`` is x' (``source`` "residual", a parallel adapter) or m (``source`` "branch", sequential), optionally
+    layer-normalised without affine (``eps`` set; a LayerNorm's affine folds into Down)."""
+
+    #: returned by ``Task.packed_branch`` where the task's branch has no packed form (the router runs its own)
+    UNPACKED: ClassVar[object] = object()
+
+    source: str
+    eps: float | None
+    down: torch.Tensor  # (r, d)
+    down_bias: torch.Tensor  # (r,)
+    up: torch.Tensor  # (d, 1 + r): [s·b_up | s·W_up], the bias as the first column
+
+    @property
+    def input_kind(self) -> tuple[str, float | None]:
+        return self.source, self.eps
+
+    def padded(self, width: int, dtype: torch.dtype) -> PackedBranch:
+        """The same branch with a bottleneck of ``width`` (zero rows/columns change no output), in ``dtype``."""
+        extra = width - self.down.shape[0]
+        return PackedBranch(
+            self.source,
+            self.eps,
+            F.pad(self.down, (0, 0, 0, extra)).to(dtype),
+            F.pad(self.down_bias, (0, extra)).to(dtype),
+            F.pad(self.up, (0, extra)).to(dtype),
+        )
+
+    @staticmethod
+    def zeros(dim: int, width: int, dtype: torch.dtype, device: torch.device) -> PackedBranch:
+        """A branch that adds nothing (for samples whose task has no adapter at a block)."""
+        zero = partial(torch.zeros, dtype=dtype, device=device)
+        return PackedBranch("branch", None, zero(width, dim), zero(width), zero(dim, 1 + width))
+
+
+@dataclass
+class PackedHead:
+    """A head ``Linear(BatchNorm(fc_norm(x)))`` in eval mode as tensors the router can stack across tasks."""
+
+    norm_weight: torch.Tensor | None  # fc_norm's affine (d,), None without fc_norm
+    norm_bias: torch.Tensor | None
+    norm_eps: float
+    mean: torch.Tensor  # (d,) BatchNorm running mean (zeros without BatchNorm)
+    inv_std: torch.Tensor  # (d,) 1 / sqrt(running_var + eps) (ones without BatchNorm)
+    weight: torch.Tensor  # (C, d)
+    bias: torch.Tensor  # (C,)
+
+
 class Task(TaskHead):
     """One task: the head (inherited), the method's modules (subclasses), the config and the class names."""
 
@@ -103,6 +160,32 @@ class Task(TaskHead):
         """(keys, values), each (1, N, key_value_dim), for the N prefix slots this task put before block
         ``index``; None where it adds none."""
         return None
+
+    def packed_branch(self, index: int) -> PackedBranch | None | object:
+        """Block ``index``'s MLP branch in the stackable layout; None where the task leaves m unchanged;
+        ``PackedBranch.UNPACKED`` where it changes m some other way (the router then runs ``mlp_branch``)."""
+        return None if type(self).mlp_branch is Task.mlp_branch else PackedBranch.UNPACKED
+
+    def packed_head(self) -> PackedHead | None:
+        """The head as stackable tensors (eval mode), or None when it has no such form."""
+        linear = self.head[-1] if isinstance(self.head, nn.Sequential) else self.head
+        norm = self.head[0] if isinstance(self.head, nn.Sequential) else None
+        fc = self.fc_norm
+        if self.training or (norm is not None and norm.affine):
+            return None
+        if fc is not None and not (isinstance(fc, nn.LayerNorm) and fc.elementwise_affine and fc.bias is not None):
+            return None
+        dim = linear.in_features
+        ones = torch.ones(dim, device=linear.weight.device, dtype=linear.weight.dtype)
+        return PackedHead(
+            fc.weight if fc is not None else None,
+            fc.bias if fc is not None else None,
+            fc.eps if fc is not None else 0.0,
+            norm.running_mean if norm is not None else torch.zeros_like(ones),
+            torch.rsqrt(norm.running_var + norm.eps) if norm is not None else ones,
+            linear.weight,
+            linear.bias,
+        )
 
     def parameter_groups(self) -> dict[str, int]:
         """Trainable parameter counts by kind (what ``parameter_report`` shows)."""

@@ -2,9 +2,10 @@
 
 =======================  =====================================================================================
 ``GET /``                a page to upload an image and see every task's answer
-``GET /health``          status, device, task count, batching statistics
-``GET /tasks``           the tasks: name, classes, method, file size
+``GET /health``          status, device, task count, residency (``bank.stats()``), batching statistics
+``GET /tasks``           every listed task: name, classes, method, file size, resident; unusable ones with why
 ``POST /tasks``          ``{"file": "<path under the task directory>", "name": optional}``: load a task file
+``POST /tasks/refresh``  scan the task directory again: new files listed, vanished ones dropped, changed re-listed
 ``DELETE /tasks/{name}`` remove a task
 ``POST /predict/{task}`` multipart ``file``: ``{"task": ..., "top_k": [{"label", "prob"}, ...]}``
 ``POST /predict``        multipart ``file`` (+ ``tasks=a,b`` to choose): ``{"results": [{"task", "top_k"}, ...]}``
@@ -74,12 +75,22 @@ def create_app(
             "status": "ok",
             "tasks": len(bank.tasks),
             "device": str(bank.device),
+            "bank": bank.stats(),
             "batching": batcher.stats.to_dict(),
         }
 
     @app.get("/tasks")
     async def tasks() -> list[dict]:
-        return [bank.infos[name].to_dict() for name in bank.tasks]
+        return bank.infos()
+
+    @app.post("/tasks/refresh")
+    async def refresh_tasks() -> dict:
+        if root is None:
+            raise HTTPException(403, "no --task-dir was given: there is no directory to scan")
+        try:
+            return await batcher.on_model_thread(bank.refresh)
+        except AdaptFormerError as error:
+            raise HTTPException(400, str(error)) from None
 
     @app.post("/tasks", status_code=201)
     async def load_task(request: LoadRequest) -> dict:
@@ -94,13 +105,13 @@ def create_app(
         if not path.is_file():
             raise HTTPException(404, f"{request.file}: no such task file in the task directory")
         name = request.name or path.stem
-        if name in bank.infos:
-            raise HTTPException(409, f"task {name!r} is already loaded")
+        if bank.has(name) and Path(bank.info(name).file).resolve() != path:
+            raise HTTPException(409, f"task {name!r} is already loaded from another file")
         try:
             await batcher.on_model_thread(bank.load, str(path), name)
         except AdaptFormerError as error:
             raise HTTPException(400, str(error)) from None
-        return bank.infos[name].to_dict()
+        return bank.info(name).to_dict()
 
     @app.delete("/tasks/{name}")
     async def remove_task(name: str) -> dict:
@@ -128,7 +139,7 @@ def create_app(
         return {"results": await _predict(file, names, top_k)}
 
     def _known(name: str) -> None:
-        if name not in bank.infos:
+        if not bank.has(name):
             raise HTTPException(404, f"task {name!r}: no such task (loaded: {', '.join(bank.tasks) or 'none'})")
 
     async def _predict(file: UploadFile, names: list[str], top_k: int) -> list[dict]:
@@ -137,9 +148,12 @@ def create_app(
             rows = bank.input_rows(image, names)
         except AdaptFormerError as error:
             raise HTTPException(422, str(error)) from None
-        logits = await batcher.logits(rows, names)
+        try:
+            logits = await batcher.logits(rows, names)
+        except AdaptFormerError as error:  # a task file that changed on disk or cannot be loaded
+            raise HTTPException(409, str(error)) from None
         return [
-            {"task": name, "top_k": top_k_labels(values, bank.infos[name].classes, top_k)}
+            {"task": name, "top_k": top_k_labels(values, bank.info(name).classes, top_k)}
             for name, values in zip(names, logits, strict=True)
         ]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..backbones.timm import create_backbone
@@ -19,7 +20,7 @@ from ..errors import AdaptFormerError
 from ..methods.registry import method_config_from_dict
 from ..model import AdaptedModel, BackboneSource
 from ..version import __version__
-from .format import FORMAT, FORMAT_VERSION, read_task, write_task
+from .format import FORMAT, FORMAT_VERSION, read_task_file, write_task
 
 
 def task_metadata(
@@ -80,8 +81,22 @@ def apply_task(
     model: nn.Module, path: str | Path, check_backbone: bool = True, name: str | None = None
 ) -> AdaptedModel:
     """Add the task in ``path`` to ``model`` (an AdaptedModel, or a plain timm ViT that becomes one), make it
-    the active task and load its tensors strictly. A task of the same name and method is loaded into."""
-    meta, tensors = read_task(path)
+    the active task and load its tensors strictly. A task of the same name and method is loaded into. The file
+    is read once."""
+    header, tensors = read_task_file(path)
+    return apply_task_tensors(model, header.meta, tensors, path, check_backbone=check_backbone, name=name)
+
+
+def apply_task_tensors(
+    model: nn.Module,
+    meta: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    path: str | Path,
+    check_backbone: bool = True,
+    name: str | None = None,
+) -> AdaptedModel:
+    """``apply_task`` for a file already read (its description and tensors). A task that this call added and
+    whose tensors are refused is removed again, so a refused file leaves nothing in the model."""
     config = method_config_from_dict(meta["method"])
     if not isinstance(model, AdaptedModel):
         _check_architecture(model, meta, path)
@@ -89,13 +104,10 @@ def apply_task(
         model = AdaptedModel(
             model, BackboneSource(source["name"], source.get("kwargs") or {}, source.get("checkpoint"))
         )
-    else:
-        _check_architecture(model.backbone, meta, path)
+    check_fits(model, meta, path, check_backbone)
     name = name or meta.get("task") or Path(path).stem
-    expected = meta["backbone"]["fingerprint"]
-    if check_backbone and expected is not None and config.shares_backbone:
-        _check_fingerprint(model, meta, path)
-    if name in model.tasks:
+    added = name not in model.tasks
+    if not added:
         existing = model.tasks[name].config
         if existing != config:
             raise AdaptFormerError(
@@ -110,8 +122,16 @@ def apply_task(
         model.tasks[name].classes = list(meta["classes"])
         model.set_task(name)
     else:
+        previous = model.active_task
         model.add_task(name, config, meta["classes"])
-    model.load_task_state(tensors, name, f"task file {path}")
+    try:
+        model.load_task_state(tensors, name, f"task file {path}")
+    except AdaptFormerError:
+        if added:
+            model.remove_task(name)
+            if previous is not None and previous in model.tasks:
+                model.set_task(previous)
+        raise
     return model
 
 
@@ -140,11 +160,11 @@ def load_task(
     check_backbone: bool = True,
 ) -> AdaptedModel:
     """A ready model for a task file: the recorded backbone (or ``backbone``) with the task applied."""
+    header, tensors = read_task_file(path)  # read once, and before any backbone is built
     if backbone is None:
-        meta, _ = read_task(path)
-        backbone, source = recorded_backbone(meta, path, checkpoint=checkpoint, pretrained=pretrained)
+        backbone, source = recorded_backbone(header.meta, path, checkpoint=checkpoint, pretrained=pretrained)
         backbone = AdaptedModel(backbone, source)
-    return apply_task(backbone, path, check_backbone=check_backbone)
+    return apply_task_tensors(backbone, header.meta, tensors, path, check_backbone=check_backbone)
 
 
 def preprocessing_of(meta: dict[str, Any], model: nn.Module) -> InputSpec:
@@ -168,8 +188,14 @@ def _require_adapted(model: nn.Module) -> None:
         raise AdaptFormerError("save_task needs an adapted model (adaptformer.adapt or create_model)")
 
 
-def _check_fingerprint(model: AdaptedModel, meta: dict[str, Any], path: str | Path) -> None:
+def check_fits(model: AdaptedModel, meta: dict[str, Any], path: str | Path, check_backbone: bool = True) -> None:
+    """A task file's description fits ``model``: the same architecture and, unless ``check_backbone`` is off,
+    the same frozen weights (fingerprints compared as strings; the model hashes its backbone once)."""
+    _check_architecture(model.backbone, meta, path)
     expected = meta["backbone"]["fingerprint"]
+    shares = method_config_from_dict(meta["method"]).shares_backbone
+    if not check_backbone or expected is None or not shares:
+        return
     if model.backbone_trains or model.backbone_fingerprint() == expected:
         return
     source = meta["backbone"].get("checkpoint")

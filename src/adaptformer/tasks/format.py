@@ -19,12 +19,17 @@ options mixed in one ``config``, no crop or interpolation) are read and upgraded
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from ..errors import AdaptFormerError
@@ -52,17 +57,106 @@ def write_task(path: str | Path, meta: dict[str, Any], tensors: dict[str, torch.
     return path
 
 
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
+
+#: a safetensors header larger than this is refused before it is read (the format's own limit is 100 MB)
+MAX_HEADER_BYTES = 100_000_000
+
+
+@dataclass(frozen=True)
+class TaskHeader:
+    """What a task file says about itself, read from its safetensors header alone (no tensor is read).
+
+    ``size``/``mtime_ns`` are the file's when it was read and ``digest`` hashes the header bytes: together they
+    tell whether the file changed on disk since (``changed_since``)."""
+
+    path: Path
+    meta: dict[str, Any]
+    tensors: dict[str, tuple[str, tuple[int, ...]]]  # name -> (safetensors dtype, shape)
+    size: int
+    mtime_ns: int
+    digest: str
+
+    @property
+    def tensor_bytes(self) -> int:
+        """Bytes of the tensors (what the task costs in memory once loaded, at the file's precision)."""
+        return sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(shape) for dtype, shape in self.tensors.values())
+
+    def changed_since(self, other: TaskHeader) -> bool:
+        return (self.size, self.mtime_ns, self.digest) != (other.size, other.mtime_ns, other.digest)
+
+
+def read_task_header(path: str | Path) -> TaskHeader:
+    """The description (version 2) and tensor list of a task file from its header only; one-line errors."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            prefix = handle.read(8)
+            length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+            if not 0 < length <= min(MAX_HEADER_BYTES, stat.st_size - 8):
+                raise AdaptFormerError(f"task file {path}: not a readable safetensors file (bad header length)")
+            raw = handle.read(length)
+    except FileNotFoundError:
+        raise AdaptFormerError(f"task file {path}: no such file") from None
+    except (IsADirectoryError, PermissionError, OSError) as error:
+        raise AdaptFormerError(f"task file {path}: cannot be read ({type(error).__name__})") from None
+    return _header_from_bytes(path, raw, stat.st_size, stat.st_mtime_ns)
+
+
+def _header_from_bytes(path: Path, raw: bytes, size: int, mtime_ns: int) -> TaskHeader:
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise AdaptFormerError(f"task file {path}: not a readable safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise AdaptFormerError(f"task file {path}: not a readable safetensors file (header is not a mapping)")
+    metadata = header.pop("__metadata__", None) or {}
+    tensors = {}
+    for key, entry in header.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("shape"), list):
+            raise AdaptFormerError(f"task file {path}: not a readable safetensors file (tensor {key!r})")
+        tensors[key] = (str(entry.get("dtype")), tuple(entry["shape"]))
+    meta = _description(path, metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None)
+    digest = hashlib.sha256(raw).hexdigest()
+    return TaskHeader(path, meta, tensors, size, mtime_ns, digest)
+
+
+def read_task_file(path: str | Path, expected: TaskHeader | None = None) -> tuple[TaskHeader, dict[str, torch.Tensor]]:
+    """Header and tensors of a task file, the file read once. With ``expected`` (the header read when the file
+    was listed), a file that changed on disk since is refused instead of mixing versions."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            data = handle.read()
+    except FileNotFoundError:
+        raise AdaptFormerError(f"task file {path}: no such file") from None
+    except (IsADirectoryError, PermissionError, OSError) as error:
+        raise AdaptFormerError(f"task file {path}: cannot be read ({type(error).__name__})") from None
+    length = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if not 0 < length <= min(MAX_HEADER_BYTES, len(data) - 8):
+        raise AdaptFormerError(f"task file {path}: not a readable safetensors file (bad header length)")
+    header = _header_from_bytes(path, data[8 : 8 + length], len(data), stat.st_mtime_ns)
+    if expected is not None and header.changed_since(expected):
+        raise AdaptFormerError(
+            f"task file {path}: changed on disk since it was listed; refresh the bank (bank.refresh(), or "
+            "POST /tasks/refresh on a server) to list the new version"
+        )
+    try:
+        tensors = load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise AdaptFormerError(f"task file {path}: not a readable safetensors file ({error})") from None
+    return header, tensors
+
+
 def read_task(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The (version 2) description and the tensors of a task file; a one-line error for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise AdaptFormerError(f"task file {path}: no such file")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get(METADATA_KEY)
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (a safetensors handle)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise AdaptFormerError(f"task file {path}: not a readable safetensors file ({error})") from None
+    header, tensors = read_task_file(path)
+    return header.meta, tensors
+
+
+def _description(path: Path, raw: str | None) -> dict[str, Any]:
     if raw is None:
         raise AdaptFormerError(f"task file {path}: no adaptformer metadata (not written by save_task)")
     try:
@@ -82,7 +176,7 @@ def read_task(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
         check_description(meta, path)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise AdaptFormerError(f"task file {path}: malformed description ({type(error).__name__}: {error})") from None
-    return meta, tensors
+    return meta
 
 
 def check_description(meta: dict[str, Any], path: Path) -> None:

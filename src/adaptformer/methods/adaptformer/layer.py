@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..base import PackedBranch
 from .config import AdaptFormerConfig
 
 
@@ -69,6 +70,21 @@ class AdaptMLP(nn.Module):
         return torch.addmm(
             add_to.reshape(-1, shape[-1]), ones, weight.to(add_to.dtype) if not torch.is_autocast_enabled() else weight
         ).view(shape)
+
+    def packed(self, source: str) -> PackedBranch | object:
+        """This branch in the router's stackable layout (``methods/base.py``), reading ``source`` ("residual" or
+        "branch"); ``UNPACKED`` for a LayerNorm after the scaling, which no pair of matrix products expresses."""
+        if self.norm_out or (self.training and self.dropout.p > 0):
+            return PackedBranch.UNPACKED
+        down, down_bias, eps = self.down_proj.weight, self.down_proj.bias, None
+        if self.norm_in:  # LN(x) = norm(x)·γ + β, so Down(LN(x)) = (W diag γ) norm(x) + (W β + b)
+            norm = self.adapter_layer_norm_before
+            eps = norm.eps
+            if norm.weight is not None:
+                down_bias = down_bias + down @ norm.bias if norm.bias is not None else down_bias
+                down = down * norm.weight
+        up = torch.cat([self.up_proj.bias[:, None], self.up_proj.weight], dim=1) * self.scale
+        return PackedBranch(source, eps, down, down_bias, up)
 
     def extra_repr(self) -> str:
         c = self.config

@@ -41,5 +41,11 @@ class AdaptFormerTask(Task):
             return m
         return self.blocks[key]["adaptmlp"](residual if self.parallel else m, add_to=m)  # m + a
 
+    def packed_branch(self, index: int):
+        key = str(index)
+        if key not in self.blocks:
+            return None
+        return self.blocks[key]["adaptmlp"].packed("residual" if self.parallel else "branch")
+
     def parameter_groups(self) -> dict[str, int]:
         return {**super().parameter_groups(), "adapters": sum(p.numel() for p in self.blocks.parameters())}
