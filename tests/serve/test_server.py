@@ -35,7 +35,9 @@ def server(tmp_path_factory):
         "prompted": dict(method="vpt", vpt_tokens=2, seed=2),
     }.items():
         fit(tiny_train_config(root, epochs=1, out=str(root / name), lr=0.1, augment=False, **options))
-        shutil.copy(root / name / "last.safetensors", task_dir / f"{name}.safetensors")
+        shutil.copy(
+            root / name / "last.safetensors", (task_dir if name != "prompted" else root) / f"{name}.safetensors"
+        )
     process, url = start_server(
         [
             "--task",
@@ -133,15 +135,26 @@ def test_bad_requests_get_4xx_with_a_message(server):
 def test_task_management(server):
     url, _, task_dir = server
     assert [t["name"] for t in httpx.get(f"{url}/tasks", timeout=5).json()] == ["colour", "probe"]
+    shutil.copy(task_dir.parent / "prompted.safetensors", task_dir / "prompted.safetensors")
+    refreshed = httpx.post(f"{url}/tasks/refresh", timeout=30).json()
+    assert refreshed == {"added": ["prompted"], "removed": [], "changed": []}
+    listed = httpx.get(f"{url}/tasks", timeout=5).json()
+    assert [t["name"] for t in listed] == ["colour", "probe", "prompted"]
+    assert listed[2]["resident"] is False  # listed from its header, not loaded
     assert httpx.post(f"{url}/tasks", json={"file": "../tasks/../../etc/passwd"}, timeout=10).status_code == 403
     assert httpx.post(f"{url}/tasks", json={"file": "missing.safetensors"}, timeout=10).status_code == 404
-    assert httpx.post(f"{url}/tasks", json={"file": "probe.safetensors"}, timeout=10).status_code == 409
-    loaded = httpx.post(f"{url}/tasks", json={"file": "prompted.safetensors"}, timeout=30)
-    assert loaded.status_code == 201 and loaded.json()["method"] == "vpt"
+    clash = httpx.post(f"{url}/tasks", json={"file": "prompted.safetensors", "name": "probe"}, timeout=10)
+    assert clash.status_code == 409
     answer = httpx.post(f"{url}/predict/prompted", files={"file": ("x.png", png(3), "image/png")}, timeout=30)
-    assert answer.status_code == 200 and len(answer.json()["top_k"]) == 3
-    assert httpx.delete(f"{url}/tasks/prompted", timeout=10).json() == {"removed": "prompted"}
-    assert httpx.delete(f"{url}/tasks/prompted", timeout=10).status_code == 404
+    assert answer.status_code == 200 and len(answer.json()["top_k"]) == 3  # loaded on first use
+    shutil.copy(task_dir / "prompted.safetensors", task_dir / "again.safetensors")
+    loaded = httpx.post(f"{url}/tasks", json={"file": "again.safetensors"}, timeout=30)
+    assert loaded.status_code == 201 and loaded.json()["method"] == "vpt"
+    health = httpx.get(f"{url}/health", timeout=5).json()["bank"]
+    assert health["listed"] == 4 and health["resident"] >= 3 and health["loads"] >= 3
+    assert {"evictions", "hit_rate", "resident_mb"} <= set(health)
+    assert httpx.delete(f"{url}/tasks/again", timeout=10).json() == {"removed": "again"}
+    assert httpx.delete(f"{url}/tasks/again", timeout=10).status_code == 404
 
 
 def test_schema_and_page(server):

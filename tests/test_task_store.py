@@ -1,0 +1,240 @@
+"""The task store: hundreds of task files on one backbone, listed from headers, loaded on demand behind an LRU."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import adaptformer
+from adaptformer import AdaptFormerError
+from adaptformer.bank import ResidencyLimits, TaskBank
+from adaptformer.backbones.timm import create_backbone
+from adaptformer.cli import main
+from adaptformer.model import BackboneSource
+from conftest import tiny_vit
+from training_helpers import TINY_KWARGS, tiny_checkpoint
+
+# every kind of task a bank must mix: bottlenecks, scales, placements, layer subsets, norms, prompts, probes
+KINDS = [
+    ("adaptformer", dict(bottleneck=2)),
+    ("adaptformer", dict(bottleneck=8, scale=0.5, placement="sequential")),
+    ("adaptformer", dict(bottleneck=4, layers="top:1")),
+    ("adaptformer", dict(bottleneck=3, scale="learnable", layernorm="in", layers=[0])),
+    ("adaptformer", dict(bottleneck=5, layernorm="out")),
+    ("linear", {}),
+    ("vpt", dict(vpt_tokens=2)),
+    ("vpt", dict(vpt_tokens=1, vpt_mode="shallow")),
+    ("vpt", dict(vpt_tokens=3, vpt_mode="kv")),
+]
+COUNT = 240
+
+
+def backbone(folder):
+    """The tiny 'pretrained' backbone of the task files in ``folder`` (its weights file lies beside the folder)."""
+    checkpoint = tiny_checkpoint(folder.parent)
+    return create_backbone("vit_tiny_patch16_224", pretrained=False, checkpoint=checkpoint, **TINY_KWARGS)
+
+
+def write_tasks(folder, count=COUNT, seed=0):
+    """``count`` task files with random weights (so every task answers differently), each of a kind of KINDS."""
+    folder.mkdir(parents=True, exist_ok=True)
+    source = BackboneSource("vit_tiny_patch16_224", TINY_KWARGS, "tiny_vit.safetensors")
+    model = adaptformer.AdaptedModel(backbone(folder), source)
+    generator = torch.Generator().manual_seed(seed)
+    for k in range(count):
+        method, options = KINDS[k % len(KINDS)]
+        task = model.add_task(f"t{k:03d}", method, 2 + k % 7, **options)
+        with torch.no_grad():
+            for param in task.parameters():
+                param.add_(torch.randn(param.shape, generator=generator) * 0.3)
+            task.head[0].running_mean.normal_(generator=generator)
+        adaptformer.save_task(model, folder / f"t{k:03d}.safetensors", task=f"t{k:03d}")
+        model.remove_task(f"t{k:03d}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    return write_tasks(tmp_path_factory.mktemp("store") / "tasks")
+
+
+def open_bank(task_dir, **limits):
+    bank = TaskBank(
+        adaptformer.AdaptedModel(backbone(task_dir)),
+        torch.device("cpu"),
+        "fp32",
+        limits=ResidencyLimits(**limits),
+        task_dir=task_dir,
+    )
+    bank.refresh()
+    return bank
+
+
+def inputs(count, seed=1):
+    return torch.randn(count, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def test_listing_reads_headers_only_and_loads_nothing(task_dir):
+    bank = open_bank(task_dir)
+    assert len(bank.tasks) == COUNT and bank.resident == [] and list(bank.model.tasks) == []
+    rows = bank.infos()
+    assert all(row["usable"] and not row["resident"] for row in rows)
+    assert rows[4]["name"] == "t004" and rows[4]["method"] == "adaptformer" and rows[4]["num_classes"] == 6
+    assert bank.stats()["listed"] == COUNT and bank.stats()["resident"] == 0
+
+
+def test_every_sample_its_own_task_equals_each_task_alone(task_dir):
+    bank = open_bank(task_dir)
+    names = [f"t{k:03d}" for k in range(0, 54, 2)]  # 27 distinct tasks, every kind three times
+    x = inputs(len(names))
+    mixed = bank.logits(x, names)
+    for i, name in enumerate(names):
+        alone = adaptformer.load_task(task_dir / f"{name}.safetensors", backbone=backbone(task_dir)).eval()
+        with torch.no_grad():
+            expected = alone(x[i : i + 1])[0]
+        torch.testing.assert_close(mixed[i], expected, rtol=1e-5, atol=1e-5, msg=f"sample {i} ({name})")
+
+
+@pytest.mark.parametrize("gather_from", [1, 10**9])
+def test_gathered_and_grouped_paths_agree(task_dir, gather_from):
+    """The gathered path (batched matmuls over stacked adapters and heads) and the per-group path agree."""
+    bank = open_bank(task_dir)
+    names = [f"t{k:03d}" for k in range(18)] * 2
+    x = inputs(len(names), seed=2)
+    reference = bank.logits(x, names)  # the default rule
+    bank.model.gather_from = gather_from
+    for got, want in zip(bank.logits(x, names), reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_lru_bound_holds_under_a_random_request_stream(task_dir):
+    per_task = open_bank(task_dir)._estimate_bytes("t000")
+    bank = open_bank(task_dir, max_resident=6, max_resident_mb=40 * per_task / 2**20)
+    largest = []
+    bank.model.backbone.patch_embed.register_forward_pre_hook(lambda *_: largest.append(len(bank.model.tasks)))
+    rng = random.Random(0)
+    names = bank.tasks[:60]
+    for _ in range(40):
+        chosen = [rng.choice(names) for _ in range(rng.randint(1, 10))]  # up to 10 tasks: above the bound
+        out = bank.logits(inputs(len(chosen), seed=rng.randint(0, 99)), chosen)
+        assert len(out) == len(chosen)
+        assert len(bank.resident) <= 6 and sum(bank._resident.values()) <= 40 * per_task
+        assert set(bank.resident) == set(bank.model.tasks)
+    assert max(largest) <= 6
+    stats = bank.stats()
+    assert stats["evictions"] > 0 and stats["loads"] == stats["misses"] and 0 < stats["hit_rate"] < 1
+    assert stats["resident"] == len(bank.resident) and stats["resident_mb"] > 0
+
+
+def test_evict_and_reload_is_bit_identical(task_dir):
+    bank = open_bank(task_dir, max_resident=2)
+    x = inputs(3)
+    first = bank.logits(x, ["t001", "t006", "t008"])
+    assert bank.resident == ["t006", "t008"]  # chunks of two: t001 was the least recently used
+    bank.logits(x[:2], ["t002", "t003"])
+    assert "t001" not in bank.resident
+    again = bank.logits(x, ["t001", "t006", "t008"])
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_a_file_changed_on_disk_is_refused_until_refresh(tmp_path):
+    folder = write_tasks(tmp_path / "tasks", count=3)
+    bank = open_bank(folder, max_resident=1)
+    x = inputs(1)
+    before = bank.logits(x, ["t000"])[0]
+    bank.logits(x, ["t001"])  # t000 is evicted
+    replacement = (folder / "t002.safetensors").read_bytes()
+    (folder / "t000.safetensors").write_bytes(replacement)
+    with pytest.raises(AdaptFormerError, match=r"t000\.safetensors: changed on disk since it was listed"):
+        bank.logits(x, ["t000"])
+    assert bank.refresh() == {"added": [], "removed": [], "changed": ["t000"]}
+    after = bank.logits(x, ["t000"])[0]
+    assert torch.equal(after, bank.logits(x, ["t002"])[0]) and not torch.equal(after, before)
+
+
+def test_refresh_lists_new_files_and_drops_vanished_ones(tmp_path):
+    folder = write_tasks(tmp_path / "tasks", count=3)
+    bank = open_bank(folder)
+    bank.logits(inputs(1), ["t001"])
+    (folder / "t002.safetensors").rename(folder / "later.safetensors")
+    (folder / "t001.safetensors").unlink()
+    assert bank.refresh() == {"added": ["later"], "removed": ["t001", "t002"], "changed": []}
+    assert bank.tasks == ["t000", "later"] and bank.resident == [] and list(bank.model.tasks) == []
+
+
+def test_the_backbone_is_hashed_once_for_many_task_files(task_dir, monkeypatch):
+    import adaptformer.model as model_module
+
+    calls = []
+    original = model_module.hash_tensors
+    monkeypatch.setattr(model_module, "hash_tensors", lambda items: calls.append(1) or original(items))
+    bank = open_bank(task_dir)
+    bank.logits(inputs(20), bank.tasks[:20])
+    assert len(calls) == 1
+    model = adaptformer.AdaptedModel(backbone(task_dir))
+    for k in range(10):
+        adaptformer.apply_task(model, task_dir / f"t{k:03d}.safetensors")
+    assert len(calls) == 2  # one more backbone, hashed once for ten files
+    with torch.no_grad():
+        model.backbone.blocks[0].mlp.fc1.weight.add_(1.0)  # the weights changed: the cache knows
+    assert model.backbone_fingerprint() != bank.model.backbone_fingerprint() and len(calls) == 3
+
+
+def test_corrupt_and_foreign_files_are_listed_unusable_and_never_stop_the_others(tmp_path):
+    folder = write_tasks(tmp_path / "tasks", count=4)
+    good = (folder / "t000.safetensors").read_bytes()
+    (folder / "truncated.safetensors").write_bytes(good[: len(good) // 2])
+    (folder / "garbage.safetensors").write_bytes(b"\x00" * 64)
+    (folder / "text.safetensors").write_text("not a task")
+    foreign = adaptformer.AdaptedModel(tiny_vit(seed=7))
+    foreign.add_task("x", "linear", 3)
+    adaptformer.save_task(foreign, folder / "foreign.safetensors")
+    whole = adaptformer.adapt(backbone(folder), "full", num_classes=3)
+    adaptformer.save_task(whole, folder / "whole.safetensors")
+    nan = adaptformer.AdaptedModel(backbone(folder))
+    nan.add_task("n", "linear", 3)
+    with torch.no_grad():
+        nan.tasks["n"].head[1].weight.fill_(float("nan"))
+    adaptformer.save_task(nan, folder / "poisoned.safetensors")
+
+    bank = open_bank(folder)
+    rows = {row["name"]: row for row in bank.infos()}
+    unusable = {name: row["error"] for name, row in rows.items() if not row["usable"]}
+    assert set(unusable) == {"truncated", "garbage", "text", "foreign", "whole"}
+    for name, reason in unusable.items():
+        assert f"{name}.safetensors" in reason and "\n" not in reason
+    assert "other backbone weights" in unusable["foreign"] and "full fine-tuning" in unusable["whole"]
+    assert "not a readable safetensors file" in unusable["garbage"]
+    # the tensors of "poisoned" are only seen when it is loaded: refused then, and the others go on
+    with pytest.raises(AdaptFormerError, match="non-finite"):
+        bank.logits(inputs(2), ["t000", "poisoned"])
+    assert "poisoned" not in bank.model.tasks
+    assert len(bank.logits(inputs(4), ["t000", "t001", "t002", "t003"])) == 4
+    with pytest.raises(AdaptFormerError, match="no such usable task: task file .*foreign"):
+        bank.logits(inputs(1), ["foreign"])
+
+
+def test_residency_limits_are_checked():
+    with pytest.raises(AdaptFormerError, match="--max-resident: expected a positive"):
+        ResidencyLimits(max_resident=0)
+    with pytest.raises(AdaptFormerError, match="--max-resident-mb: expected a positive"):
+        ResidencyLimits(max_resident_mb=-1)
+
+
+def test_predict_with_a_task_directory(tmp_path, capsys):
+    folder = write_tasks(tmp_path / "tasks", count=5)
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
+    common = ["--task-dir", str(folder), "--checkpoint", str(tmp_path / "tiny_vit.safetensors"), "--precision", "fp32"]
+    assert main(["predict", *common, "--task", "t001", "--task", "t003", str(image), "--json", "--top-k", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["task"] for line in lines] == ["t001", "t003"]
+    assert main(["predict", *common, "--max-resident", "2", str(image), "--json"]) == 0  # every task of the folder
+    assert [json.loads(line)["task"] for line in capsys.readouterr().out.splitlines()] == [f"t00{k}" for k in range(5)]
+    assert main(["predict", *common, "--task", "nope", str(image)]) == 2
+    assert "task 'nope'" in capsys.readouterr().err
+    assert main(["predict", *common, "--max-resident", "0", str(image)]) == 2
+    assert "--max-resident" in capsys.readouterr().err
