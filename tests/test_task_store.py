@@ -10,8 +10,8 @@ from PIL import Image
 
 import adaptformer
 from adaptformer import AdaptFormerError
-from adaptformer.bank import ResidencyLimits, TaskBank
 from adaptformer.backbones.timm import create_backbone
+from adaptformer.bank import ResidencyLimits, TaskBank
 from adaptformer.cli import main
 from adaptformer.model import BackboneSource
 from conftest import tiny_vit
