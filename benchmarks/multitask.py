@@ -3,8 +3,16 @@
     python benchmarks/multitask.py                        # ViT-B/16, 224 px, random weights (nothing downloaded)
     python benchmarks/multitask.py --model vit_small_patch16_224 --requests 32
 
+    python benchmarks/multitask.py --tasks 1000 --skip-server   # the task store: 1,000 task files on one backbone
+
 Prints, with the CPU's flags:
 * throughput of a batch of 32 mixed over 8 AdaptFormer tasks / the same batch all of one task (target >= 0.95);
+* batch 32 where every sample has its own task / all one task, the per-group and the gathered paths side by side
+  (target >= 0.9), and both paths at 2, 4 and 8 tasks (the crossover that sets ``routing.GATHER_FROM_GROUPS``);
+* the task store over ``--tasks`` AdaptFormer-64 task files (generated once into ``--cache``): seconds to list the
+  directory (target <= 2 s), resident memory before any request / the backbone alone (target <= 1.05), a random
+  request stream with ``--max-resident 64`` (throughput / single-task, hit rate, a cold task's first answer), and
+  resident memory with 64 tasks / 1 task (target <= 1.15), each memory figure in a fresh process;
 * the same for PEFT's LoRA ``adapter_names`` mixed batch on the same timm ViT, if PEFT is installed;
 * resident memory with 20 tasks loaded / with 1 task (target <= 1.1), each measured in a fresh process;
 * adapted inference / plain frozen backbone inference, same batch (target <= 1.05);
@@ -39,13 +47,16 @@ from train_speed import cpu_flags  # noqa: E402
 def interleaved(functions: dict, repeats: int) -> dict[str, float]:
     """Median seconds of each function, measured round-robin so that drift in the machine's speed (shared hosts)
     affects all of them alike; one warm-up call each first."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for function in functions.values():
         function()
     times = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
+            sync()
             began = time.perf_counter()
             function()
+            sync()
             times[name].append(time.perf_counter() - began)
     return {name: statistics.median(values) for name, values in times.items()}
 
@@ -69,17 +80,17 @@ def make_bank(model_name: str, tasks: int, bottleneck: int = 64):
 def mixed_vs_single(args) -> dict:
     from adaptformer.runtime.precision import autocast, resolve_precision
 
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     precision = resolve_precision(args.precision, device)
-    model = make_bank(args.model, 8)
-    x = torch.randn(32, 3, 224, 224)
+    model = make_bank(args.model, 8).to(device)
+    x = torch.randn(32, 3, 224, 224, device=device)
     mixed = [f"t{i % 8}" for i in range(32)]
 
     def run(**kwargs):
         with torch.no_grad(), autocast(precision, device):
             model(x, **kwargs)
 
-    plain = _plain_backbone(args.model)
+    plain = _plain_backbone(args.model).to(device)
 
     def run_plain():
         with torch.no_grad(), autocast(precision, device):
@@ -113,15 +124,15 @@ def peft_mixed(args) -> dict | None:
         return None
     from adaptformer.runtime.precision import autocast, resolve_precision
 
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     precision = resolve_precision(args.precision, device)
-    model = _plain_backbone(args.model)
+    model = _plain_backbone(args.model).to(device)
     model = get_peft_model(model, LoraConfig(r=8, target_modules=["qkv"], init_lora_weights=False), adapter_name="t0")
     for k in range(1, 8):
         model.add_adapter(f"t{k}", LoraConfig(r=8, target_modules=["qkv"], init_lora_weights=False))
     model.set_adapter("t0")
     model.eval()
-    x = torch.randn(32, 3, 224, 224)
+    x = torch.randn(32, 3, 224, 224, device=device)
     names = [f"t{i % 8}" for i in range(32)]
 
     def run(**kwargs):
@@ -266,17 +277,249 @@ def _wait(url: str, process) -> None:
     raise RuntimeError("the server did not start")
 
 
+# ---- many tasks: the gathered path and the task store ---------------------------------------------------------
+def distinct_tasks(args) -> dict:
+    """Batch 32: all one task, 2/4/8 tasks, every sample its own; the per-group and the gathered path each."""
+    from adaptformer.runtime.precision import autocast, resolve_precision
+
+    device = torch.device(args.device)
+    precision = resolve_precision(args.precision, device)
+    model = make_bank(args.model, 32).to(device)
+    x = torch.randn(32, 3, 224, 224, device=device)
+
+    def run(tasks, gather_from):
+        def call():
+            model.gather_from = gather_from
+            with torch.no_grad(), autocast(precision, device):
+                model(x, tasks=tasks)
+
+        return call
+
+    functions = {"single": run(["t0"] * 32, 1)}
+    for groups in args.groups:
+        tasks = [f"t{i % groups}" for i in range(32)]
+        functions[f"grouped_{groups}"] = run(tasks, 10**9)
+        functions[f"gathered_{groups}"] = run(tasks, 1)
+    medians = interleaved(functions, args.repeats)
+    single = medians["single"]
+    every = [f"t{i}" for i in range(32)]
+    with torch.no_grad(), autocast(precision, device):
+        model.gather_from = 10**9
+        grouped = model(x, tasks=every)
+        model.gather_from = 1
+        gathered = model(x, tasks=every)
+    difference = max(float((a.float() - b.float()).abs().max()) for a, b in zip(grouped, gathered, strict=True))
+    return {
+        "precision": precision,
+        "gathered_vs_grouped_max_abs_diff": difference,
+        "single_s": single,
+        **{f"{name}_s": value for name, value in medians.items() if name != "single"},
+        **{f"{name}_ratio": single / value for name, value in medians.items() if name != "single"},
+    }
+
+
+def task_cache(args) -> Path:
+    """``--tasks`` AdaptFormer-64 task files with random weights and the random backbone they share (made once)."""
+    from safetensors.torch import save_file
+
+    import adaptformer
+
+    folder = Path(args.cache) / f"{args.model}-r64"
+    tasks = folder / "tasks"
+    tasks.mkdir(parents=True, exist_ok=True)
+    have = len(list(tasks.glob("*.safetensors")))
+    if have >= args.tasks and (folder / "backbone.safetensors").exists():
+        return folder
+    model = make_bank(args.model, 1)
+    if not (folder / "backbone.safetensors").exists():
+        state = {k: v.contiguous() for k, v in model.backbone.state_dict().items()}
+        save_file(state, str(folder / "backbone.safetensors"))
+    generator = torch.Generator().manual_seed(1)
+    began = time.perf_counter()
+    for k in range(have, args.tasks):
+        name = f"task{k:05d}"
+        task = model.add_task(name, "adaptformer", 10, bottleneck=64)
+        with torch.no_grad():
+            for param in task.parameters():
+                param.add_(torch.randn(param.shape, generator=generator) * 0.02)
+        adaptformer.save_task(model, tasks / f"{name}.safetensors", task=name)
+        model.remove_task(name)
+    print(f"wrote {args.tasks - have} task files in {time.perf_counter() - began:.0f} s to {tasks}", flush=True)
+    return folder
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS")) / 1024
+
+
+def _store_child(queue, model_name, folder, resident_counts, precision):
+    """In a fresh process: the backbone alone, then the directory listed, then 1 and N tasks resident."""
+    import gc
+
+    from adaptformer.bank import ResidencyLimits, TaskBank
+
+    folder = Path(folder)
+    bank = TaskBank.open(
+        [],
+        None,
+        model_name,
+        str(folder / "backbone.safetensors"),
+        pretrained=False,
+        device="cpu",
+        precision=precision,
+        limits=ResidencyLimits(max_resident=max(resident_counts)),
+    )
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        bank.model.backbone.forward_features(x)  # the backbone alone, after one forward (buffers allocated)
+    gc.collect()
+    out = {"rss_backbone_mb": _rss_mb()}
+    bank.model.backbone_fingerprint()
+    bank.task_dir = folder / "tasks"
+    began = time.perf_counter()
+    bank.refresh()
+    out["list_s"] = time.perf_counter() - began
+    out["listed"] = len(bank.tasks)
+    gc.collect()
+    out["rss_listed_mb"] = _rss_mb()
+    for count in resident_counts:
+        used = min(count, len(bank.tasks))
+        bank.logits(x.expand(used, -1, -1, -1), bank.tasks[:used])
+        gc.collect()
+        out[f"rss_{count}_resident_mb"] = _rss_mb()
+    queue.put(out)
+
+
+def store_memory(args, folder: Path) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(target=_store_child, args=(queue, args.model, str(folder), [1, 64], args.precision))
+    process.start()
+    out = queue.get()
+    process.join()
+    return out
+
+
+def request_stream(args, folder: Path) -> dict:
+    """Batches of 32 single-image requests, each for a task drawn from ``--tasks`` (Zipf-like popularity, as a
+    real fleet of tasks has), through a bank with ``--max-resident 64``; plus a cold task's first answer."""
+    from adaptformer.bank import ResidencyLimits, TaskBank
+
+    bank = TaskBank.open(
+        [],
+        folder / "tasks",
+        args.model,
+        str(folder / "backbone.safetensors"),
+        pretrained=False,
+        device=args.device,
+        precision=args.precision,
+        limits=ResidencyLimits(max_resident=64),
+    )
+    names = bank.tasks
+    rng = np.random.default_rng(0)
+    weights = 1.0 / np.arange(1, len(names) + 1) ** 1.0
+    weights /= weights.sum()
+    x = torch.randn(32, 3, 224, 224, device=args.device)
+    bank.logits(x, ["task00000"] * 32)  # warm-up
+    began = time.perf_counter()
+    for _ in range(args.stream_batches):
+        bank.logits(x, [names[i] for i in rng.choice(len(names), 32, p=weights)])
+    stream = (time.perf_counter() - began) / args.stream_batches
+    stats = bank.stats()
+    single = min(_timed(lambda: bank.logits(x, ["task00000"] * 32)) for _ in range(3))
+    one = x[:1]
+    warm = min(_timed(lambda: bank.logits(one, ["task00000"])) for _ in range(3))
+    cold_names = [n for n in reversed(names) if n not in bank.resident][:3]
+    cold = [_timed(lambda n=n: bank.logits(one, [n])) for n in cold_names]
+    return {
+        "stream_batch_s": stream,
+        "single_batch_s": single,
+        "stream_over_single": single / stream,
+        "hit_rate": stats["hit_rate"],
+        "loads": stats["loads"],
+        "warm_first_answer_ms": 1000 * warm,
+        "cold_first_answer_ms": 1000 * statistics.median(cold),
+    }
+
+
+def _timed(function) -> float:
+    began = time.perf_counter()
+    function()
+    return time.perf_counter() - began
+
+
+def report_many(args) -> dict:
+    figures = {"distinct": distinct_tasks(args)}
+    d = figures["distinct"]
+    print(f"batch 32 ({d['precision']}), all one task: {d['single_s'] * 1000:.0f} ms", flush=True)
+    for groups in args.groups:
+        print(
+            f"  {groups:>2} tasks: per-group {d[f'grouped_{groups}_s'] * 1000:.0f} ms "
+            f"({d[f'grouped_{groups}_ratio']:.3f} of single-task throughput), gathered "
+            f"{d[f'gathered_{groups}_s'] * 1000:.0f} ms ({d[f'gathered_{groups}_ratio']:.3f})",
+            flush=True,
+        )
+    print(
+        "  gathered vs per-group logits, 32 distinct tasks: max |difference| "
+        f"{d['gathered_vs_grouped_max_abs_diff']:.2e}"
+    )
+    if args.tasks:
+        folder = task_cache(args)
+        if args.device != "cpu":  # resident-set sizes of a CPU process; on a GPU the stream is what matters
+            figures["stream"] = request_stream(args, folder)
+            print(json.dumps(figures["stream"]), flush=True)
+            return figures
+        memory_figures = store_memory(args, folder)
+        figures["store"] = memory_figures
+        m = memory_figures
+        print(
+            f"listing {m['listed']} task files: {m['list_s']:.2f} s (target <= 2 s); resident memory listed / "
+            f"backbone alone: {m['rss_listed_mb']:.0f} / {m['rss_backbone_mb']:.0f} MB = "
+            f"{m['rss_listed_mb'] / m['rss_backbone_mb']:.3f} (target <= 1.05)",
+            flush=True,
+        )
+        print(
+            f"resident memory, 64 tasks / 1 task: {m['rss_64_resident_mb']:.0f} / {m['rss_1_resident_mb']:.0f} MB = "
+            f"{m['rss_64_resident_mb'] / m['rss_1_resident_mb']:.3f} (target <= 1.15)",
+            flush=True,
+        )
+        s = figures["stream"] = request_stream(args, folder)
+        print(
+            f"request stream over {m['listed']} tasks, --max-resident 64: batch of 32 {s['stream_batch_s'] * 1000:.0f}"
+            f" ms vs one task {s['single_batch_s'] * 1000:.0f} ms = {s['stream_over_single']:.3f} of single-task "
+            f"throughput, hit rate {s['hit_rate']:.3f}, {s['loads']} loads; first answer of a cold task "
+            f"{s['cold_first_answer_ms']:.0f} ms (a resident one {s['warm_first_answer_ms']:.0f} ms)",
+            flush=True,
+        )
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit_base_patch16_224")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
     parser.add_argument("--skip-server", action="store_true")
+    parser.add_argument("--skip-peft", action="store_true")
+    parser.add_argument("--tasks", type=int, default=0, help="task files for the task-store figures (0: skip them)")
+    parser.add_argument("--groups", type=int, nargs="+", default=[2, 4, 8, 32], help="tasks per batch of 32")
+    parser.add_argument("--stream-batches", type=int, default=8, help="batches of the random request stream")
+    parser.add_argument(
+        "--cache", default=str(Path.home() / ".cache" / "adaptformer-bench"), help="where task files are kept"
+    )
+    parser.add_argument("--only-many", action="store_true", help="only the many-task figures (distinct, store)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     print(f"{args.model}, CPU flags: {cpu_flags()}", flush=True)
+    if args.only_many:
+        figures = report_many(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
+        return 0
     figures = {"mixed": mixed_vs_single(args)}
     m = figures["mixed"]
     print(
@@ -286,7 +529,7 @@ def main() -> int:
     )
     print(f"  mixed / single-task throughput: {m['mixed_throughput_ratio']:.3f} (target >= 0.95)")
     print(f"  adapted / plain inference time: {m['adapted_over_plain']:.3f} (target <= 1.05)", flush=True)
-    figures["peft"] = peft_mixed(args)
+    figures["peft"] = None if args.skip_peft else peft_mixed(args)
     if figures["peft"]:
         p = figures["peft"]
         print(
@@ -303,6 +546,7 @@ def main() -> int:
         f"ratio {mem['ratio']:.3f} (target <= 1.1)",
         flush=True,
     )
+    figures.update(report_many(args))
     if not args.skip_server:
         figures["server"] = server(args)
     if args.json:

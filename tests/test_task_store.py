@@ -1,6 +1,7 @@
 """The task store: hundreds of task files on one backbone, listed from headers, loaded on demand behind an LRU."""
 
 import json
+import os
 import random
 
 import numpy as np
@@ -30,6 +31,8 @@ KINDS = [
     ("vpt", dict(vpt_tokens=3, vpt_mode="kv")),
 ]
 COUNT = 240
+# the GPU check (benchmarks/gpu_check.sh) runs these tests with the bank on a GPU
+DEVICE = torch.device(os.environ.get("ADAPTFORMER_TEST_DEVICE", "cpu"))
 
 
 def backbone(folder):
@@ -64,7 +67,7 @@ def task_dir(tmp_path_factory):
 def open_bank(task_dir, **limits):
     bank = TaskBank(
         adaptformer.AdaptedModel(backbone(task_dir)),
-        torch.device("cpu"),
+        DEVICE,
         "fp32",
         limits=ResidencyLimits(**limits),
         task_dir=task_dir,
@@ -92,9 +95,9 @@ def test_every_sample_its_own_task_equals_each_task_alone(task_dir):
     x = inputs(len(names))
     mixed = bank.logits(x, names)
     for i, name in enumerate(names):
-        alone = adaptformer.load_task(task_dir / f"{name}.safetensors", backbone=backbone(task_dir)).eval()
+        alone = adaptformer.load_task(task_dir / f"{name}.safetensors", backbone=backbone(task_dir)).to(DEVICE)
         with torch.no_grad():
-            expected = alone(x[i : i + 1])[0]
+            expected = alone.eval()(x[i : i + 1].to(DEVICE))[0]
         torch.testing.assert_close(mixed[i], expected, rtol=1e-5, atol=1e-5, msg=f"sample {i} ({name})")
 
 

@@ -9,11 +9,11 @@ computation (and traces into one graph under ``torch.compile``). A mixed batch h
   masked out as attention keys (an attention mask passed to the block), so no real token attends to them. Prefix
   segments are dropped after the block their prompts belong to (deep, kv) or after the last block (shallow). A
   ``kv`` task's slots hold placeholders whose keys and values it writes at the attention's input projection.
-* **The MLP branch.** With few groups each task's branch runs on its own rows (``index_select`` in,
-  ``index_copy`` out). With many (``gather_from`` or more groups holding an adapter at the block), the tasks'
-  adapters are packed (``Task.packed_branch``: Down, Up and biases, smaller bottlenecks padded with zeros) and
-  gathered per sample, and the whole batch runs as two batched matrix products (``torch.baddbmm``): no Python
-  loop of small matrix products per group. Tasks whose branch cannot be packed run on their rows as before.
+* **The MLP branch.** Below ``gather_from`` groups holding an adapter at the block, each task's branch runs on
+  its own rows (``index_select`` in, ``index_copy`` out). From there on, the tasks' adapters are packed
+  (``Task.packed_branch``: Down, Up and biases, smaller bottlenecks padded with zeros) and gathered per sample,
+  and the whole batch runs as two batched matrix products (``torch.baddbmm``): no Python loop of small matrix
+  products per group. Tasks whose branch cannot be packed run on their rows as before.
 * **Heads.** Each group's head is reduced to its BatchNorm statistics and Linear weights, padded to the largest
   class count and gathered per sample: one batched product for the batch; each sample's logits are trimmed to
   its task's classes.
@@ -33,8 +33,10 @@ from .errors import AdaptFormerError
 from .methods.base import PackedBranch, PackedHead, Task
 
 #: groups with an adapter at a block from which the gathered (batched-matmul) path runs instead of one small
-#: matrix product per group; measured on ViT-B/16 with ``benchmarks/multitask.py --crossover`` (README)
-GATHER_FROM_GROUPS = 4
+#: matrix product per group. Measured on ViT-B/16, batch 32 (``benchmarks/multitask.py``, README): the gathered
+#: path was as fast as the per-group one at 2, 4 and 8 tasks (within the ±2 % noise) and 9 % faster at 32, so
+#: every mixed batch gathers; ``AdaptedModel.gather_from`` changes it per model (e.g. for a GPU measured otherwise)
+GATHER_FROM_GROUPS = 2
 
 
 @dataclass
