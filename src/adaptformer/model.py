@@ -76,7 +76,7 @@ class AdaptedModel(nn.Module):
         source = source or BackboneSource(source_name(backbone))
         self.source = dataclasses.replace(source, family=family)
         self._pretrained_fc_norm = (pretrained_fc_norm,)  # a tuple, so it is not registered as a sub-module
-        self._refresh_routers()
+        self._task_routers[None] = Router.for_task(None, self.depth)  # no task: the plain backbone
         self.train(False)
 
     # ---- tasks -------------------------------------------------------------------------------------------
@@ -107,31 +107,41 @@ class AdaptedModel(nn.Module):
             )
         task = get_method(config.name).task(config, list(classes), self.backbone_spec())
         reference = next(self.backbone.parameters())
-        self.tasks[name] = task.to(device=reference.device, dtype=reference.dtype)
-        self._refresh_routers()
+        task = task.to(device=reference.device, dtype=reference.dtype).requires_grad_(False).train(self.training)
+        self.tasks[name] = task
+        self._task_routers[name] = Router.for_task(task, self.depth)
         if activate or self.active_task is None:
             self.set_task(name)
         return task
 
     def set_task(self, name: str) -> None:
-        """Route the backbone through ``name``; only its parameters (and the backbone, for full) require grad."""
-        self._get(name)
+        """Route the backbone through ``name``; only its parameters (and the backbone, for full) require grad.
+
+        Only the task that was active and the new one are touched (every other task stays frozen), so switching
+        costs the same with a thousand tasks resident as with two."""
+        task = self._get(name)
+        previous = self.tasks[self.active_task] if self.active_task in self.tasks else None
+        if previous is not None and previous is not task:
+            previous.requires_grad_(False)
         self.active_task = name
-        for task_name, task in self.tasks.items():
-            task.requires_grad_(task_name == name)
-        self.backbone.requires_grad_(self.backbone_trains)
-        self.train(self.training)
+        task.requires_grad_(True).train(self.training)
+        self._lock_backbone()
 
     def remove_task(self, name: str) -> None:
         self._get(name)
         del self.tasks[name]
-        self._refresh_routers()
+        del self._task_routers[name]
         if self.active_task == name:
             self.active_task = None
             if self.tasks:
                 self.set_task(next(iter(self.tasks)))
-        self.backbone.requires_grad_(self.backbone_trains)
-        self.train(self.training)
+        self._lock_backbone()
+
+    def _lock_backbone(self) -> None:
+        """The backbone trains (grad and mode) only under a full fine-tuning task."""
+        trains = self.backbone_trains
+        self.backbone.requires_grad_(trains)
+        self.backbone.train(self.training and trains)
 
     @contextlib.contextmanager
     def using_task(self, name: str) -> Iterator[Task]:
@@ -173,10 +183,6 @@ class AdaptedModel(nn.Module):
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         return self.router().after_block(index, x)
 
-    def _refresh_routers(self) -> None:
-        depth = len(self.backbone.blocks)
-        self._task_routers = {name: Router.for_task(task, depth) for name, task in self.tasks.items()}
-        self._task_routers[None] = Router.for_task(None, depth)
 
     def forward_mixed(self, x: torch.Tensor, tasks: list[str]) -> list[torch.Tensor]:
         """Logits of sample i by task ``tasks[i]``, all samples in one pass of the backbone (``routing.py``)."""
