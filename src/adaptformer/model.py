@@ -120,7 +120,7 @@ class AdaptedModel(nn.Module):
         Only the task that was active and the new one are touched (every other task stays frozen), so switching
         costs the same with a thousand tasks resident as with two."""
         task = self._get(name)
-        previous = self.tasks[self.active_task] if self.active_task in self.tasks else None
+        previous = self.tasks[self.active_task] if self.active_task in self.tasks else None  # noqa: SIM401
         if previous is not None and previous is not task:
             previous.requires_grad_(False)
         self.active_task = name
@@ -182,7 +182,6 @@ class AdaptedModel(nn.Module):
 
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         return self.router().after_block(index, x)
-
 
     def forward_mixed(self, x: torch.Tensor, tasks: list[str]) -> list[torch.Tensor]:
         """Logits of sample i by task ``tasks[i]``, all samples in one pass of the backbone (``routing.py``)."""
