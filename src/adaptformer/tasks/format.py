@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,19 +90,31 @@ class TaskHeader:
 def read_task_header(path: str | Path) -> TaskHeader:
     """The description (version 2) and tensor list of a task file from its header only; one-line errors."""
     path = Path(path)
+    with _opened(path) as handle:
+        stat = os.fstat(handle.fileno())
+        length = _header_length(path, handle.read(8), stat.st_size)
+        raw = handle.read(length)
+    return _header_from_bytes(path, raw, stat.st_size, stat.st_mtime_ns)
+
+
+@contextmanager
+def _opened(path: Path):
+    """``open(path, "rb")`` with a one-line error naming the file."""
     try:
         with open(path, "rb") as handle:
-            stat = os.fstat(handle.fileno())
-            prefix = handle.read(8)
-            length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
-            if not 0 < length <= min(MAX_HEADER_BYTES, stat.st_size - 8):
-                raise AdaptFormerError(f"task file {path}: not a readable safetensors file (bad header length)")
-            raw = handle.read(length)
+            yield handle
     except FileNotFoundError:
         raise AdaptFormerError(f"task file {path}: no such file") from None
-    except (IsADirectoryError, PermissionError, OSError) as error:
+    except OSError as error:
         raise AdaptFormerError(f"task file {path}: cannot be read ({type(error).__name__})") from None
-    return _header_from_bytes(path, raw, stat.st_size, stat.st_mtime_ns)
+
+
+def _header_length(path: Path, prefix: bytes, size: int) -> int:
+    """The header length a safetensors file's first 8 bytes claim, refused unless it fits the file."""
+    length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+    if not 0 < length <= min(MAX_HEADER_BYTES, size - 8):
+        raise AdaptFormerError(f"task file {path}: not a readable safetensors file (bad header length)")
+    return length
 
 
 def _header_from_bytes(path: Path, raw: bytes, size: int, mtime_ns: int) -> TaskHeader:
@@ -126,17 +139,10 @@ def read_task_file(path: str | Path, expected: TaskHeader | None = None) -> tupl
     """Header and tensors of a task file, the file read once. With ``expected`` (the header read when the file
     was listed), a file that changed on disk since is refused instead of mixing versions."""
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            stat = os.fstat(handle.fileno())
-            data = handle.read()
-    except FileNotFoundError:
-        raise AdaptFormerError(f"task file {path}: no such file") from None
-    except (IsADirectoryError, PermissionError, OSError) as error:
-        raise AdaptFormerError(f"task file {path}: cannot be read ({type(error).__name__})") from None
-    length = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
-    if not 0 < length <= min(MAX_HEADER_BYTES, len(data) - 8):
-        raise AdaptFormerError(f"task file {path}: not a readable safetensors file (bad header length)")
+    with _opened(path) as handle:
+        stat = os.fstat(handle.fileno())
+        data = handle.read()
+    length = _header_length(path, data[:8], len(data))
     header = _header_from_bytes(path, data[8 : 8 + length], len(data), stat.st_mtime_ns)
     if expected is not None and header.changed_since(expected):
         raise AdaptFormerError(
