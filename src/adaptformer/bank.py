@@ -24,6 +24,7 @@ mixed-task pass (``routing.py``).
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +34,20 @@ import torch
 from PIL import Image
 
 from .backbones.timm import create_backbone
-from .data.transforms import InputSpec, eval_transform
-from .errors import AdaptFormerError
+from .data.transforms import InputSpec
+from .errors import AdaptFormerError, UnknownTask
+from .media import Clip, image_tensor
 from .model import AdaptedModel, BackboneSource
 from .runtime.device import pick_device
 from .runtime.precision import autocast, resolve_precision
 from .tasks import preprocessing_of
 from .tasks.files import apply_task_tensors, check_fits, recorded_backbone
 from .tasks.format import TaskHeader, read_task_file, read_task_header, task_path
+
+# Task names: safe in a URL path, a file name, a log line and a metric label. No '.': the model keys its tasks in
+# a ModuleDict, where a dot separates submodules.
+TASK_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TASK_NAME_RULE = "1-64 letters, digits, '-' or '_'"
 
 
 @dataclass(frozen=True)
@@ -228,11 +235,27 @@ class TaskBank:
         name = self.add(text, name)
         try:
             self._make_resident([name])
-        except AdaptFormerError:
+            self._probe(name)
+        except Exception:
+            self._evict(name)  # whatever failed, nothing of the task stays in the model
             if not listed:
                 self._entries.pop(name, None)
             raise
         return name
+
+    @torch.no_grad()
+    def _probe(self, name: str) -> None:
+        """One blank input through the task: a file whose tensors load but cannot run is refused now, at load
+        time, rather than failing every request later."""
+        spec = self.info(name).spec
+        shape = (1, 3, spec.size, spec.size) if spec.frames == 1 else (1, 3, spec.frames, spec.size, spec.size)
+        try:
+            with autocast(self.precision, self.device):
+                (value,) = self.model(torch.zeros(shape, device=self.device), tasks=[name])
+        except Exception as error:
+            raise AdaptFormerError(f"task {name!r}: cannot run on this backbone ({type(error).__name__})") from None
+        if not torch.isfinite(value.float()).all():
+            raise AdaptFormerError(f"task {name!r}: gives non-finite outputs")
 
     def refresh(self) -> dict[str, list[str]]:
         """Scan the task directory again: new files are listed, vanished ones dropped, changed ones re-listed
@@ -264,6 +287,8 @@ class TaskBank:
         return changes
 
     def _list(self, name: str, path: Path) -> _Entry:
+        if not TASK_NAME.fullmatch(name):
+            return _Entry(name, path, None, error=f"task name {name[:80]!r}: expected {TASK_NAME_RULE}")
         try:
             header = read_task_header(path)
         except AdaptFormerError as error:
@@ -274,6 +299,7 @@ class TaskBank:
                 raise AdaptFormerError(f"task file {path}: full fine-tuning trains the backbone; it cannot share one")
             check_fits(self.model, meta, path, self.check_backbone)
             spec = preprocessing_of(meta, self.model)
+            self._check_input(spec, path)
         except AdaptFormerError as error:
             return _Entry(name, path, header, error=str(error))
         except (KeyError, TypeError, ValueError) as error:
@@ -281,9 +307,21 @@ class TaskBank:
         info = TaskInfo(name, str(path), meta["method"]["method"], list(meta["classes"]), header.size, spec)
         return _Entry(name, path, header, info)
 
+    def _check_input(self, spec: InputSpec, path: Path) -> None:
+        """The backbone takes inputs of the task's shape: its frames and (unless it resizes) its side."""
+        native = InputSpec.from_model(self.model)
+        if spec.frames != native.frames:
+            takes = f"{native.frames}-frame clips" if native.frames > 1 else "images"
+            has = f"{spec.frames}-frame clips" if spec.frames > 1 else "images"
+            raise AdaptFormerError(f"task file {path}: takes {has}; the backbone takes {takes}")
+        if spec.size != native.size and not self.model.accepts_input_size(spec.size):
+            raise AdaptFormerError(
+                f"task file {path}: input_size {spec.size}; the backbone takes {native.size}-px inputs only"
+            )
+
     def remove(self, name: str) -> None:
         if name not in self._entries:
-            raise AdaptFormerError(f"task {name!r}: no such task (the bank has {self._names()})")
+            raise UnknownTask(f"task {name!r}: no such task (the bank has {self._names()})")
         self._forget(name)
 
     def _forget(self, name: str) -> None:
@@ -299,7 +337,7 @@ class TaskBank:
         entry = self._entries.get(name)
         if entry is None or entry.info is None:
             why = f": {entry.error}" if entry is not None else f" (the bank has {self._names()})"
-            raise AdaptFormerError(f"task {name!r}: no such usable task{why}")
+            raise UnknownTask(f"task {name!r}: no such usable task{why}")
         return entry.info
 
     def has(self, name: str) -> bool:
@@ -411,56 +449,79 @@ class TaskBank:
 
     # ---- inference -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def logits(self, inputs: torch.Tensor, tasks: list[str]) -> list[torch.Tensor]:
-        """Row i through task ``tasks[i]``: one mixed-task pass per group of tasks that fits in memory at once."""
+    def logits(self, inputs: torch.Tensor | list[torch.Tensor], tasks: list[str]) -> list[torch.Tensor]:
+        """Row i through task ``tasks[i]``: one mixed-task pass per group of tasks that fits in memory at once
+        (and, when rows differ in shape -- clips and images, or tasks at other input sizes -- per shape)."""
         for name in dict.fromkeys(tasks):
             self.info(name)
+        rows = list(inputs)
         out: list[torch.Tensor | None] = [None] * len(tasks)
         for chunk in self._chunks(list(dict.fromkeys(tasks))):
             self._make_resident(chunk)
             members = set(chunk)
-            rows = [i for i, name in enumerate(tasks) if name in members]
-            batch = inputs[rows] if len(rows) < len(tasks) else inputs
-            with autocast(self.precision, self.device):
-                values = self.model(batch.to(self.device), tasks=[tasks[i] for i in rows])
-            for i, value in zip(rows, values, strict=True):
-                out[i] = value.float()
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            for i, name in enumerate(tasks):
+                if name in members:
+                    by_shape.setdefault(tuple(rows[i].shape), []).append(i)
+            for group in by_shape.values():
+                batch = torch.stack([rows[i] for i in group]).to(self.device)
+                with autocast(self.precision, self.device):
+                    values = self.model(batch, tasks=[tasks[i] for i in group])
+                for i, value in zip(group, values, strict=True):
+                    out[i] = value.float()
         return out
 
-    def input_rows(self, image: Image.Image, tasks: list[str]) -> list[torch.Tensor]:
-        """``image`` preprocessed for each task (tasks with the same preprocessing share one tensor)."""
+    def input_rows(self, media: Image.Image | Clip, tasks: list[str]) -> list[torch.Tensor]:
+        """An image or a clip preprocessed for each task (tasks with the same preprocessing share one tensor);
+        an image for a video task (or a clip for an image task) is refused in one line."""
+        kind = "video" if isinstance(media, Clip) else "image"
+        for name in tasks:
+            if self.info(name).spec.modality != kind:
+                wanted = "a video clip, not an image" if kind == "image" else "an image, not a video clip"
+                raise AdaptFormerError(f"task {name!r}: a {self.info(name).spec.modality} task; send it {wanted}")
         done: dict[InputSpec, torch.Tensor] = {}
         rows = []
         for name in tasks:
             spec = self.info(name).spec
-            if spec.modality != "image":
-                raise AdaptFormerError(f"task {name!r}: a {spec.modality} task; images cannot be sent to it")
             if spec not in done:
-                done[spec] = eval_transform(spec)(image.convert("RGB"))
+                done[spec] = media.tensor(spec) if isinstance(media, Clip) else image_tensor(media, spec)
             rows.append(done[spec])
         return rows
 
     def predict_images(self, images: list[Image.Image], tasks: list[str] | None = None, top_k: int = 5) -> list[dict]:
         """For every image and task: ``{"index": i, "task": name, "top_k": [{"label", "prob"}, ...]}``, in image
         order then task order."""
-        tasks = tasks or self.tasks
-        by_spec: dict[InputSpec, list[str]] = {}
-        for name in tasks:
-            by_spec.setdefault(self.info(name).spec, []).append(name)
-        rows, pairs = [], []
-        for spec, names in by_spec.items():  # one decoded tensor per preprocessing, shared by its tasks
-            transform = eval_transform(spec)
-            for i, tensor in enumerate(transform(image.convert("RGB")) for image in images):
-                for name in names:
-                    rows.append(tensor)
-                    pairs.append((i, name))
-        logits = self.logits(torch.stack(rows), [name for _, name in pairs]) if rows else []
-        results = [
+        return self.predict(images, tasks, top_k)
+
+    def predict(self, media: list[Image.Image | Clip], tasks: list[str] | None = None, top_k: int = 5) -> list[dict]:
+        """Images and clips through every chosen task of their kind (images to image tasks, clips to video
+        tasks): ``{"index": i, "task": name, "top_k": [...]}`` in input order, then task order. An input with
+        no task of its kind among ``tasks`` gets ``{"index": i, "error": "<one line>"}`` instead."""
+        chosen = tasks or self.tasks
+        by_kind: dict[str, list[str]] = {"image": [], "video": []}
+        for name in chosen:
+            by_kind[self.info(name).spec.modality].append(name)
+        rows, pairs, results = [], [], []
+        for i, item in enumerate(media):
+            kind = "video" if isinstance(item, Clip) else "image"
+            names = by_kind[kind]
+            if not names:
+                results.append({"index": i, "error": f"no {kind} task among {', '.join(chosen) or 'none'}"})
+                continue
+            try:
+                tensors = self.input_rows(item, names)
+            except AdaptFormerError as error:  # an unreadable clip fails alone
+                results.append({"index": i, "error": str(error)})
+                continue
+            rows += tensors
+            pairs += [(i, name) for name in names]
+        logits = self.logits(rows, [name for _, name in pairs]) if rows else []
+        results += [
             {"index": i, "task": name, "top_k": top_k_labels(values, self.info(name).classes, top_k)}
             for (i, name), values in zip(pairs, logits, strict=True)
         ]
-        order = {name: k for k, name in enumerate(tasks)}
-        return sorted(results, key=lambda r: (r["index"], order[r["task"]]))
+        order = {name: k for k, name in enumerate(chosen)}
+        return sorted(results, key=lambda r: (r["index"], order.get(r.get("task"), -1)))
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -7,3 +7,11 @@ and what was expected. The CLI turns it into ``error: <message>`` and exit statu
 
 class AdaptFormerError(ValueError):
     """A problem with user input (a file, an option, a dataset) described in one line."""
+
+
+class UnknownTask(AdaptFormerError):
+    """A task name that the bank does not hold (never listed, removed, or unusable)."""
+
+
+class BusyError(AdaptFormerError):
+    """A bounded queue or pool is full: the work was refused, not started; try again later."""

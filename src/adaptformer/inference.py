@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 
 from .data.image import IMAGE_SUFFIXES
@@ -15,8 +15,10 @@ from .data.loading import ShardSampler, make_loader
 from .data.registry import build_split, get_dataset
 from .data.transforms import InputSpec, eval_transform
 from .data.video import VideoTransform
+from .data.video.datasets import VIDEO_SUFFIXES
 from .errors import AdaptFormerError
 from .evaluation import evaluate
+from .media import Clip, decode_image, looks_like_video
 from .model import AdaptedModel
 from .runtime.device import pick_device
 from .runtime.precision import resolve_precision
@@ -103,28 +105,29 @@ def evaluate_task(
     )
 
 
-def collect_images(paths: list[str]) -> list[Path]:
+def collect_media(paths: list[str]) -> list[Path]:
+    """The files named, and the images and videos found (recursively, by suffix) in the folders named."""
     files: list[Path] = []
     for text in paths:
         path = Path(text)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
         elif path.is_file():
             files.append(path)
         else:
             raise AdaptFormerError(f"{path}: no such file or directory")
     if not files:
-        raise AdaptFormerError(f"no images found in {', '.join(paths)}")
+        raise AdaptFormerError(f"no images or videos found in {', '.join(paths)}")
     return files
 
 
-def open_images(paths: list[Path]) -> tuple[dict[str, Image.Image], dict[str, str]]:
-    """Decoded RGB images by path, and a one-line reason for each file that is not a readable image."""
-    images, errors = {}, {}
+def open_media(paths: list[Path]) -> tuple[dict[str, Image.Image | Clip], dict[str, str]]:
+    """Each file as an RGB image (EXIF orientation applied, wide modes rescaled) or, by its suffix, as a video
+    clip; and a one-line reason for each file that is neither."""
+    opened, errors = {}, {}
     for path in paths:
         try:
-            with Image.open(path) as image:
-                images[str(path)] = image.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as error:
-            errors[str(path)] = f"unreadable image ({type(error).__name__})"
-    return images, errors
+            opened[str(path)] = Clip.from_file(path) if looks_like_video(path.name) else decode_image(path)
+        except AdaptFormerError as error:
+            errors[str(path)] = str(error)
+    return opened, errors

@@ -217,6 +217,13 @@ class AdaptedModel(nn.Module):
     def backbone_trains(self) -> bool:
         return any(not task.config.shares_backbone for task in self.tasks.values())
 
+    def accepts_input_size(self, size: int) -> bool:
+        """Whether the backbone runs on ``size``-px inputs other than its own (timm's dynamic image size
+        resamples the position embeddings per forward)."""
+        patch = getattr(getattr(self.backbone, "patch_embed", None), "patch_size", None)
+        step = int(patch[-1]) if isinstance(patch, (tuple, list)) else int(patch or 0)
+        return bool(getattr(self.backbone, "dynamic_img_size", False)) and step > 0 and size % step == 0
+
     def backbone_spec(self) -> BackboneSpec:
         reference = next(self.backbone.parameters())
         return BackboneSpec(

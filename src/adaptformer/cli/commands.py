@@ -251,30 +251,32 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     _task_arguments(parser, several=True)
-    parser.add_argument("images", nargs="+", help="image files and/or folders")
+    parser.add_argument("images", nargs="+", metavar="FILE", help="image or video files and/or folders")
     parser.add_argument("--top-k", type=int, default=5)
 
 
-@command("predict", "top-k labels of one or several tasks for image files or folders", _predict_arguments)
+@command("predict", "top-k labels of one or several tasks for image or video files or folders", _predict_arguments)
 def run_predict(args: argparse.Namespace) -> int:
-    from ..inference import collect_images, open_images
+    from ..inference import collect_media, open_media
 
-    files = collect_images(args.images)
+    files = collect_media(args.images)
     bank, chosen = _bank_from_args(args)
-    readable = 0
+    answered = 0
     for start in range(0, len(files), args.batch_size):
         chunk = files[start : start + args.batch_size]
-        images, errors = open_images(chunk)
+        media, errors = open_media(chunk)
         opened = [path for path in chunk if str(path) not in errors]
-        pictures = [images[str(p)] for p in opened]
-        results = bank.predict_images(pictures, tasks=chosen or None, top_k=args.top_k) if opened else []
-        readable += len(opened)
+        results = bank.predict([media[str(p)] for p in opened], tasks=chosen or None, top_k=args.top_k)
         by_file: dict[str, list[dict]] = {}
         for row in results:
-            by_file.setdefault(str(opened[row["index"]]), []).append(row)
+            if "error" in row:
+                errors[str(opened[row["index"]])] = row["error"]
+            else:
+                by_file.setdefault(str(opened[row["index"]]), []).append(row)
+        answered += len(by_file)
         for path in chunk:
             _print_predictions(str(path), by_file.get(str(path), []), errors.get(str(path)), args.json)
-    return 0 if readable else 1
+    return 0 if answered else 1
 
 
 def _task_store_arguments(parser: argparse.ArgumentParser, task_dir_help: str) -> None:
@@ -398,28 +400,103 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="backbone (default: the one the first task records)")
     parser.add_argument("--checkpoint", default=None, help="local backbone weights file")
     parser.add_argument("--no-check-backbone", dest="check_backbone", action="store_false")
-    parser.add_argument("--host", default="127.0.0.1", help="%(default)s")
-    parser.add_argument("--port", type=int, default=8000, help="%(default)s")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--max-batch", type=int, default=32, help="rows per mixed-task batch (%(default)s)")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (%(default)s)")
-    parser.add_argument("--no-batching", dest="batching", action="store_false", help="one request per batch")
-    parser.add_argument("--max-upload-mb", type=float, default=16.0, help="%(default)s")
-    parser.add_argument("--max-pixels", type=int, default=40_000_000, help="decompression-bomb limit (%(default)s)")
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1", help="%(default)s; any other needs an API key or --insecure")
+    net.add_argument("--port", type=int, default=8000, help="%(default)s")
+    net.add_argument("--max-connections", type=int, default=256, help="open connections at once (%(default)s)")
+    net.add_argument("--header-timeout", type=float, default=10.0, help="seconds to send request headers")
+    net.add_argument("--body-timeout", type=float, default=30.0, help="seconds between body chunks")
+    net.add_argument("--keep-alive", type=int, default=5, help="seconds an idle connection stays open")
+    net.add_argument("--ssl-keyfile", default=None, help="serve HTTPS with this key (and --ssl-certfile)")
+    net.add_argument("--ssl-certfile", default=None)
+    net.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log each request")
+    sec = parser.add_argument_group("security")
+    sec.add_argument("--api-key", default=None, help="Bearer key for state-changing endpoints (or ADAPTFORMER_API_KEY)")
+    sec.add_argument("--api-key-file", default=None, help="read the key from the first line of this file")
+    sec.add_argument("--auth-everything", action="store_true", help="require the key on every endpoint but /ready")
+    sec.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without an API key")
+    sec.add_argument("--allowed-host", action="append", default=[], help="accepted Host header; repeat")
+    sec.add_argument("--cors-origin", action="append", default=[], help="origin allowed by CORS; repeat (none)")
+    lim = parser.add_argument_group("batching and limits")
+    lim.add_argument("--max-batch", type=int, default=32, help="rows per mixed-task batch (%(default)s)")
+    lim.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (%(default)s)")
+    lim.add_argument("--no-batching", dest="batching", action="store_false", help="one request per batch")
+    lim.add_argument("--max-upload-mb", type=float, default=16.0, help="%(default)s")
+    lim.add_argument("--max-json-kb", type=float, default=64.0, help="JSON request bodies (%(default)s)")
+    lim.add_argument("--max-pixels", type=int, default=40_000_000, help="decompression-bomb limit (%(default)s)")
+    lim.add_argument("--max-clip-frames", type=int, default=100_000, help="longest clip accepted (%(default)s)")
+    lim.add_argument("--max-tasks-per-request", type=int, default=None, help="(no limit)")
+    lim.add_argument("--decode-workers", type=int, default=2, help="threads decoding uploads (%(default)s)")
+    lim.add_argument("--max-queue", type=int, default=64, help="requests in progress before 503 (%(default)s)")
+    ray = parser.add_argument_group("scale-out (pip install 'adaptformer[ray]')")
+    ray.add_argument("--ray", action="store_true", help="serve through Ray Serve replicas of one backbone each")
+    ray.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (%(default)s)")
+    ray.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
+
+
+def serve_settings_from_args(args: argparse.Namespace):
+    from ..serve.settings import ServeSettings, read_api_key
+
+    return ServeSettings(
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        batching=args.batching,
+        max_upload_mb=args.max_upload_mb,
+        max_json_kb=args.max_json_kb,
+        max_pixels=args.max_pixels,
+        max_clip_frames=args.max_clip_frames,
+        max_tasks_per_request=args.max_tasks_per_request,
+        decode_workers=args.decode_workers,
+        max_queue=args.max_queue,
+        max_connections=args.max_connections,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        keep_alive_s=args.keep_alive,
+        api_key=read_api_key(args.api_key, args.api_key_file),
+        auth_everything=args.auth_everything,
+        insecure=args.insecure,
+        allowed_hosts=args.allowed_host,
+        cors_origins=args.cors_origin,
+        ssl_keyfile=args.ssl_keyfile,
+        ssl_certfile=args.ssl_certfile,
+        access_log=args.access_log,
+    )
 
 
 @command("serve", "serve task files over HTTP (FastAPI) with cross-task batching", _serve_arguments)
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    settings = serve_settings_from_args(args)  # every option checked before the backbone is built
+    if args.replicas < 1:
+        raise AdaptFormerError(f"--replicas {args.replicas}: expected a positive integer")
+    if args.ray:
+        from ..serve.ray_serve import run_on_ray
 
-    from ..serve.app import Limits, create_app
+        return run_on_ray(_bank_options(args), args.task_dir, settings, args.replicas, args.ray_address)
+    from ..serve.server import run_server
 
     bank, _ = _bank_from_args(args)
-    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
-    app = create_app(bank, args.task_dir, args.max_batch, args.max_wait_ms, args.batching, limits)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    run_server(bank, args.task_dir, settings)
     return 0
+
+
+def _bank_options(args: argparse.Namespace) -> dict:
+    """What each Ray replica needs to open the same bank as ``_bank_from_args``."""
+    _bank_from_args(args)  # fail here, in one line, not inside a replica
+    return {
+        "tasks": list(args.task),
+        "task_dir": args.task_dir,
+        "model_name": args.model,
+        "checkpoint": args.checkpoint,
+        "device": args.device,
+        "precision": args.precision,
+        "check_backbone": args.check_backbone,
+        "max_resident": args.max_resident,
+        "max_resident_mb": args.max_resident_mb,
+    }
 
 
 # ---- experiments ---------------------------------------------------------------------------------------------

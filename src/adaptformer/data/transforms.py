@@ -8,6 +8,7 @@ The spec is stored in every task file, so evaluation and prediction preprocess e
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,8 +68,8 @@ class InputSpec:
     def from_dict(cls, data: dict[str, Any]) -> InputSpec:
         return cls(
             size=int(data["input_size"][-1]),
-            mean=tuple(data["mean"]),
-            std=tuple(data["std"]),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
             crop_pct=float(data["crop_pct"]),
             interpolation=data.get("interpolation", "bicubic"),
             frames=int(data.get("frames", 1)),
@@ -98,6 +99,19 @@ class InputSpec:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or not 1 <= self.size <= 8192:
+            raise AdaptFormerError(f"input_size: expected a side of 1-8192 pixels, got {self.size!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                raise AdaptFormerError(f"{name}: expected three finite numbers (R, G, B), got {list(values)!r}")
+        if not all(v > 0 for v in self.std):
+            raise AdaptFormerError(f"std: expected three positive numbers, got {list(self.std)!r}")
+        if isinstance(self.frames, bool) or not isinstance(self.frames, int) or not 1 <= self.frames <= 1024:
+            raise AdaptFormerError(f"frames: expected 1-1024 frames, got {self.frames!r}")
+        rate = self.sampling_rate
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate < 1):
+            raise AdaptFormerError(f"sampling_rate: expected a positive integer, got {rate!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise AdaptFormerError(
                 f"interpolation: expected one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"

@@ -5,11 +5,18 @@ waiting request, then keeps taking more until ``max_batch`` rows are gathered or
 runs them as one mixed-task batch on the single model thread; each request gets its own rows' logits back. All
 model work (inference, loading and removing tasks) runs on that one thread, off the event loop, so a model
 instance never runs two things at once.
+
+**Isolation.** A request succeeds or fails on its own. Requests whose client has gone, or whose task was removed
+while they waited, are taken out before the batch runs (the latter fail with ``UnknownTask``: 404). If the batch
+still raises, each of its requests is run again alone, so only the request at fault gets the error. Failures that
+are not the user's (anything but an ``AdaptFormerError``) are counted: ``health()`` reports the model as
+degraded while the most recent batch failed that way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +24,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..bank import TaskBank
+from ..errors import AdaptFormerError, UnknownTask
+
+log = logging.getLogger("adaptformer.serve")
 
 
 @dataclass
@@ -26,6 +36,11 @@ class BatchStats:
     largest: int = 0
     tasks_in_largest: int = 0
     mixed_batches: int = 0  # batches holding more than one task
+    retried_batches: int = 0  # batches that raised and were run again request by request
+    failed_requests: int = 0
+    model_failures: int = 0  # failures that were not the request's fault (not an AdaptFormerError)
+    last_model_error: str | None = None
+    failing: bool = False  # the most recent batch failed with a model failure
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -39,10 +54,13 @@ class _Request:
 
 
 class Batcher:
-    def __init__(self, bank: TaskBank, max_batch: int = 32, max_wait_ms: float = 5.0, batching: bool = True):
+    def __init__(
+        self, bank: TaskBank, max_batch: int = 32, max_wait_ms: float = 5.0, batching: bool = True, on_batch=None
+    ):
         self.bank = bank
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.batching = batching
+        self.on_batch = on_batch or (lambda rows, tasks: None)
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptformer-model")
         self.queue: asyncio.Queue[_Request] | None = None
         self.stats = BatchStats()
@@ -51,6 +69,10 @@ class Batcher:
     def start(self) -> None:
         self.queue = asyncio.Queue()
         self._collector = asyncio.get_running_loop().create_task(self._collect())
+
+    @property
+    def running(self) -> bool:
+        return self._collector is not None and not self._collector.done()
 
     async def stop(self) -> None:
         if self._collector is not None:
@@ -81,24 +103,58 @@ class Batcher:
                     break
                 requests.append(request)
                 size += len(request.rows)
-            await self._run(requests)
+            try:
+                await self._run(requests)
+            except Exception:  # never let the collector die: every waiting request must get an answer
+                log.exception("batch bookkeeping failed")
+                for r in requests:
+                    _fail(r, AdaptFormerError("internal error while batching; see the server log"))
 
     async def _run(self, requests: list[_Request]) -> None:
+        live = [r for r in requests if not r.future.done() and self._tasks_known(r)]
+        if not live:
+            return
+        try:
+            logits = await self._forward(live)
+        except Exception as error:
+            if len(live) == 1:
+                self._failed(live[0], error)
+                return
+            self.stats.retried_batches += 1
+            for r in live:  # find the request at fault: each runs alone, the others still get answers
+                try:
+                    _answer(r, await self._forward([r]))
+                except Exception as alone:
+                    self._failed(r, alone)
+            return
+        self.stats.failing = False
+        start = 0
+        for r in live:
+            _answer(r, logits[start : start + len(r.rows)])
+            start += len(r.rows)
+
+    async def _forward(self, requests: list[_Request]) -> list[torch.Tensor]:
         rows = [row for r in requests for row in r.rows]
         tasks = [task for r in requests for task in r.tasks]
-        try:
-            logits = await self.on_model_thread(self.bank.logits, torch.stack(rows), tasks)
-        except Exception as error:  # hand the failure to every waiting request; keep serving
-            for r in requests:
-                if not r.future.done():
-                    r.future.set_exception(error)
-            return
+        logits = await self.on_model_thread(self.bank.logits, rows, tasks)
         self._record(len(rows), len(set(tasks)))
-        start = 0
-        for r in requests:
-            if not r.future.done():
-                r.future.set_result(logits[start : start + len(r.rows)])
-            start += len(r.rows)
+        self.stats.failing = False
+        return logits
+
+    def _tasks_known(self, request: _Request) -> bool:
+        missing = next((t for t in request.tasks if not self.bank.has(t)), None)
+        if missing is not None:
+            self._failed(request, UnknownTask(f"task {missing!r}: removed while the request waited"))
+        return missing is None
+
+    def _failed(self, request: _Request, error: Exception) -> None:
+        self.stats.failed_requests += 1
+        if not isinstance(error, AdaptFormerError):
+            self.stats.model_failures += 1
+            self.stats.failing = True
+            self.stats.last_model_error = f"{type(error).__name__}: {str(error)[:200]}"
+            log.error("a request failed in the model: %s", self.stats.last_model_error)
+        _fail(request, error)
 
     def _record(self, rows: int, tasks: int) -> None:
         s = self.stats
@@ -107,3 +163,14 @@ class Batcher:
         s.mixed_batches += tasks > 1
         if rows > s.largest:
             s.largest, s.tasks_in_largest = rows, tasks
+        self.on_batch(rows, tasks)
+
+
+def _answer(request: _Request, logits: list[torch.Tensor]) -> None:
+    if not request.future.done():
+        request.future.set_result(logits)
+
+
+def _fail(request: _Request, error: Exception) -> None:
+    if not request.future.done():
+        request.future.set_exception(error)

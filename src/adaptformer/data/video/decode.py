@@ -60,8 +60,12 @@ def read_clip(path: str | Path, indices: list[int], short_side: int | None = Non
     return np.stack([frames.get(i, last) for i in indices])  # beyond the end: the last frame repeats
 
 
-def _open(path: str | Path):
+def _open(path):
+    """A container from a path or a seekable binary file object (an upload held in memory)."""
     try:
+        if hasattr(path, "read"):
+            path.seek(0)
+            return av.open(path, mode="r")
         return av.open(str(path))
     except (av.FFmpegError, OSError, ValueError) as error:
         raise UnreadableVideo(f"{path}: cannot open ({type(error).__name__}: {str(error)[:100]})") from None

@@ -1,0 +1,150 @@
+"""Every setting of the server in one typed object, checked before anything starts (one line per bad option).
+
+``adaptformer serve`` builds it from its options; ``create_app`` and the Ray deployment take it as is. Each check
+names the command-line option, so a user sees ``error: --port 99999: expected 0-65535`` and exit status 2 rather
+than a traceback from uvicorn, and a limit of 0 or -1 is refused instead of starting a server that refuses
+everything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import AdaptFormerError
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+API_KEY_ENV = "ADAPTFORMER_API_KEY"
+
+
+@dataclass
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # batching
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    batching: bool = True
+    # what one request may bring
+    max_upload_mb: float = 16.0
+    max_json_kb: float = 64.0
+    max_pixels: int = 40_000_000
+    max_clip_frames: int = 100_000
+    max_tasks_per_request: int | None = None  # None: any number (a backbone holds any number of tasks)
+    # admission: decoding pool and queue
+    decode_workers: int = 2
+    max_queue: int = 64  # requests decoding or waiting for the model; beyond it: 503 + Retry-After
+    # connections (uvicorn)
+    max_connections: int = 256
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: int = 5
+    # security
+    api_key: str | None = None
+    auth_everything: bool = False  # the key is needed for every endpoint, not only state-changing ones
+    insecure: bool = False
+    allowed_hosts: list[str] = field(default_factory=list)  # empty: loopback names and --host
+    cors_origins: list[str] = field(default_factory=list)
+    ssl_keyfile: str | None = None
+    ssl_certfile: str | None = None
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        _port(self.port)
+        _positive_int("--max-batch", self.max_batch)
+        _non_negative("--max-wait-ms", self.max_wait_ms)
+        _positive("--max-upload-mb", self.max_upload_mb)
+        _positive("--max-json-kb", self.max_json_kb)
+        _positive_int("--max-pixels", self.max_pixels)
+        _positive_int("--max-clip-frames", self.max_clip_frames)
+        if self.max_tasks_per_request is not None:
+            _positive_int("--max-tasks-per-request", self.max_tasks_per_request)
+        _positive_int("--decode-workers", self.decode_workers)
+        _positive_int("--max-queue", self.max_queue)
+        _positive_int("--max-connections", self.max_connections)
+        _positive("--header-timeout", self.header_timeout_s)
+        _positive("--body-timeout", self.body_timeout_s)
+        _positive_int("--keep-alive", self.keep_alive_s)
+        if self.api_key is not None and len(self.api_key) < 16:
+            raise AdaptFormerError("--api-key: expected at least 16 characters (a random token)")
+        if self.auth_everything and self.api_key is None:
+            raise AdaptFormerError("--auth-everything needs --api-key (or ADAPTFORMER_API_KEY)")
+        if not self.is_loopback and self.api_key is None and not self.insecure:
+            raise AdaptFormerError(
+                f"--host {self.host}: reachable from other machines, yet no --api-key is set; give a key "
+                "(--api-key-file or ADAPTFORMER_API_KEY) or pass --insecure to serve without one"
+            )
+        if (self.ssl_keyfile is None) != (self.ssl_certfile is None):
+            raise AdaptFormerError("--ssl-keyfile and --ssl-certfile: give both or neither")
+        for option, value in (("--ssl-keyfile", self.ssl_keyfile), ("--ssl-certfile", self.ssl_certfile)):
+            if value is not None and not Path(value).is_file():
+                raise AdaptFormerError(f"{option} {value}: no such file")
+        for origin in self.cors_origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise AdaptFormerError(f"--cors-origin {origin!r}: expected scheme://host[:port] or *")
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host in LOOPBACK_NAMES:
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+    @property
+    def max_json_bytes(self) -> int:
+        return int(self.max_json_kb * 1024)
+
+    @property
+    def hosts(self) -> list[str]:
+        """Host header values accepted (without the port). By default the loopback names and --host; a server
+        on every interface (0.0.0.0) accepts any unless --allowed-host names them."""
+        if self.allowed_hosts:
+            return list(self.allowed_hosts)
+        if self.host in ("0.0.0.0", "::", ""):
+            return ["*"]
+        return [*LOOPBACK_NAMES, self.host]
+
+
+def read_api_key(key: str | None, key_file: str | None) -> str | None:
+    """The key from --api-key, else --api-key-file (first line), else ADAPTFORMER_API_KEY; None when none."""
+    if key is not None and key_file is not None:
+        raise AdaptFormerError("--api-key and --api-key-file: give one of them")
+    if key_file is not None:
+        try:
+            text = Path(key_file).read_text().strip().splitlines()
+        except OSError as error:
+            raise AdaptFormerError(f"--api-key-file {key_file}: cannot read ({error.strerror})") from None
+        if not text or not text[0].strip():
+            raise AdaptFormerError(f"--api-key-file {key_file}: empty")
+        return text[0].strip()
+    return key if key is not None else (os.environ.get(API_KEY_ENV) or None)
+
+
+def _port(value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise AdaptFormerError(f"--port {value}: expected 0-65535")
+
+
+def _positive_int(option: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise AdaptFormerError(f"{option} {value}: expected a positive integer")
+
+
+def _positive(option: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+        raise AdaptFormerError(f"{option} {value}: expected a positive number")
+
+
+def _non_negative(option: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 and math.isfinite(value)):
+        raise AdaptFormerError(f"{option} {value}: expected a number >= 0")
