@@ -298,7 +298,10 @@ class TaskBank:
             if meta["method"].get("method") == "full":
                 raise AdaptFormerError(f"task file {path}: full fine-tuning trains the backbone; it cannot share one")
             check_fits(self.model, meta, path, self.check_backbone)
-            spec = preprocessing_of(meta, self.model)
+            try:
+                spec = preprocessing_of(meta, self.model)
+            except AdaptFormerError as error:
+                raise AdaptFormerError(f"task file {path}: preprocessing: {error}") from None
             self._check_input(spec, path)
         except AdaptFormerError as error:
             return _Entry(name, path, header, error=str(error))
