@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -22,9 +23,12 @@ def start_server(arguments: list[str], timeout: float = 120) -> tuple[subprocess
     """``adaptformer serve ARGUMENTS --port P``; returns once /health answers (the test fails otherwise)."""
     port = free_port()
     command = [sys.executable, "-m", "adaptformer", "serve", *arguments, "--port", str(port)]
+    # the output goes to a file, not a pipe: a pipe nobody reads fills up with access-log lines and blocks the server
+    log = tempfile.NamedTemporaryFile(prefix="adaptformer-serve-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
+    process.log_path = log.name
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -34,9 +38,14 @@ def start_server(arguments: list[str], timeout: float = 120) -> tuple[subprocess
         except httpx.HTTPError:
             time.sleep(0.3)
         if process.poll() is not None:
-            pytest.fail(process.stdout.read().decode()[-2000:])
+            pytest.fail(server_log(process)[-2000:])
     process.kill()
     pytest.fail(f"the server did not start in {timeout:.0f} s")
+
+
+def server_log(process: subprocess.Popen) -> str:
+    with open(process.log_path, errors="replace") as f:
+        return f.read()
 
 
 def stop_server(process: subprocess.Popen) -> None:

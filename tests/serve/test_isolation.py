@@ -76,7 +76,7 @@ def test_refused_loads_leave_nothing_behind(task_dir):
     bank, client = client_for(task_dir)
     with client:
         before = dict(bank.model.tasks)
-        for round_ in range(5):  # many refusals: nothing accumulates
+        for _ in range(5):  # many refusals: nothing accumulates
             for path in sorted((task_dir / "bad").glob("*.safetensors")):
                 answer = client.post("/tasks", json={"file": f"bad/{path.name}"})
                 assert answer.status_code == 400, (path.name, answer.text)

@@ -25,6 +25,8 @@ from fastapi import HTTPException
 
 from .settings import ServeSettings
 
+# An unread body would otherwise still be received (and thrown away) to its end: closing stops the sender.
+CLOSE = {"connection": "close"}
 OPEN_PATHS = ("/ready",)  # orchestrators' probes carry no key
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around an upload of the full allowed size
 STATE_CHANGING = ("/tasks",)  # POST /tasks, POST /tasks/refresh, DELETE /tasks/{name}
@@ -68,7 +70,7 @@ class Admission:
             if not length.isdigit():
                 return Refusal(400, "Content-Length: expected a number of bytes", "bad_request")
             if int(length) > limit:
-                return Refusal(413, f"request body of {int(length)} bytes; at most {limit}", "too_large")
+                return Refusal(413, f"request body of {int(length)} bytes; at most {limit}", "too_large", CLOSE)
         return None
 
     def _needs_key(self, scope) -> bool:
@@ -98,11 +100,11 @@ def _bounded(receive, limit: int, timeout: float):
         try:
             message = await asyncio.wait_for(receive(), timeout)
         except asyncio.TimeoutError:
-            raise HTTPException(408, f"the request body did not arrive within {timeout:g} s") from None
+            raise HTTPException(408, f"the request body did not arrive within {timeout:g} s", CLOSE) from None
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
-                raise HTTPException(413, f"request body over {limit} bytes")
+                raise HTTPException(413, f"request body over {limit} bytes", CLOSE)
         return message
 
     return wrapped
