@@ -1,0 +1,92 @@
+"""The page at ``/`` in a real headless Chromium (Debian's chromium + chromium-driver, which ``.ci/run`` installs):
+the chosen image is shown, a busy line appears, answers come a page of 50 tasks at a time out of 120, the search
+box filters, and a failed request shows its one-line error with no answer left over from the previous file."""
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+from launch import start_server, stop_server
+from PIL import Image
+
+import adaptformer
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER), reason="no chromium + chromedriver here (apt-get install chromium chromium-driver)"
+)
+
+
+@pytest.fixture(scope="module")
+def browser_and_server(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    root = tmp_path_factory.mktemp("page")
+    torch.manual_seed(0)
+    model = adaptformer.create_model("adaptformer/vit-tiny-cifar10", "linear", num_classes=3)
+    adaptformer.save_task(model, root / "tasks" / "t000.safetensors")
+    for k in range(1, 120):
+        shutil.copy(root / "tasks" / "t000.safetensors", root / "tasks" / f"t{k:03d}.safetensors")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "a.png")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    process, url = start_server(["--task-dir", str(root / "tasks"), "--precision", "fp32", "--max-resident", "64"])
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver, url, root
+    driver.quit()
+    stop_server(process)
+
+
+def wait_for(condition, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("the page did not get there in time")
+
+
+def rows(driver):
+    return driver.find_elements("css selector", "#results tbody tr")
+
+
+def test_the_page_pages_searches_previews_and_never_shows_stale_answers(browser_and_server):
+    driver, url, root = browser_and_server
+    driver.get(f"{url}/")
+    text = lambda element_id: driver.find_element("id", element_id).text  # noqa: E731
+    wait_for(lambda: text("count") == "120")
+    assert text("pageinfo") == "tasks 1-50 of 120"
+    driver.find_element("id", "file").send_keys(str(root / "a.png"))
+    assert wait_for(lambda: len(rows(driver)) == 50)
+    assert driver.find_element("id", "preview").get_attribute("src").startswith("blob:")
+    assert rows(driver)[0].text.startswith("t000") and "%" in rows(driver)[0].text
+    driver.find_element("id", "next").click()
+    wait_for(lambda: len(rows(driver)) == 50 and rows(driver)[0].text.startswith("t050"))
+    driver.find_element("id", "next").click()
+    wait_for(lambda: len(rows(driver)) == 20 and text("pageinfo") == "tasks 101-120 of 120")
+    driver.find_element("id", "search").send_keys("t11")
+    wait_for(lambda: len(rows(driver)) == 10 and text("pageinfo") == "tasks 1-10 of 10")
+    driver.find_element("id", "file").send_keys(str(root / "broken.png"))  # the same input, a new file
+    error = wait_for(lambda: text("error"))
+    assert error.startswith("415: ") and "not a readable image" in error and "object" not in error
+    assert rows(driver) == []  # the previous image's answers are gone
+    assert not driver.find_element("id", "busy").is_displayed()
+    logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]]
+    assert [e for e in logs if "415" not in e["message"]] == []  # no script error; only the refused request
