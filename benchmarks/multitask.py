@@ -191,7 +191,8 @@ def server(args) -> list[dict]:
         image = io.BytesIO()
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(image, "PNG")
         payload = image.getvalue()
-        for batching in (True, False):
+        setups = [(True, 0), (False, 0)] + [(True, n) for n in args.ray_replicas]
+        for batching, replicas in setups:
             port = _free_port()
             command = [
                 sys.executable,
@@ -209,14 +210,20 @@ def server(args) -> list[dict]:
                 "10",
                 "--precision",
                 args.precision,
+                "--device",
+                args.device,
+                "--max-queue",
+                "1024",
                 *([] if batching else ["--no-batching"]),
+                *(["--ray", "--replicas", str(replicas)] if replicas else []),
             ]
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             url = f"http://127.0.0.1:{port}"
             try:
                 _wait(url, process)
-                for clients in (1, 4, 16):
-                    rows.append(_load(url, payload, clients, args.requests, batching))
+                for clients in args.clients:
+                    rows.append(_load(url, payload, clients, max(args.requests, clients), batching))
+                    rows[-1]["ray_replicas"] = replicas
                     print(_format_server(rows[-1]), flush=True)
             finally:
                 process.terminate()
@@ -250,6 +257,8 @@ def _load(url: str, payload: bytes, clients: int, requests: int, batching: bool)
 
 def _format_server(row: dict) -> str:
     mode = "batching   " if row["batching"] else "no batching"
+    if row.get("ray_replicas"):
+        mode = f"ray x{row['ray_replicas']}    "
     return (
         f"server {mode} {row['clients']:>2} clients: {row['per_s']:6.2f} req/s  p50 {row['p50_ms']:7.1f} ms  "
         f"p99 {row['p99_ms']:7.1f} ms"
@@ -503,6 +512,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
     parser.add_argument("--skip-server", action="store_true")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64], help="concurrent server clients")
+    parser.add_argument("--ray-replicas", type=int, nargs="*", default=[], help="also serve through Ray: 1 2 ...")
     parser.add_argument("--skip-peft", action="store_true")
     parser.add_argument("--tasks", type=int, default=0, help="task files for the task-store figures (0: skip them)")
     parser.add_argument("--groups", type=int, nargs="+", default=[2, 4, 8, 32], help="tasks per batch of 32")
@@ -511,10 +522,16 @@ def main() -> int:
         "--cache", default=str(Path.home() / ".cache" / "adaptformer-bench"), help="where task files are kept"
     )
     parser.add_argument("--only-many", action="store_true", help="only the many-task figures (distinct, store)")
+    parser.add_argument("--only-server", action="store_true", help="only the server figures")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     print(f"{args.model}, CPU flags: {cpu_flags()}", flush=True)
+    if args.only_server:
+        figures = {"server": server(args)}
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
+        return 0
     if args.only_many:
         figures = report_many(args)
         if args.json:

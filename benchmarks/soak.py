@@ -3,7 +3,8 @@
     python benchmarks/soak.py --seconds 120 --clients 8
 
 Two tasks on the embedded backbone; each client loops over valid predictions (random PNGs, one or both tasks)
-and a share of bad requests (not an image, an unknown task, a decompression bomb header). Resident memory is
+and a share of bad requests (not an image, an unknown task, a decompression bomb header, a task file refused at
+load, a foreign Host header). Resident memory is
 sampled every second after a warm-up; a server that leaks shows a steady climb between the first and the last
 samples. Prints requests per second, status counts, and RSS (MiB) at the start, end and peak.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import torch
 from PIL import Image
 
 import adaptformer
@@ -53,8 +55,12 @@ def client(url: str, stop: threading.Event, seed: int, counts: Counter, lock: th
     rng = np.random.default_rng(seed)
     with httpx.Client(timeout=60) as http:
         while not stop.is_set():
-            kind = rng.integers(0, 10)
-            if kind == 0:
+            kind = rng.integers(0, 12)
+            if kind == 10:  # a task file that is refused at load (NaN tensors): must leave nothing behind
+                response = http.post(f"{url}/tasks", json={"file": "poisoned.safetensors", "name": f"p{seed}"})
+            elif kind == 11:  # a Host header from a rebinding attack
+                response = http.get(f"{url}/tasks", headers={"Host": "attacker.example"})
+            elif kind == 0:
                 response = http.post(f"{url}/predict", files={"file": ("x.png", b"not an image")})
             elif kind == 1:
                 response = http.post(f"{url}/predict/nope", files={"file": ("x.png", png(rng, 32))})
@@ -78,11 +84,17 @@ def main() -> None:
     for name, method in (("digits", "adaptformer"), ("probe", "linear")):
         model = adaptformer.create_model("adaptformer/vit-tiny-cifar10", method, num_classes=10)
         adaptformer.save_task(model, folder / f"{name}.safetensors")
+    poisoned = adaptformer.create_model("adaptformer/vit-tiny-cifar10", "linear", num_classes=10)
+    with torch.no_grad():
+        for parameter in poisoned.task.parameters():
+            parameter.fill_(float("nan"))
+    adaptformer.save_task(poisoned, folder / "tasks" / "poisoned.safetensors")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "adaptformer", "serve", "--port", str(port), "--precision", "fp32"]
     command += ["--task", str(folder / "digits.safetensors"), "--task", str(folder / "probe.safetensors")]
+    command += ["--task-dir", str(folder / "tasks"), "--no-access-log", "--max-queue", "256"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):

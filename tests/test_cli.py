@@ -63,7 +63,7 @@ def test_predict_files_and_folders_with_an_unreadable_image(trained_task, tmp_pa
     )
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     rows = {r["file"].split("/")[-1]: r for r in lines}
-    assert rows["broken.jpg"]["error"].startswith("unreadable image")
+    assert rows["broken.jpg"]["error"].startswith("not a readable image")
     assert rows["red.png"]["task"] == "best" and len(rows["red.png"]["top_k"]) == 2
     assert rows["red.png"]["top_k"][0]["label"] == "red"
     assert main(["predict", "--task", str(task), "--checkpoint", cfg.checkpoint, str(folder / "red.png")]) == 0

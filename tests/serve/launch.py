@@ -19,7 +19,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(arguments: list[str], timeout: float = 120) -> tuple[subprocess.Popen, str]:
+def start_server(arguments: list[str], timeout: float = 120, scheme: str = "http") -> tuple[subprocess.Popen, str]:
     """``adaptformer serve ARGUMENTS --port P``; returns once /health answers (the test fails otherwise)."""
     port = free_port()
     command = [sys.executable, "-m", "adaptformer", "serve", *arguments, "--port", str(port)]
@@ -29,11 +29,11 @@ def start_server(arguments: list[str], timeout: float = 120) -> tuple[subprocess
         command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
     process.log_path = log.name
-    url = f"http://127.0.0.1:{port}"
+    url = f"{scheme}://127.0.0.1:{port}"
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/ready", timeout=2, verify=False).status_code == 200:
                 return process, url
         except httpx.HTTPError:
             time.sleep(0.3)

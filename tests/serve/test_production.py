@@ -261,3 +261,61 @@ def test_metrics_and_the_access_log(server):
     log = server_log(process)
     assert '"POST /predict/colour?top_k=4 HTTP/1.1" 200' in log
     assert KEY not in log
+
+
+def test_https_with_the_key_on_every_endpoint(server, tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl here to make a self-signed certificate")
+    _, _, _, tasks = server
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    process, url = start_server(
+        [
+            "--task-dir",
+            str(tasks),
+            "--api-key-file",
+            str(_key_file(tmp_path)),
+            "--auth-everything",
+            "--ssl-keyfile",
+            str(key),
+            "--ssl-certfile",
+            str(cert),
+        ],
+        scheme="https",
+    )
+    try:
+        assert url.startswith("https://")
+        assert httpx.get(f"{url}/ready", verify=False, timeout=10).status_code == 200  # probes need no key
+        assert httpx.get(f"{url}/tasks", verify=False, timeout=10).status_code == 401
+        listed = httpx.get(f"{url}/tasks", headers=AUTH, verify=False, timeout=10)
+        assert listed.status_code == 200 and {t["name"] for t in listed.json()} >= {"colour", "probe"}
+    finally:
+        stop_server(process)
+
+
+def _key_file(folder):
+    path = folder / "api-key"
+    path.write_text(KEY + "\n")
+    return path
