@@ -150,6 +150,7 @@ class TaskBank:
         task_dir: str | Path | None = None,
     ):
         self.model = model.to(device).eval()
+        self.model.enable_any_input_size()  # tasks trained at other input sizes share the backbone
         self.device, self.precision, self.check_backbone = device, precision, check_backbone
         self.limits = limits or ResidencyLimits()
         self.task_dir = Path(task_dir) if task_dir is not None else None

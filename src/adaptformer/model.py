@@ -224,6 +224,39 @@ class AdaptedModel(nn.Module):
         step = int(patch[-1]) if isinstance(patch, (tuple, list)) else int(patch or 0)
         return bool(getattr(self.backbone, "dynamic_img_size", False)) and step > 0 and size % step == 0
 
+    def enable_any_input_size(self) -> bool:
+        """Let a timm ViT take any multiple of its patch size, as timm's ``dynamic_img_size=True`` does: the
+        position embeddings are resampled per forward (bicubic, antialiased: exactly what timm does when it loads
+        weights into a model built for another size), and not at all at the native size, where outputs stay
+        bit-identical. Returns False for backbones that cannot (video ViTs, Hugging Face models)."""
+        from timm.layers import Format
+        from timm.models.vision_transformer import VisionTransformer
+
+        backbone = self.backbone
+        if not isinstance(backbone, VisionTransformer) or backbone.pos_embed is None:
+            return False
+        patch_embed = backbone.patch_embed
+        patch_embed.strict_img_size, patch_embed.flatten, patch_embed.output_fmt = False, False, Format.NHWC
+        backbone.dynamic_img_size = True
+        return True
+
+    def backbone_fingerprint_at(self, size: int) -> str | None:
+        """The fingerprint these frozen weights have in a model built for ``size``-px inputs: timm resamples
+        the position embeddings when it loads them there, so a task trained at another size on the same
+        weights records this fingerprint, not ``backbone_fingerprint()``."""
+        from timm.layers import resample_abs_pos_embed
+
+        backbone = self.backbone
+        if self.backbone_trains or not self.accepts_input_size(size):
+            return None
+        grid = size // int(backbone.patch_embed.patch_size[-1])
+        prefix = 0 if getattr(backbone, "no_embed_class", False) else backbone.num_prefix_tokens
+        with torch.no_grad():
+            resampled = resample_abs_pos_embed(backbone.pos_embed, new_size=(grid, grid), num_prefix_tokens=prefix)
+        state = dict(self.backbone.state_dict())
+        state["pos_embed"] = resampled
+        return hash_tensors(sorted(state.items()))[:32]
+
     def backbone_spec(self) -> BackboneSpec:
         reference = next(self.backbone.parameters())
         return BackboneSpec(

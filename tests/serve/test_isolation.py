@@ -43,7 +43,7 @@ def task_dir(tmp_path_factory):
         "crop": {"crop_pct": "abc"},
         "nomean": {"mean": None},
         "size0": {"input_size": [3, 0, 0]},
-        "size64": {"input_size": [3, 64, 64]},
+        "size50": {"input_size": [3, 50, 50]},  # not a multiple of the patch size
         "std0": {"std": [0.0, 0.0, 0.0]},
         "interp": {"interpolation": "sideways"},
     }

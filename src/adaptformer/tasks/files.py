@@ -198,6 +198,9 @@ def check_fits(model: AdaptedModel, meta: dict[str, Any], path: str | Path, chec
         return
     if model.backbone_trains or model.backbone_fingerprint() == expected:
         return
+    size = ((meta.get("preprocessing") or {}).get("input_size") or [None])[-1]
+    if isinstance(size, int) and model.backbone_fingerprint_at(size) == expected:
+        return  # the same weights, with the position embeddings timm resampled for the task's input size
     source = meta["backbone"].get("checkpoint")
     weights = f"{meta['backbone']['name']}" + (f" from {source}" if source else "")
     raise AdaptFormerError(
