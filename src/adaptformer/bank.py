@@ -151,6 +151,7 @@ class TaskBank:
     ):
         self.model = model.to(device).eval()
         self.model.enable_any_input_size()  # tasks trained at other input sizes share the backbone
+        self._native = InputSpec.from_model(self.model)  # what the backbone takes: checked for every listed file
         self.device, self.precision, self.check_backbone = device, precision, check_backbone
         self.limits = limits or ResidencyLimits()
         self.task_dir = Path(task_dir) if task_dir is not None else None
@@ -313,7 +314,7 @@ class TaskBank:
 
     def _check_input(self, spec: InputSpec, path: Path) -> None:
         """The backbone takes inputs of the task's shape: its frames and (unless it resizes) its side."""
-        native = InputSpec.from_model(self.model)
+        native = self._native
         if spec.frames != native.frames:
             takes = f"{native.frames}-frame clips" if native.frames > 1 else "images"
             has = f"{spec.frames}-frame clips" if spec.frames > 1 else "images"

@@ -135,7 +135,7 @@ def create_app(bank: TaskBank, task_dir: str | Path | None = None, settings: Ser
 
     @app.get("/tasks", responses=_responses(401))
     async def tasks() -> list[dict]:
-        return [_public(row, root) for row in bank.infos()]
+        return [_public(row, root, scrub) for row in bank.infos()]
 
     @app.post("/tasks/refresh", responses=_responses(*COMMON, 403))
     async def refresh_tasks() -> dict:
@@ -161,7 +161,7 @@ def create_app(bank: TaskBank, task_dir: str | Path | None = None, settings: Ser
         if bank.has(name) and Path(bank.info(name).file).resolve() != path:
             raise HTTPException(409, f"task {name!r} is already loaded from another file")
         await batcher.on_model_thread(bank.load, str(path), name)
-        return _public({**bank.info(name).to_dict(), "usable": True, "resident": True}, root)
+        return _public({**bank.info(name).to_dict(), "usable": True, "resident": True}, root, scrub)
 
     @app.delete("/tasks/{name}", responses=_responses(401, 404))
     async def remove_task(name: str) -> dict:
@@ -318,7 +318,7 @@ def _add_error_handlers(app: FastAPI, metrics: ServerMetrics, scrub) -> None:
         return reply(500, f"internal error ({type(error).__name__}); see the server log", "internal")
 
 
-def _public(row: dict, root: Path | None) -> dict:
+def _public(row: dict, root: Path | None, scrub) -> dict:
     """A task listing row with its file named relative to the task directory (or by its name only)."""
     path = Path(row["file"])
     try:
@@ -327,7 +327,7 @@ def _public(row: dict, root: Path | None) -> dict:
         shown = path.name
     out = {**row, "file": shown}
     if "error" in out:
-        out["error"] = _path_scrubber(root)(out["error"])
+        out["error"] = scrub(out["error"])
     return out
 
 

@@ -127,7 +127,6 @@ class Batcher:
                 except Exception as alone:
                     self._failed(r, alone)
             return
-        self.stats.failing = False
         start = 0
         for r in live:
             _answer(r, logits[start : start + len(r.rows)])
