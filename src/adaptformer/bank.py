@@ -315,7 +315,7 @@ class TaskBank:
     def _check_input(self, spec: InputSpec, path: Path) -> None:
         """The backbone takes inputs of the task's shape: its frames and (unless it resizes) its side."""
         native = self._native
-        if spec.frames != native.frames:
+        if spec.frames != native.frames and spec.frames > 1:  # images also run on a video backbone (static clips)
             takes = f"{native.frames}-frame clips" if native.frames > 1 else "images"
             has = f"{spec.frames}-frame clips" if spec.frames > 1 else "images"
             raise AdaptFormerError(f"task file {path}: takes {has}; the backbone takes {takes}")

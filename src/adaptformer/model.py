@@ -72,6 +72,8 @@ class AdaptedModel(nn.Module):
         #: from how many task groups with an adapter at a block a mixed batch gathers them (``routing.py``)
         self.gather_from = GATHER_FROM_GROUPS
         self._fingerprint: tuple[tuple, str] | None = None  # (state key, hash) of the frozen weights
+        #: frames of the clips a video backbone takes (1 for image backbones): images are seen as static clips
+        self.clip_frames = int(getattr(getattr(backbone, "patch_embed", None), "num_frames", 1) or 1)
         family = "hf" if isinstance(backbone, HFBackbone) else "timm"
         source = source or BackboneSource(source_name(backbone))
         self.source = dataclasses.replace(source, family=family)
@@ -199,7 +201,7 @@ class AdaptedModel(nn.Module):
         router.gather_from = self.gather_from
         self._batch_router = router
         try:
-            pooled = self.backbone.pool(self.backbone.forward_features(x))
+            pooled = self.backbone.pool(self.backbone.forward_features(self.backbone_input(x)))
             return router.heads(pooled)
         finally:
             self._batch_router = None
@@ -275,9 +277,17 @@ class AdaptedModel(nn.Module):
             self.backbone.train(False)
         return self
 
+    def backbone_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the backbone is given for ``x``. A video backbone also takes images, (B, C, H, W): each is seen
+        as a static clip, the image in every one of its frames (the convention image weights are inflated by, so
+        image and video tasks share one video backbone; an image costs what a clip costs)."""
+        if self.clip_frames > 1 and x.ndim == 4:
+            return x.unsqueeze(2).expand(-1, -1, self.clip_frames, -1, -1)
+        return x
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone tokens (after its final norm), computed through the active task's modules."""
-        return self.backbone.forward_features(x)
+        return self.backbone.forward_features(self.backbone_input(x))
 
     def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
         """What a task's head receives (before the task's own fc_norm)."""

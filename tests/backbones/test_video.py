@@ -184,3 +184,28 @@ def test_embedded_image_backbone_inflates_to_video():
         "adaptformer/vit-tiny-cifar10", "adaptformer", num_classes=3, timm_kwargs={"num_frames": 4}
     )
     assert adapted(static).shape == (1, 3)
+
+
+@pytest.mark.parametrize("family", ["timm", "hf"])
+def test_images_on_a_video_backbone_are_static_clips(tmp_path, family):
+    """(B, C, H, W) on a video backbone = the image in every frame, for one task and for a mixed batch."""
+    if family == "timm":
+        backbone = adaptformer.create_backbone(NAME, pretrained=False, **TINY)
+    else:
+        backbone = hf_videomae(tmp_path)[0]
+    model = adaptformer.adapt(backbone, "adaptformer", num_classes=3, bottleneck=4).eval()
+    if family == "timm":
+        model.add_task("other", "vpt", classes=2, vpt_tokens=2)
+    else:  # HF layers take no attention mask: a mixed batch of prompt tasks is refused there (routing.py)
+        model.add_task("other", "adaptformer", classes=2, bottleneck=2)
+    for task in model.tasks.values():  # non-zero adapters, so the task's path is what is compared
+        for p in task.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    static = images[:, :, None].repeat(1, 1, 4, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(model(images, task="default"), model(static, task="default"), atol=1e-6)
+        mixed = model(images, tasks=["default", "other", "default"])
+        alone = model(static, tasks=["default", "other", "default"])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(mixed, alone, strict=True))
+    assert torch.allclose(mixed[1], model(static[1:2], task="other")[0], atol=1e-5)

@@ -107,3 +107,46 @@ def test_corrupt_videos_are_skipped_counted_and_logged_in_training(tmp_path, cap
     assert summary["skipped_images"] >= 1
     log = (tmp_path / "run" / "train.log").read_text()
     assert "skipped unreadable file" in log and "brush_hair_clip_0.avi" in log
+
+
+def test_image_and_video_tasks_train_on_one_video_backbone_and_share_a_bank(ssv2, tmp_path, capsys):
+    """An image dataset on a video backbone: each image is a static clip (the image in every frame); the task
+    file records an image task on the video backbone's weights, and it shares one bank with a video task."""
+    import torch
+    from PIL import Image
+
+    from adaptformer import AdaptedModel, apply_task, create_backbone
+    from adaptformer.bank import TaskBank
+    from adaptformer.media import Clip
+    from formats import video_frames, write_cifar10, write_video
+
+    cifar = write_cifar10(tmp_path / "cifar")
+    assert main(train_args(cifar, tmp_path / "images", dataset="cifar10", extra=["--no-verify"])) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["classes"] == 10
+    meta, _ = read_task(tmp_path / "images" / "last.safetensors")
+    assert meta["preprocessing"]["modality"] == "image" and meta["preprocessing"]["frames"] == 1
+    assert meta["backbone"]["kwargs"]["num_frames"] == 4  # the video backbone, built for the video tasks' frames
+    assert main(train_args(ssv2, tmp_path / "clips")) == 0
+    capsys.readouterr()
+    torch.manual_seed(0)  # the runs' random backbone again (the fingerprint check confirms it)
+    backbone = create_backbone("videomae_base_patch16_224", pretrained=False, **json.loads(TINY_VIDEO), num_frames=4)
+    files = [f"cifar={tmp_path / 'images' / 'last.safetensors'}", f"ssv2={tmp_path / 'clips' / 'last.safetensors'}"]
+    bank = TaskBank(AdaptedModel(backbone), torch.device("cpu"), "fp32")
+    for text in files:
+        bank.add(text)  # refused in one line if the image task did not fit the video backbone
+    assert bank.tasks == ["cifar", "ssv2"]
+    clip = Clip.from_file(write_video(tmp_path / "clip.mp4", video_frames(12, height=32, width=32, motion=2)))
+    image = Image.fromarray(video_frames(1, height=32, width=32)[0])
+    results = bank.predict([image, clip], top_k=2)
+    assert [(r["index"], r["task"]) for r in results] == [(0, "cifar"), (1, "ssv2")]
+    # the bank's answer for the image equals the task's own model on the static clip written out by hand
+    torch.manual_seed(0)
+    model = apply_task(
+        create_backbone("videomae_base_patch16_224", pretrained=False, **json.loads(TINY_VIDEO), num_frames=4),
+        tmp_path / "images" / "last.safetensors",
+    ).eval()
+    row = bank.input_rows(image, ["cifar"])[0]
+    with torch.no_grad():
+        direct = model(row[None, :, None].expand(-1, -1, 4, -1, -1).contiguous()).softmax(-1)[0]
+    assert abs(results[0]["top_k"][0]["prob"] - float(direct.max())) < 1e-5

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from ..backbones.video import is_video_model
 from ..errors import AdaptFormerError
 from ..methods.base import MethodConfig
 from ..methods.registry import make_method_config, method_option_fields, methods_with_option, option_names
@@ -103,11 +104,13 @@ class TrainConfig:
         return make_method_config(self.method, **self.method_options)
 
     def timm_kwargs(self, video: bool = False) -> dict[str, Any]:
-        """Keywords for the backbone; a video dataset asks for ``num_frames`` (an image ViT is then inflated)."""
+        """Keywords for the backbone; a video dataset asks for ``num_frames`` (an image ViT is then inflated), and
+        a video backbone is built for ``--num-frames`` whatever it trains on (its image tasks then share it with
+        the video tasks trained at those frames)."""
         kwargs = dict(self.model_kwargs or {})
         if self.img_size:
             kwargs["img_size"] = self.img_size
-        if video:
+        if video or is_video_model(self.model):
             kwargs.setdefault("num_frames", self.num_frames)
         return kwargs
 

@@ -120,7 +120,8 @@ def setup_logging(run_dir: Path, info: DistInfo) -> None:
 def input_spec(cfg: TrainConfig, backbone: nn.Module, video: bool = False) -> InputSpec:
     """The backbone's preprocessing with the run's overrides: what the task files record."""
     spec = InputSpec.from_model(backbone).replace(crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
-    return spec.replace(sampling_rate=cfg.sampling_rate) if video else spec
+    # images on a video backbone stay images: the model shows each as a static clip (AdaptedModel.backbone_input)
+    return spec.replace(sampling_rate=cfg.sampling_rate) if video else spec.replace(frames=1)
 
 
 def transforms_for(cfg: TrainConfig, spec: InputSpec):
