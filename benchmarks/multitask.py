@@ -171,82 +171,106 @@ def memory(args) -> dict:
 
 
 def server(args) -> list[dict]:
-    """A real server with 8 task files; each concurrency level sends ``--requests`` single-image requests."""
+    """A real server with 8 task files (batching on and off, then through Ray with each of ``--ray-replicas``);
+    then, with ``--server-tasks N``, a fleet of N task files behind ``--max-resident 64``. Each concurrency level
+    sends ``--requests`` single-image requests."""
     from PIL import Image
     from safetensors.torch import save_file
 
     import adaptformer
 
     rows = []
+    image = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(image, "PNG")
+    payload = image.getvalue()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = make_bank(args.model, 8)
-        save_file(
-            {k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(tmp / "backbone.safetensors")
-        )
+        backbone = tmp / "backbone.safetensors"
+        save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(backbone))
         tasks = []
         for k in range(8):
             tasks += ["--task", str(adaptformer.save_task(model, tmp / f"t{k}.safetensors", task=f"t{k}"))]
         del model
-        image = io.BytesIO()
-        Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(image, "PNG")
-        payload = image.getvalue()
-        setups = [(True, 0), (False, 0)] + [(True, n) for n in args.ray_replicas]
-        for batching, replicas in setups:
-            port = _free_port()
-            command = [
-                sys.executable,
-                "-m",
-                "adaptformer",
-                "serve",
-                *tasks,
-                "--model",
-                args.model,
-                "--checkpoint",
-                str(tmp / "backbone.safetensors"),
-                "--port",
-                str(port),
-                "--max-wait-ms",
-                "10",
-                "--precision",
-                args.precision,
-                "--device",
-                args.device,
-                "--max-queue",
-                "1024",
-                *([] if batching else ["--no-batching"]),
-                *(["--ray", "--replicas", str(replicas)] if replicas else []),
-            ]
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            url = f"http://127.0.0.1:{port}"
-            try:
-                _wait(url, process)
-                for clients in args.clients:
-                    rows.append(_load(url, payload, clients, max(args.requests, clients), batching))
-                    rows[-1]["ray_replicas"] = replicas
-                    print(_format_server(rows[-1]), flush=True)
-            finally:
-                process.terminate()
-                process.wait(timeout=30)
+        names = [f"t{k}" for k in range(8)]
+        setups = [("batching", []), ("no batching", ["--no-batching"])]
+        setups += [(f"ray x{n}", ["--ray", "--replicas", str(n)]) for n in args.ray_replicas]
+        for label, options in setups:
+            rows += _serve_levels(args, [*tasks, *options], backbone, payload, label, _cycle(names))
+    if args.server_tasks:
+        folder = task_cache(args, args.server_tasks)
+        names = sorted(p.stem for p in (folder / "tasks").glob("*.safetensors"))[: args.server_tasks]
+        options = ["--task-dir", str(folder / "tasks"), "--max-resident", "64"]
+        label = f"{len(names)} tasks, LRU 64"
+        rows += _serve_levels(args, options, folder / "backbone.safetensors", payload, label, _zipf(names))
     return rows
 
 
-def _load(url: str, payload: bytes, clients: int, requests: int, batching: bool) -> dict:
+def _cycle(names: list[str]):
+    return lambda k: names[k % len(names)]
+
+
+def _zipf(names: list[str]):
+    """Task k of a request stream drawn with Zipf-like popularity (as a real fleet of tasks has), fixed seed."""
+    weights = 1.0 / np.arange(1, len(names) + 1)
+    order = np.random.default_rng(0).choice(len(names), 100_000, p=weights / weights.sum())
+    return lambda k: names[order[k % len(order)]]
+
+
+def _serve_levels(args, options: list[str], backbone: Path, payload: bytes, label: str, task_of) -> list[dict]:
+    port = _free_port()
+    command = [sys.executable, "-m", "adaptformer", "serve", *options, "--model", args.model]
+    command += ["--checkpoint", str(backbone), "--port", str(port), "--max-wait-ms", "10"]
+    command += ["--precision", args.precision, "--device", args.device, "--max-queue", "1024"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        _wait(url, process)
+        offset = 0
+        for clients in args.clients:
+            requests = max(args.requests, clients)
+            rows.append({"setup": label, **_load(url, payload, clients, requests, task_of, offset)})
+            offset += requests + clients
+            if "LRU" in label:
+                rows[-1].update(_bank_stats(url))
+            print(_format_server(rows[-1]), flush=True)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    return rows
+
+
+def _bank_stats(url: str) -> dict:
+    """The task store's counters from the server's Prometheus metrics (loads, evictions so far)."""
+    import httpx
+
+    values = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        for key in ("loads", "evictions", "hits", "misses"):
+            if line.startswith(f"adaptformer_task_{key}_total "):
+                values[f"task_{key}"] = float(line.split()[1])
+    looked_up = values.get("task_hits", 0) + values.get("task_misses", 0)
+    values["hit_rate"] = values.get("task_hits", 0) / looked_up if looked_up else 0.0
+    return values
+
+
+def _load(url: str, payload: bytes, clients: int, requests: int, task_of, offset: int = 0) -> dict:
     import httpx
 
     def one(k: int) -> float:
         began = time.perf_counter()
-        response = httpx.post(f"{url}/predict/t{k % 8}", files={"file": ("x.png", payload, "image/png")}, timeout=120)
+        files = {"file": ("x.png", payload, "image/png")}
+        response = httpx.post(f"{url}/predict/{task_of(offset + k)}", files=files, timeout=300)
         response.raise_for_status()
         return time.perf_counter() - began
 
     with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one, range(clients)))  # warm-up
+        list(pool.map(one, range(requests, requests + clients)))  # warm-up
         began = time.perf_counter()
         latencies = sorted(pool.map(one, range(requests)))
         wall = time.perf_counter() - began
     return {
-        "batching": batching,
         "clients": clients,
         "requests": requests,
         "per_s": requests / wall,
@@ -256,12 +280,13 @@ def _load(url: str, payload: bytes, clients: int, requests: int, batching: bool)
 
 
 def _format_server(row: dict) -> str:
-    mode = "batching   " if row["batching"] else "no batching"
-    if row.get("ray_replicas"):
-        mode = f"ray x{row['ray_replicas']}    "
+    store = ""
+    if "task_loads" in row:  # counters since the server started
+        store = f"  loads {row['task_loads']:.0f}, evictions {row['task_evictions']:.0f}"
+        store += f", hit rate {row['hit_rate']:.2f}"
     return (
-        f"server {mode} {row['clients']:>2} clients: {row['per_s']:6.2f} req/s  p50 {row['p50_ms']:7.1f} ms  "
-        f"p99 {row['p99_ms']:7.1f} ms"
+        f"server {row['setup']:<18} {row['clients']:>2} clients: {row['per_s']:6.2f} req/s  "
+        f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms{store}"
     )
 
 
@@ -327,8 +352,9 @@ def distinct_tasks(args) -> dict:
     }
 
 
-def task_cache(args) -> Path:
-    """``--tasks`` AdaptFormer-64 task files with random weights and the random backbone they share (made once)."""
+def task_cache(args, count: int | None = None) -> Path:
+    """``count`` (default ``--tasks``) AdaptFormer-64 task files with random weights and the random backbone they
+    share (made once)."""
     from safetensors.torch import save_file
 
     import adaptformer
@@ -336,8 +362,9 @@ def task_cache(args) -> Path:
     folder = Path(args.cache) / f"{args.model}-r64"
     tasks = folder / "tasks"
     tasks.mkdir(parents=True, exist_ok=True)
+    count = count or args.tasks
     have = len(list(tasks.glob("*.safetensors")))
-    if have >= args.tasks and (folder / "backbone.safetensors").exists():
+    if have >= count and (folder / "backbone.safetensors").exists():
         return folder
     model = make_bank(args.model, 1)
     if not (folder / "backbone.safetensors").exists():
@@ -345,7 +372,7 @@ def task_cache(args) -> Path:
         save_file(state, str(folder / "backbone.safetensors"))
     generator = torch.Generator().manual_seed(1)
     began = time.perf_counter()
-    for k in range(have, args.tasks):
+    for k in range(have, count):
         name = f"task{k:05d}"
         task = model.add_task(name, "adaptformer", 10, bottleneck=64)
         with torch.no_grad():
@@ -353,7 +380,7 @@ def task_cache(args) -> Path:
                 param.add_(torch.randn(param.shape, generator=generator) * 0.02)
         adaptformer.save_task(model, tasks / f"{name}.safetensors", task=name)
         model.remove_task(name)
-    print(f"wrote {args.tasks - have} task files in {time.perf_counter() - began:.0f} s to {tasks}", flush=True)
+    print(f"wrote {count - have} task files in {time.perf_counter() - began:.0f} s to {tasks}", flush=True)
     return folder
 
 
@@ -514,6 +541,9 @@ def main() -> int:
     parser.add_argument("--skip-server", action="store_true")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64], help="concurrent server clients")
     parser.add_argument("--ray-replicas", type=int, nargs="*", default=[], help="also serve through Ray: 1 2 ...")
+    parser.add_argument(
+        "--server-tasks", type=int, default=0, help="also serve N task files behind --max-resident 64 (0: skip)"
+    )
     parser.add_argument("--skip-peft", action="store_true")
     parser.add_argument("--tasks", type=int, default=0, help="task files for the task-store figures (0: skip them)")
     parser.add_argument("--groups", type=int, nargs="+", default=[2, 4, 8, 32], help="tasks per batch of 32")
