@@ -13,10 +13,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from .runtime.distributed import all_reduce_sum
 from .runtime.precision import autocast
+from .utils.progress import progress_bar
 
 
 def view_averaged_logits(
@@ -51,7 +51,7 @@ def evaluate(
         with autocast(precision, device):
             return model(x)
 
-    for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not show_progress):
+    for batch in progress_bar(loader, desc="eval", unit="batch", leave=False, disable=not show_progress):
         if batch.inputs is None:
             continue
         inputs = batch.inputs.to(device, non_blocking=True)

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from .backbones.embedded import CIFAR10_MEAN, CIFAR10_STD
 from .data.image import class_folders, list_images
@@ -36,6 +35,7 @@ from .runtime.state import CHECKPOINT_NAME, load_training_state, restore_rng_sta
 from .train.optim import make_schedule
 from .utils.atomic import atomic_write, atomic_write_json
 from .utils.options import option
+from .utils.progress import progress_bar
 
 RUN_FILES = (CHECKPOINT_NAME, "config.json", "model.safetensors", "model.json", "metrics.jsonl")
 RUN_CONTROL = {"out", "threads", "resume", "overwrite", "device"}
@@ -184,7 +184,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         model.train()
         began = time.time()
         order = torch.randperm(len(train_x), generator=generator)
-        bar = tqdm(range(steps_per_epoch), desc=f"pretrain epoch {epoch + 1}/{cfg.epochs}", unit="step")
+        bar = progress_bar(range(steps_per_epoch), desc=f"pretrain epoch {epoch + 1}/{cfg.epochs}", unit="step")
         for i in bar:
             step = epoch * steps_per_epoch + i
             schedule.step_update(step)
@@ -197,7 +197,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
             optimizer.step()
             if i % 20 == 0:
                 lr = optimizer.param_groups[0]["lr"]
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", refresh=False)
                 logger.log(step, train_loss=loss.item(), lr=lr)
         elapsed += time.time() - began
         accuracy = evaluate(model, test_loader, device, precision, len(classes))["top1"] / 100

@@ -82,6 +82,9 @@ def test_cli_sweep_shard_and_report(tmp_path, capsys):
     assert (tmp_path / "report" / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "report" / "curves.png").exists()
     assert "data:image/png;base64," in (tmp_path / "report" / "report.html").read_text()
+    # the sweep's folder itself: its runs are found under it
+    assert main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "report2")]) == 0
+    assert "(2 configurations, 0 skipped)" in capsys.readouterr().out
 
 
 def test_report_marks_partial_runs_and_plots_varying_options(tmp_path):

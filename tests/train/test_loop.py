@@ -146,3 +146,29 @@ def test_resume_accepts_changed_run_control_options(tmp_path):
     fit(tiny_train_config(tmp_path, epochs=1))
     summary = fit(tiny_train_config(tmp_path, epochs=1, resume=True, tensorboard=False, eval_every=5))
     assert summary["epochs"] == 1
+
+
+def test_warmup_defaults_to_a_fifth_of_the_epochs(tmp_path):
+    """A short run typed without --warmup-epochs trains (a fixed 20 refused --epochs 3); the share is the paper's."""
+    config = tiny_train_config(tmp_path, epochs=5, warmup_epochs=None)
+    assert config.warmup == 1.0 and loop.plan_steps(config, 24, 1).warmup_steps == 3  # 3 steps an epoch
+    assert fit(config)["epochs"] == 5
+    assert tiny_train_config(tmp_path, epochs=5, warmup_epochs=0).warmup == 0
+    with pytest.raises(AdaptFormerError, match=r"--warmup-epochs: expected a number in \[0, 5\]"):
+        tiny_train_config(tmp_path, epochs=5, warmup_epochs=6).validate()
+
+
+def test_progress_is_written_as_lines_when_not_on_a_terminal(tmp_path, capsys):
+    """Off a terminal (a log file, CI) the bars write whole lines, a handful per epoch, not a \\r update per step."""
+    from adaptformer.utils.progress import progress_bar
+
+    fit(tiny_train_config(tmp_path, epochs=2, batch_size=2, effective_batch=2, max_train_samples=24))
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    epoch_lines = [line for line in err.splitlines() if line.startswith("epoch ") and "step" in line]
+    # each epoch: a line as it starts and one as it ends (and one every LOG_INTERVAL_S between)
+    assert [line.split(":")[0] for line in epoch_lines] == ["epoch 1/2"] * 2 + ["epoch 2/2"] * 2
+    assert [" 0/12" in epoch_lines[0], "12/12" in epoch_lines[1]] == [True, True]
+    for _ in progress_bar(range(100_000), desc="many"):
+        pass
+    assert len(capsys.readouterr().err.splitlines()) == 2  # 100,000 updates: start and end

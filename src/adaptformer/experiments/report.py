@@ -66,6 +66,19 @@ IGNORED = {
 }
 
 
+def run_directories(paths: list[str | Path]) -> list[Path]:
+    """Each path that is a run directory (it holds ``config.yaml``), else the run directories anywhere under it
+    (a sweep's or a tune's folder); a path with neither is kept, to be reported as skipped."""
+    found = []
+    for path in map(Path, paths):
+        if (path / "config.yaml").is_file() or not path.is_dir():
+            found.append(path)
+            continue
+        under = sorted(config.parent for config in path.rglob("config.yaml"))
+        found += under or [path]
+    return list(dict.fromkeys(found))
+
+
 def read_run(path: Path) -> tuple[dict | None, str | None]:
     """A run's figures, or (None, why it was skipped)."""
     config_file, summary_file, metrics_file = path / "config.yaml", path / "summary.json", path / "metrics.jsonl"
@@ -143,7 +156,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs, skipped = [], []
-    for path in map(Path, run_dirs):
+    for path in run_directories(run_dirs):
         run, why = read_run(path)
         (runs.append(run) if run else skipped.append((str(path), why)))
     rows = group_seeds(runs)

@@ -27,6 +27,8 @@ from ..runtime.device import parse_device
 from ..runtime.precision import PRECISIONS
 from ..utils.options import check_choice, check_int, check_number, option
 
+WARMUP_SHARE = 0.2  # warm-up share of the epochs when --warmup-epochs is not given (the paper: 20 of 100)
+
 
 @dataclass
 class TrainConfig:
@@ -61,7 +63,9 @@ class TrainConfig:
     task_name: str | None = option(None, "name of the task in its task files (default: the dataset name)")
     # optimisation: SGD momentum 0.9, wd 0, lr = blr * effective_batch / 256, warm-up + half-cycle cosine
     epochs: int = option(100, "training epochs")
-    warmup_epochs: float = option(20, "linear warm-up epochs (per iteration) before the half-cycle cosine")
+    warmup_epochs: float | None = option(
+        None, "linear warm-up epochs (per iteration) before the half-cycle cosine; default: a fifth of --epochs"
+    )
     batch_size: int = option(128, "batch per process and micro-step")
     effective_batch: int | None = option(1024, "batch per optimizer step over all processes (accumulation fills it)")
     blr: float = option(0.1, "base lr: lr = blr * effective_batch / 256")
@@ -114,6 +118,11 @@ class TrainConfig:
             kwargs.setdefault("num_frames", self.num_frames)
         return kwargs
 
+    @property
+    def warmup(self) -> float:
+        """Warm-up epochs: ``--warmup-epochs``, else the paper's share of the run (20 of its 100 epochs)."""
+        return self.warmup_epochs if self.warmup_epochs is not None else WARMUP_SHARE * self.epochs
+
     def video_options(self) -> dict[str, Any]:
         """The dataset options of video datasets (each builder takes the ones it knows)."""
         names = ("num_frames", "sampling_rate", "test_clips", "split", "train_list", "test_list", "label_map")
@@ -129,7 +138,7 @@ class TrainConfig:
         for name in ("workers", "checkpoint_every_steps", "seed"):
             check_int(f"--{name.replace('_', '-')}", getattr(self, name), 0)
         check_int("--effective-batch", self.effective_batch, 1, allow_none=True)
-        check_number("--warmup-epochs", self.warmup_epochs, 0, self.epochs)
+        check_number("--warmup-epochs", self.warmup_epochs, 0, self.epochs, allow_none=True)
         check_number("--crop-pct", self.crop_pct, 0.01, 1.0, allow_none=True)
         check_number("--hflip", self.hflip, 0.0, 1.0)
         check_number("--scale-min", self.scale_min, 0.0, 1.0)

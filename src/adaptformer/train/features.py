@@ -13,12 +13,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from ..data.loading import ShardSampler, Unreadable, make_loader
 from ..model import AdaptedModel
 from ..runtime.distributed import DistInfo
 from ..runtime.precision import autocast
+from ..utils.progress import progress_bar
 
 
 class FeatureHead(nn.Module):
@@ -54,7 +54,7 @@ def extract(model: AdaptedModel, dataset: Dataset, batch_size: int, device, prec
     loader = make_loader(dataset, batch_size, ShardSampler(len(dataset), 1, 0), 0, 0, drop_last=False)
     model.eval()
     features, labels, skipped = [], [], []
-    for batch in tqdm(loader, desc=f"features ({what})", unit="batch", leave=False):
+    for batch in progress_bar(loader, desc=f"features ({what})", unit="batch", leave=False):
         skipped += batch.skipped
         if batch.inputs is None:
             continue

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from ..backbones.timm import create_backbone
 from ..data.loading import ResumableSampler, ShardSampler, check_some_readable, make_loader
@@ -38,6 +37,7 @@ from ..runtime.state import CHECKPOINT_NAME, load_training_state, restore_rng_st
 from ..tasks import save_task
 from ..utils.atomic import atomic_write_json, atomic_write_text
 from ..utils.hashing import hash_tensors
+from ..utils.progress import progress_bar
 from .config import RUN_CONTROL, TrainConfig, dump_yaml
 from .features import FeatureHead, cache_features
 from .optim import make_optimizer, make_schedule, scaled_lr
@@ -99,7 +99,7 @@ def plan_steps(cfg: TrainConfig, train_size: int, world_size: int) -> Plan:
             f"--effective-batch {effective}: the training set has only {train_size} images; lower the batch"
         )
     lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, effective)
-    return Plan(accumulation, effective, lr, steps, steps * cfg.epochs, round(steps * cfg.warmup_epochs))
+    return Plan(accumulation, effective, lr, steps, steps * cfg.epochs, round(steps * cfg.warmup))
 
 
 def setup_logging(run_dir: Path, info: DistInfo) -> None:
@@ -198,7 +198,7 @@ def train_one_epoch(
     model.train()
     device = info.device
     remaining = plan.steps_per_epoch - progress.step_in_epoch
-    bar = tqdm(
+    bar = progress_bar(
         total=remaining,
         desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
         unit="step",
@@ -253,7 +253,8 @@ def train_one_epoch(
         lr = optimizer.param_groups[0]["lr"]
         bar.update(1)
         mean_loss = progress.epoch_loss_sum / progress.epoch_batches
-        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", skipped=progress.skipped_images)
+        # shown at the bar's next refresh (at most every LOG_INTERVAL_S off a terminal), not a write per step
+        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", skipped=progress.skipped_images, refresh=False)
         if progress.global_step % 10 == 0 or progress.step_in_epoch == plan.steps_per_epoch:
             metrics.log(progress.global_step, train_loss=loss.item(), lr=lr, epoch=progress.epoch + 1)
         if on_step is not None:
