@@ -98,6 +98,31 @@ def write_imagefolder(
     return root
 
 
+def write_vtab(root: Path, tasks=("eurosat", "dtd"), classes: int = 3, train: int = 8, val: int = 4, test: int = 6):
+    """VTAB-1k's layout: ``<root>/<task>/images/*.jpg`` and the four list files (``path label`` per line), with
+    train800val200 = train800 + val200 as released. Images are 40 x 24 (not square: the squash resize shows)."""
+    rng = np.random.default_rng(0)
+    for task in tasks:
+        folder = root / task
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        lists = {}
+        for split, count in (("train800", train), ("val200", val), ("test", test)):
+            lines = []
+            for j in range(count):
+                label = j % classes
+                colour = np.zeros(3)
+                colour[label % 3] = 200
+                pixels = np.clip(colour + rng.normal(0, 30, (24, 40, 3)), 0, 255).astype(np.uint8)
+                name = f"images/{split}_{j:04d}.jpg"
+                Image.fromarray(pixels).save(folder / name, quality=95)
+                lines.append(f"{name} {label}")
+            lists[split] = lines
+        lists["train800val200"] = lists["train800"] + lists["val200"]
+        for split, lines in lists.items():
+            (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
 # ---- videos -------------------------------------------------------------------------------------------------
 VIDEO_CODECS = {".mp4": "libx264", ".webm": "libvpx-vp9", ".avi": "mpeg4", ".mkv": "libx264"}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from ..errors import AdaptFormerError
 
 #: modules that register datasets when imported
-BUILTIN_MODULES = ("adaptformer.data.image", "adaptformer.data.video")
+BUILTIN_MODULES = ("adaptformer.data.image", "adaptformer.data.video", "adaptformer.data.vtab")
 
 
 @dataclass
@@ -34,6 +34,8 @@ class DatasetEntry:
     modality: str  # "image" or "video"
     description: str = ""
     hflip: bool = True  # False where a mirror image changes the label (Something-Something's left/right)
+    options: tuple[str, ...] = ()  # training options the builder takes as keywords (image datasets)
+    recipe: dict = field(default_factory=dict)  # the protocol's training options, applied unless given
 
 
 DATASETS: dict[str, DatasetEntry] = {}

@@ -1,7 +1,9 @@
 """Preprocessing: the :class:`InputSpec` a task is trained with, and the image transforms built from it.
 
 Train: RandomResizedCrop(size, interpolation) + horizontal flip. Eval: Resize(size / crop_pct) + CenterCrop(size).
-For ViT-B at 224 px with crop_pct 0.875 that is exactly Resize(256) + CenterCrop(224), ImageNet mean/std.
+For ViT-B at 224 px with crop_pct 0.875 that is exactly Resize(256) + CenterCrop(224), ImageNet mean/std. With
+``resize_mode="squash"`` the eval transform is Resize((size, size)) instead, the whole image with its aspect
+ratio changed and nothing cropped (the VTAB-1k reference loaders' preprocessing).
 The spec is stored in every task file, so evaluation and prediction preprocess exactly as training did.
 """
 
@@ -16,6 +18,7 @@ from torchvision import transforms as T
 
 from ..errors import AdaptFormerError
 
+RESIZE_MODES = ("crop", "squash")  # short side + centre crop, or both sides to the input size
 INTERPOLATIONS = {
     "bicubic": T.InterpolationMode.BICUBIC,
     "bilinear": T.InterpolationMode.BILINEAR,
@@ -36,6 +39,7 @@ class InputSpec:
     interpolation: str = "bicubic"
     frames: int = 1  # > 1 for video clips: inputs are (C, T, H, W)
     sampling_rate: int | None = None  # video: frames between the sampled ones (dense sampling)
+    resize_mode: str = "crop"  # eval: "crop" (short side, centre crop) or "squash" (both sides, no crop)
 
     @property
     def modality(self) -> str:
@@ -62,6 +66,7 @@ class InputSpec:
             "mean": list(self.mean),
             "std": list(self.std),
             **({"sampling_rate": self.sampling_rate} if self.sampling_rate else {}),
+            **({"resize_mode": self.resize_mode} if self.resize_mode != "crop" else {}),
         }
 
     @classmethod
@@ -74,6 +79,7 @@ class InputSpec:
             interpolation=data.get("interpolation", "bicubic"),
             frames=int(data.get("frames", 1)),
             sampling_rate=data.get("sampling_rate"),
+            resize_mode=data.get("resize_mode", "crop"),  # files written before the option: crop
         )
 
     @classmethod
@@ -116,6 +122,8 @@ class InputSpec:
             raise AdaptFormerError(
                 f"interpolation: expected one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
             )
+        if self.resize_mode not in RESIZE_MODES:
+            raise AdaptFormerError(f"resize_mode: expected one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}")
         if not 0 < self.crop_pct <= 1:
             raise AdaptFormerError(f"crop_pct: expected a fraction in (0, 1], got {self.crop_pct!r}")
 
@@ -131,10 +139,14 @@ def train_transform(spec: InputSpec, hflip: float = 0.5, scale_min: float = 0.08
 
 
 def eval_transform(spec: InputSpec):
+    mode = INTERPOLATIONS[spec.interpolation]
+    if spec.resize_mode == "squash":
+        resize = [T.Resize((spec.size, spec.size), interpolation=mode)]
+    else:
+        resize = [T.Resize(spec.resize, interpolation=mode), T.CenterCrop(spec.size)]
     return T.Compose(
         [
-            T.Resize(spec.resize, interpolation=INTERPOLATIONS[spec.interpolation]),
-            T.CenterCrop(spec.size),
+            *resize,
             T.Lambda(_to_rgb),
             T.ToTensor(),
             T.Normalize(spec.mean, spec.std),

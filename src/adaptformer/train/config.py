@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..backbones.video import is_video_model
+from ..data.transforms import RESIZE_MODES
 from ..errors import AdaptFormerError
 from ..methods.base import MethodConfig
 from ..methods.registry import make_method_config, method_option_fields, methods_with_option, option_names
@@ -76,6 +77,12 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "cross-entropy label smoothing")
     # augmentation and preprocessing
     augment: bool = option(True, "RandomResizedCrop + flip for training (--no-augment: the eval transform)")
+    benchmark_split: str = option(
+        "final", "VTAB-1k / FGVC: final (train800val200 -> test) or tune (train800 -> val200, for a search)"
+    )
+    resize_mode: str | None = option(
+        None, "eval resize: crop (short side + centre crop) or squash (both sides, no crop); default: crop"
+    )
     hflip: float = option(0.5, "probability of a horizontal flip")
     scale_min: float = option(0.08, "smallest area fraction of RandomResizedCrop")
     crop_pct: float | None = option(None, "eval: Resize(size / crop_pct) + CenterCrop(size); default: the backbone's")
@@ -142,6 +149,9 @@ class TrainConfig:
         check_number("--crop-pct", self.crop_pct, 0.01, 1.0, allow_none=True)
         check_number("--hflip", self.hflip, 0.0, 1.0)
         check_number("--scale-min", self.scale_min, 0.0, 1.0)
+        if self.resize_mode is not None:
+            check_choice("--resize-mode", self.resize_mode, RESIZE_MODES)
+        check_choice("--benchmark-split", self.benchmark_split, ("final", "tune"))
         check_number("--validation-split", self.validation_split, 0.0, 0.9)
         check_choice("--precision", self.precision, PRECISIONS)
         if self.device != "auto":
@@ -176,11 +186,21 @@ class TrainConfig:
 
     @classmethod
     def from_flat(cls, values: dict[str, Any], source: str = "configuration") -> TrainConfig:
+        values = {**dataset_recipe(values.get("dataset")), **values}  # a benchmark's protocol, unless given
         config_values, options = split_flat(values, source)
         try:
             return cls(**config_values, method_options=options).validate()
         except TypeError as error:
             raise AdaptFormerError(f"{source}: {error}") from None
+
+
+def dataset_recipe(name: Any) -> dict[str, Any]:
+    """The training options a dataset's protocol fixes (VTAB-1k: squash resize, no augmentation), or none."""
+    from ..data.registry import DATASETS, dataset_names
+
+    if not isinstance(name, str) or name not in dataset_names():
+        return {}
+    return dict(DATASETS[name].recipe)
 
 
 def split_flat(values: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:

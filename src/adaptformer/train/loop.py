@@ -119,7 +119,9 @@ def setup_logging(run_dir: Path, info: DistInfo) -> None:
 
 def input_spec(cfg: TrainConfig, backbone: nn.Module, video: bool = False) -> InputSpec:
     """The backbone's preprocessing with the run's overrides: what the task files record."""
-    spec = InputSpec.from_model(backbone).replace(crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
+    spec = InputSpec.from_model(backbone).replace(
+        crop_pct=cfg.crop_pct, interpolation=cfg.interpolation, resize_mode=cfg.resize_mode
+    )
     # images on a video backbone stay images: the model shows each as a static clip (AdaptedModel.backbone_input)
     return spec.replace(sampling_rate=cfg.sampling_rate) if video else spec.replace(frames=1)
 
@@ -136,8 +138,9 @@ def transforms_for(cfg: TrainConfig, spec: InputSpec):
 
 def build_data(cfg: TrainConfig, spec: InputSpec):
     train_tf, test_tf = transforms_for(cfg, spec)
-    options = {}
-    if get_dataset(cfg.dataset).modality == "video":  # sample the frames the backbone takes
+    entry = get_dataset(cfg.dataset)
+    options = {name: getattr(cfg, name) for name in entry.options}  # e.g. a benchmark's split
+    if entry.modality == "video":  # sample the frames the backbone takes
         options = {**cfg.video_options(), "num_frames": spec.frames}
     common = dict(verify=cfg.verify, download=cfg.download, **options)
     train = build_split(cfg.dataset, cfg.data_root, True, train_tf, **common)
@@ -155,6 +158,16 @@ def build_data(cfg: TrainConfig, spec: InputSpec):
     if cfg.max_eval_samples:
         test_set = torch.utils.data.Subset(test_set, range(min(cfg.max_eval_samples, len(test_set))))
     return train_set, test_set, train.classes
+
+
+def evaluated_on(cfg: TrainConfig) -> str:
+    """Which split the run's figures are on (summary.json): a held-out part of train, a benchmark's tuning
+    split, or the test split."""
+    if cfg.validation_split:
+        return f"validation ({cfg.validation_split:g} of train)"
+    if "benchmark_split" in get_dataset(cfg.dataset).options and cfg.benchmark_split == "tune":
+        return "validation (the benchmark's tuning split)"
+    return "test"
 
 
 MAX_LISTED_SKIPPED = 1000  # unreadable files listed in summary.json (bounded: a broken disk may hold millions)
@@ -513,7 +526,7 @@ def summarize(cfg, model: AdaptedModel, progress: Progress, plan: Plan, classes,
         "epochs": progress.epoch,
         "top1": last.get("test_top1"),
         "top5": last.get("test_top5"),
-        "evaluated_on": f"validation ({cfg.validation_split:g} of train)" if cfg.validation_split else "test",
+        "evaluated_on": evaluated_on(cfg),
         "best_top1": progress.best_top1,
         "best_epoch": progress.best_epoch,
         "trainable": report.trainable,
