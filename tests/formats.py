@@ -123,6 +123,34 @@ def write_vtab(root: Path, tasks=("eurosat", "dtd"), classes: int = 3, train: in
     return root
 
 
+FGVC_LAYOUT = {  # dataset -> (folder, image folder): VPT's loader
+    "cub": ("CUB_200_2011", "images"),
+    "nabirds": ("nabirds", "images"),
+    "flowers": ("OxfordFlower", ""),
+    "dogs": ("Stanford-dogs", "Images"),
+    "cars": ("Stanford-cars", ""),
+}
+
+
+def write_fgvc(root: Path, name: str = "nabirds", ids=(295, 296, 400), per_split=(6, 3, 3)) -> Path:
+    """An FGVC dataset as VPT released its splits: images in per-class folders under the dataset's image folder
+    and ``train/val/test.json`` mapping their paths to (possibly sparse) class ids."""
+    folder, image_dir = FGVC_LAYOUT[name]
+    rng = np.random.default_rng(0)
+    for split, count in zip(("train", "val", "test"), per_split, strict=True):
+        mapping = {}
+        for j in range(count):
+            label = ids[j % len(ids)]
+            relative = f"{label:04d}.class/{split}_{j:03d}.jpg"
+            path = root / folder / image_dir / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pixels = np.clip(rng.normal(100 + ids.index(label) * 50, 20, (36, 30, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(path, quality=95)
+            mapping[relative] = label
+        (root / folder / f"{split}.json").write_text(json.dumps(mapping))
+    return root
+
+
 # ---- videos -------------------------------------------------------------------------------------------------
 VIDEO_CODECS = {".mp4": "libx264", ".webm": "libvpx-vp9", ".avi": "mpeg4", ".mkv": "libx264"}
 

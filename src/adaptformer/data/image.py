@@ -106,6 +106,14 @@ class FileImageDataset(Dataset):
         return (self.transform(image) if self.transform else image), label
 
 
+def require_listed_images(samples: list[tuple[str, int]], source: Path, shown: int = 3) -> None:
+    """Every image a list file names exists, or one line: how many are missing, and the first few."""
+    missing = [path for path, _ in samples if not Path(path).is_file()]
+    if missing:
+        names = ", ".join(missing[:shown])
+        raise AdaptFormerError(f"{source}: {len(missing)} of {len(samples)} listed images are missing ({names}...)")
+
+
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 

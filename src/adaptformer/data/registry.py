@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from ..errors import AdaptFormerError
 
 #: modules that register datasets when imported
-BUILTIN_MODULES = ("adaptformer.data.image", "adaptformer.data.video", "adaptformer.data.vtab")
+BUILTIN_MODULES = ("adaptformer.data.image", "adaptformer.data.video", "adaptformer.data.vtab", "adaptformer.data.fgvc")
 
 
 @dataclass

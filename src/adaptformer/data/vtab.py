@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import AdaptFormerError
-from .image import FileImageDataset
+from .image import FileImageDataset, require_listed_images
 from .registry import DatasetEntry, Split, register_dataset
 
 #: task -> class count, by group, in the order the papers' tables use
@@ -55,7 +55,6 @@ VTAB_GROUP_OF: dict[str, str] = {task: group for group, tasks in VTAB_GROUPS.ite
 VTAB_LISTS = {"final": ("train800val200.txt", "test.txt"), "tune": ("train800.txt", "val200.txt")}
 #: the reference preprocessing: squash-resize to the input size, bicubic, no augmentation
 VTAB_RECIPE = {"augment": False, "resize_mode": "squash", "crop_pct": 1.0, "interpolation": "bicubic"}
-MISSING_SHOWN = 3
 
 
 def read_image_list(path: Path, folder: Path, classes: int) -> list[tuple[str, int]]:
@@ -75,10 +74,7 @@ def read_image_list(path: Path, folder: Path, classes: int) -> list[tuple[str, i
         samples.append((str(folder / parts[0]), label))
     if not samples:
         raise AdaptFormerError(f"{path}: lists no image")
-    missing = [p for p, _ in samples if not Path(p).is_file()]
-    if missing:
-        shown = ", ".join(missing[:MISSING_SHOWN])
-        raise AdaptFormerError(f"{path}: {len(missing)} of {len(samples)} listed images are missing ({shown}...)")
+    require_listed_images(samples, path)
     return samples
 
 
