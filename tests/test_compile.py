@@ -26,6 +26,9 @@ def randomize(model):
         ("vpt", dict(vpt_tokens=2, vpt_mode="deep")),
         ("vpt", dict(vpt_tokens=2, vpt_mode="kv")),
         ("linear", {}),
+        ("lora", dict(lora_targets=("qkv", "mlp"), layers="top:1")),
+        ("bitfit", {}),
+        ("ssf", {}),
     ],
 )
 def test_no_graph_break(method, options, images):

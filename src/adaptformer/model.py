@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .backbones.hf import HFBackbone, wrap_if_hf
-from .backbones.taps import install_taps, is_timm_block, key_value_dim
+from .backbones.taps import install_taps, is_timm_block, key_value_dim, shared_sites
 from .backbones.timm import check_vit, create_backbone, source_name
 from .errors import AdaptFormerError
 from .methods.base import BackboneSpec, MethodConfig, Task
@@ -185,6 +185,9 @@ class AdaptedModel(nn.Module):
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         return self.router().after_block(index, x)
 
+    def site_output(self, index: int, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return self.router().site_output(index, site, x, out)
+
     def forward_mixed(self, x: torch.Tensor, tasks: list[str]) -> list[torch.Tensor]:
         """Logits of sample i by task ``tasks[i]``, all samples in one pass of the backbone (``routing.py``)."""
         if len(tasks) != len(x):
@@ -268,6 +271,7 @@ class AdaptedModel(nn.Module):
             fc_norm=self._pretrained_fc_norm[0],
             device=reference.device,
             dtype=reference.dtype,
+            sites=shared_sites(list(self.backbone.blocks)),
         )
 
     # ---- forward -----------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ computation (and traces into one graph under ``torch.compile``). A mixed batch h
   (``Task.packed_branch``: Down, Up and biases, smaller bottlenecks padded with zeros) and gathered per sample,
   and the whole batch runs as two batched matrix products (``torch.baddbmm``): no Python loop of small matrix
   products per group. Tasks whose branch cannot be packed run on their rows as before.
+* **Operations' outputs** (LoRA, BitFit, SSF): each task that modulates an operation (``qkv``, ``fc1``, ...)
+  runs on its own rows (``index_select`` in, ``index_copy`` out); rows of other tasks pass unchanged.
 * **Heads.** Each group's head is reduced to its BatchNorm statistics and Linear weights, padded to the largest
   class count and gathered per sample: one batched product for the batch; each sample's logits are trimmed to
   its task's classes.
@@ -129,6 +131,17 @@ class Router:
             if prefix is not None:
                 qkv = write_key_value_prefix(qkv, *prefix, rows=group.rows)
         return qkv
+
+    def site_output(self, index: int, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """An operation's output through each task that modulates it, on that task's rows."""
+        if self.single:
+            return self.groups[0].task.site_output(index, site, x, out)
+        for group in self.groups:
+            if group.task.modulates(index, site):
+                rows = group.rows
+                part = group.task.site_output(index, site, x.index_select(0, rows), out.index_select(0, rows))
+                out = out.index_copy(0, rows, part)
+        return out
 
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         if self.single:

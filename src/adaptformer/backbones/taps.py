@@ -10,7 +10,10 @@ Hooks on the block's own modules give a task every point it needs:
 * a forward hook on ``drop_path2``: m, the MLP branch after DropPath (AdaptFormer returns m + a);
 * a forward hook on the block: its output (VPT drops the prompts);
 * timm blocks only: a forward hook on ``attn.qkv``, the fused [queries | keys | values] projection, where VPT's
-  ``kv`` mode writes learned keys and values over its prefix slots (``write_key_value_prefix``).
+  ``kv`` mode writes learned keys and values over its prefix slots (``write_key_value_prefix``);
+* timm blocks only: a forward hook on each of the block's operations (``SITES``: ``qkv``, ``proj``, ``fc1``,
+  ``fc2``, ``norm1``, ``norm2``), whose output a task may change given its input (LoRA adds ``B A x``, BitFit a
+  bias, SSF a scale and shift).
 
 Each hook asks its router (the host model) for the task to run, so one backbone serves many tasks. The hooks
 keep no per-thread state and call only plain Python, so ``torch.compile`` traces them with no graph break. The
@@ -20,6 +23,7 @@ one model instance runs one forward at a time (as with any module that keeps sta
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -38,6 +42,7 @@ class TaskRouter(Protocol):
     def mlp_branch(self, index: int, m: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor: ...
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor: ...
     def attention_qkv(self, index: int, qkv: torch.Tensor) -> torch.Tensor: ...
+    def site_output(self, index: int, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor: ...
 
 
 class BlockTap:
@@ -92,6 +97,69 @@ class KeyValuePrefix(BlockTap):
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         return self.router.attention_qkv(self.index, output)
+
+
+class SiteOutput(BlockTap):
+    """Forward hook on one operation of a block (a ``SITES`` entry): its output -> the router's."""
+
+    def __init__(self, router: TaskRouter, index: int, site: str):
+        super().__init__(router, index)
+        self.site = site
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return self.router.site_output(self.index, self.site, args[0], output)
+
+
+#: the operations of timm's pre-norm ``Block`` a task can modulate, by name -> path inside the block
+SITES = {
+    "norm1": "norm1",
+    "qkv": "attn.qkv",
+    "proj": "attn.proj",
+    "norm2": "norm2",
+    "fc1": "mlp.fc1",
+    "fc2": "mlp.fc2",
+}
+
+
+@dataclass(frozen=True)
+class Site:
+    """One operation every block has, with the same shape in each: (input width, output width, has a bias)."""
+
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool
+
+
+def block_sites(block: nn.Module) -> dict[str, nn.Module]:
+    """The block's ``SITES`` that are plain ``nn.Linear`` / ``nn.LayerNorm`` modules (timm blocks; none for
+    Hugging Face layers, whose attention does not always call its projection modules)."""
+    found = {}
+    for name, path in SITES.items():
+        module = block
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, (nn.Linear, nn.LayerNorm)) and is_timm_block(block):
+            found[name] = module
+    return found
+
+
+def shared_sites(blocks: list[nn.Module]) -> dict[str, Site]:
+    """The sites every block has with the same shape (what LoRA, BitFit and SSF can size their tensors by)."""
+    shapes: dict[str, set[Site]] = {}
+    present: dict[str, int] = {}  # blocks that have the site
+    for block in blocks:
+        for name, module in block_sites(block).items():
+            if isinstance(module, nn.Linear):
+                site = Site(name, module.in_features, module.out_features, module.bias is not None)
+            else:
+                width = int(module.normalized_shape[-1])
+                site = Site(name, width, width, getattr(module, "bias", None) is not None)
+            shapes.setdefault(name, set()).add(site)
+            present[name] = present.get(name, 0) + 1
+    return {
+        name: next(iter(found)) for name, found in shapes.items() if len(found) == 1 and present[name] == len(blocks)
+    }
 
 
 def write_key_value_prefix(
@@ -171,6 +239,8 @@ def install_taps(blocks: list[nn.Module], router: TaskRouter) -> None:
         residual_at.register_forward_pre_hook(capture)
         branch_at.register_forward_hook(AdaptMLPBranch(router, index, capture))
         block.register_forward_hook(AfterBlock(router, index))
+        for site, module in block_sites(block).items():  # before the kv prefix, which overwrites its slots
+            module.register_forward_hook(SiteOutput(router, index, site))
         qkv = fused_qkv(block)
         if qkv is not None:
             qkv.register_forward_hook(KeyValuePrefix(router, index))

@@ -2,7 +2,7 @@
 
 A task is one recognition problem on a shared, frozen backbone: its method's modules (adapters, prompts),
 its head (``fc_norm`` when the backbone has one, BatchNorm, Linear) and its class names. The host model
-(``adaptformer.model.AdaptedModel``) routes every block of the backbone through the active task's four hook
+(``adaptformer.model.AdaptedModel``) routes every block of the backbone through the active task's hook
 points, so a method only says what happens at them:
 
 * ``before_block(i, x)``: the input of block i (VPT prepends prompt tokens here);
@@ -10,7 +10,10 @@ points, so a method only says what happens at them:
 * ``wants_residual(i)``: whether ``mlp_branch`` needs x', the post-attention residual of block i;
 * ``mlp_branch(i, m, x')``: the block's MLP branch m = DropPath(MLP(LN2(x'))) (AdaptFormer adds its AdaptMLP);
 * ``key_value_prefix(i)``: keys and values that block i's attention should see in its first prefix slots
-  (VPT's ``kv`` mode; the host writes them over those slots' keys and values).
+  (VPT's ``kv`` mode; the host writes them over those slots' keys and values);
+* ``site_output(i, site, x, out)``: the output of one of block i's operations (``qkv``, ``proj``, ``fc1``,
+  ``fc2``, ``norm1``, ``norm2``) given its input, for the sites where ``modulates(i, site)`` (LoRA adds
+  ``s·B A x``, BitFit a bias, SSF a scale and a shift).
 
 Two more describe a task's modules in a layout the router can stack across tasks, so a batch whose samples
 belong to many tasks runs as batched matrix products (``routing.py``): ``packed_branch(i)`` (the MLP branch
@@ -33,6 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.heads import TaskHead
+from ..backbones.taps import Site
+from ..errors import AdaptFormerError
 from ..utils.options import check_bool, option
 
 
@@ -73,6 +78,19 @@ class BackboneSpec:
     fc_norm: nn.Module | None  # the backbone's pretrained fc_norm (mean-pooled models); each task trains a copy
     device: torch.device
     dtype: torch.dtype
+    #: the operations every block has with one shape (``backbones/taps.SITES``: qkv, proj, fc1, fc2, norm1,
+    #: norm2), whose outputs a task can change; empty where the blocks cannot be hooked there
+    sites: dict[str, Site] = dataclasses.field(default_factory=dict)
+
+    def require_sites(self, method: str, names: tuple[str, ...] | list[str]) -> dict[str, Site]:
+        """The named sites, or one line saying which this backbone's blocks lack."""
+        missing = [name for name in names if name not in self.sites]
+        if missing:
+            raise AdaptFormerError(
+                f"method {method}: the backbone's blocks have no hookable {', '.join(missing)} "
+                "(it needs timm's Block, whose attn.qkv/attn.proj/mlp.fc1/mlp.fc2/norm1/norm2 are plain layers)"
+            )
+        return {name: self.sites[name] for name in names}
 
 
 @dataclass
@@ -155,6 +173,13 @@ class Task(TaskHead):
 
     def mlp_branch(self, index: int, m: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         return m
+
+    def modulates(self, index: int, site: str) -> bool:
+        """Whether ``site_output`` changes the output of block ``index``'s operation ``site``."""
+        return False
+
+    def site_output(self, index: int, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return out
 
     def key_value_prefix(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(keys, values), each (1, N, key_value_dim), for the N prefix slots this task put before block

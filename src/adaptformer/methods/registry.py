@@ -5,7 +5,10 @@ method         adds                                        trains
 =============  ==========================================  ==============================
 adaptformer    an AdaptMLP beside the MLP of chosen blocks  adapters + head (+ fc_norm)
 linear         nothing                                     head (+ fc_norm)
-vpt            prompt tokens (deep or shallow)             prompts + head (+ fc_norm)
+vpt            prompt tokens (deep, shallow or kv)         prompts + head (+ fc_norm)
+lora           s·B·A beside qkv (and proj, fc1, fc2)       A, B + head (+ fc_norm)
+bitfit         an offset on every bias of the blocks       bias offsets + head (+ fc_norm)
+ssf            a scale and shift after each operation      scales, shifts + head (+ fc_norm)
 full           nothing                                     everything
 =============  ==========================================  ==============================
 
@@ -24,8 +27,11 @@ from typing import Any
 from ..errors import AdaptFormerError
 from .adaptformer import AdaptFormerConfig, AdaptFormerTask
 from .base import MethodConfig, Task
+from .bitfit import BitFitConfig, BitFitTask
 from .full import FullConfig, FullTask
 from .linear import LinearConfig, LinearTask
+from .lora import LoRAConfig, LoRATask
+from .ssf import SSFConfig, SSFTask
 from .vpt import VPTConfig, VPTTask
 
 
@@ -54,6 +60,9 @@ for _config, _task in (
     (AdaptFormerConfig, AdaptFormerTask),
     (LinearConfig, LinearTask),
     (VPTConfig, VPTTask),
+    (LoRAConfig, LoRATask),
+    (BitFitConfig, BitFitTask),
+    (SSFConfig, SSFTask),
     (FullConfig, FullTask),
 ):
     register_method(_config, _task)

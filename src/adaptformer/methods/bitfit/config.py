@@ -1,0 +1,15 @@
+"""BitFit's options: none beyond the head's (every bias of every block trains)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..base import MethodConfig
+
+
+@dataclass(frozen=True)
+class BitFitConfig(MethodConfig):
+    """The frozen blocks' biases (BitFit); trains bias offsets + head."""
+
+    name: ClassVar[str] = "bitfit"

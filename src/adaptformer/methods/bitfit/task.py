@@ -1,0 +1,51 @@
+"""A BitFit task: every bias of every block trains, as an offset the task owns.
+
+BitFit (Ben Zaken et al., 2022) trains the bias terms of the pretrained model and nothing else. Training a bias b
+of a frozen layer is adding a trained offset δ to its output (``W x + b + δ``), so each task keeps its δ (zero at
+the start: the pretrained model exactly) and the backbone stays shared. Every operation of a block that has a bias
+gets one: ``qkv``, ``proj``, ``fc1``, ``fc2`` and the two LayerNorms. Parameters: ``blocks.{i}.{site}.bias``.
+The patch embedding's and the final norm's biases stay frozen (they are outside the blocks).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...backbones.taps import SITES
+from ..base import BackboneSpec, Task
+from .config import BitFitConfig
+
+
+class BiasOffset(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(width))
+
+    def forward(self, out: torch.Tensor) -> torch.Tensor:
+        return out + self.bias
+
+
+class BitFitTask(Task):
+    config: BitFitConfig
+
+    def __init__(self, config: BitFitConfig, classes: list[str], backbone: BackboneSpec):
+        super().__init__(config, classes, backbone)
+        backbone.require_sites(config.name, ["qkv", "fc1"])  # blocks whose operations can be hooked
+        with_bias = {name: site for name, site in backbone.sites.items() if name in SITES and site.bias}
+        self.blocks = nn.ModuleDict(
+            {
+                str(index): nn.ModuleDict({name: BiasOffset(site.out_features) for name, site in with_bias.items()})
+                for index in range(backbone.depth)
+            }
+        )
+
+    def modulates(self, index: int, site: str) -> bool:
+        return site in self.blocks[str(index)]
+
+    def site_output(self, index: int, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        offsets = self.blocks[str(index)]
+        return offsets[site](out) if site in offsets else out
+
+    def parameter_groups(self) -> dict[str, int]:
+        return {**super().parameter_groups(), "adapters": sum(p.numel() for p in self.blocks.parameters())}

@@ -1,0 +1,58 @@
+"""An SSF task: ``y = γ ⊙ out + β`` per channel after each operation of every block.
+
+SSF (Lian et al., NeurIPS 2022, "Scaling & Shifting Your Features") follows each operation of the frozen model
+with a learned per-channel scale γ and shift β. Here they follow every block's ``norm1``, ``qkv``, ``proj``,
+``norm2``, ``fc1`` and ``fc2``; the patch embedding and the final norm (outside the blocks) are left as they are.
+γ and β start as the SSF code starts them (N(1, 0.02), N(0, 0.02)), or at 1 and 0 (``ssf_init: identity``: the
+pretrained model exactly). After training they can be folded into the preceding layer's weights; they are kept
+apart here so tasks share one backbone. Parameters: ``blocks.{i}.{site}.ssf_scale`` / ``ssf_shift``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..base import BackboneSpec, Task
+from .config import SSFConfig
+
+SSF_SITES = ("norm1", "qkv", "proj", "norm2", "fc1", "fc2")
+
+
+class ScaleShift(nn.Module):
+    def __init__(self, width: int, init: str):
+        super().__init__()
+        self.ssf_scale = nn.Parameter(torch.ones(width))
+        self.ssf_shift = nn.Parameter(torch.zeros(width))
+        if init == "normal":
+            nn.init.normal_(self.ssf_scale, mean=1.0, std=0.02)
+            nn.init.normal_(self.ssf_shift, std=0.02)
+
+    def forward(self, out: torch.Tensor) -> torch.Tensor:
+        return out * self.ssf_scale + self.ssf_shift
+
+
+class SSFTask(Task):
+    config: SSFConfig
+
+    def __init__(self, config: SSFConfig, classes: list[str], backbone: BackboneSpec):
+        super().__init__(config, classes, backbone)
+        sites = backbone.require_sites(config.name, SSF_SITES)
+        self.blocks = nn.ModuleDict(
+            {
+                str(index): nn.ModuleDict(
+                    {name: ScaleShift(site.out_features, config.ssf_init) for name, site in sites.items()}
+                )
+                for index in range(backbone.depth)
+            }
+        )
+
+    def modulates(self, index: int, site: str) -> bool:
+        return site in self.blocks[str(index)]
+
+    def site_output(self, index: int, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        layers = self.blocks[str(index)]
+        return layers[site](out) if site in layers else out
+
+    def parameter_groups(self) -> dict[str, int]:
+        return {**super().parameter_groups(), "adapters": sum(p.numel() for p in self.blocks.parameters())}
