@@ -8,7 +8,7 @@ import yaml
 
 from adaptformer import AdaptFormerError
 from adaptformer.cli import main
-from adaptformer.data.registry import build_split, carve_validation, labels_of
+from adaptformer.data.registry import build_split, carve_validation, fold_split, labels_of
 from adaptformer.experiments.tune import default_space, tune
 from adaptformer.train.loop import fit
 from training_helpers import tiny_train_config, tiny_train_values
@@ -43,7 +43,7 @@ def test_tune_searches_axes_in_order_then_retrains_the_winner(tmp_path):
     base = tiny_train_values(tmp_path, epochs=2, tensorboard=False, method="adaptformer")
     space = [("lr", [0.001, 0.2]), ("hflip", [0.0, 0.5])]
     lines = []
-    result = tune(base, tmp_path / "tune", space, validation_split=0.25, log=lines.append)
+    result = tune(base, tmp_path / "tune", space, validation_split=0.25, log=lines.append, folds=1)
     trials = result["trials"]
     assert [t["values"]["lr"] for t in trials][:2] == [0.001, 0.2] and len(trials) == 3  # one trial reused
     first_axis = {t["values"]["lr"]: t["validation_top1"] for t in trials[:2]}
@@ -55,14 +55,15 @@ def test_tune_searches_axes_in_order_then_retrains_the_winner(tmp_path):
     final_config = yaml.safe_load((tmp_path / "tune/final/config.yaml").read_text())
     assert final_config["lr"] == result["chosen"]["lr"] and final_config["hflip"] == result["chosen"]["hflip"]
     assert (tmp_path / "tune/final/last.safetensors").exists() and "Chosen:" in (tmp_path / "tune/tune.md").read_text()
-    again = tune(base, tmp_path / "tune", space, validation_split=0.25, log=lines.append)  # a rerun trains nothing
+    again = tune(base, tmp_path / "tune", space, validation_split=0.25, log=lines.append, folds=1)  # a rerun trains nothing
     assert {t["status"] for t in again["trials"]} == {"done already"} and again["chosen"] == result["chosen"]
 
 
 def test_default_space_matters_for_the_method():
-    fields = ["lr", "scale_min", "hflip", "scale", "bottleneck", "lr"]
+    fields = ["lr", "train_crop", "scale_min", "hflip", "scale", "bottleneck", "lr"]
     assert [field for field, _ in default_space("adaptformer")] == fields
-    assert [field for field, _ in default_space("linear")] == ["lr", "scale_min", "hflip", "lr"]
+    assert [field for field, _ in default_space("linear")] == ["lr", "train_crop", "scale_min", "hflip", "lr"]
+    assert dict(default_space("linear"))["train_crop"] == ["random_resized", "pad"]
     assert dict(default_space("full"))["lr"] == [0.005, 0.025, 0.1]
 
 
@@ -76,3 +77,51 @@ def test_bad_spaces_fail_before_any_trial(tmp_path, capsys):
     config.write_text(yaml.safe_dump(base))
     assert main(["tune", "--config", str(config), "--space", str(space), "--out", str(tmp_path / "t")]) == 2
     assert "--space" in capsys.readouterr().err and not (tmp_path / "t").exists()
+
+
+def test_folds_are_stratified_disjoint_cover_everything_and_fixed():
+    labels = [i % 3 for i in range(30)]
+    held_all = []
+    for fold in range(5):
+        kept, held = fold_split(labels, fold, 5)
+        assert len(held) == 6 and not set(kept) & set(held) and sorted(kept + held) == list(range(30))
+        assert Counter(labels[i] for i in held) == {0: 2, 1: 2, 2: 2}
+        held_all += held
+    assert sorted(held_all) == list(range(30)) and fold_split(labels, 2, 5) == fold_split(labels, 2, 5)
+
+
+def test_small_data_uses_k_fold_and_a_batch_the_trials_can_fill(tmp_path):
+    """24 training images with the paper's batch 1024: every trial used to fail with empty logs. Now the batch
+    is lowered before any trial (said in one line), each trial is scored by 5-fold validation, and the test split
+    is used once, by the retrained winner."""
+    base = tiny_train_values(tmp_path, epochs=1, tensorboard=False, effective_batch=1024, batch_size=128)
+    lines = []
+    result = tune(base, tmp_path / "tune", [("train_crop", ["random_resized", "pad"])], log=lines.append)
+    assert result["folds"] == 5 and result["training_images"] == 24 and result["trial_training_images"] == 20
+    assert (result["effective_batch"], result["batch_size"]) == (4, 4)  # 20 images: at least 4 steps an epoch
+    assert any("--effective-batch 1024 -> 4 and --batch-size 128 -> 4" in line for line in lines)
+    trial = result["trials"][0]
+    assert len(trial["fold_top1"]) == 5 and trial["validation_top1"] == pytest.approx(sum(trial["fold_top1"]) / 5)
+    fold = json.loads((tmp_path / "tune/trials/train_crop=random_resized/fold=3/summary.json").read_text())
+    assert fold["evaluated_on"] == "validation (fold 3 of 5 of train)"
+    assert "5-fold" in (tmp_path / "tune/tune.md").read_text()
+    if result["chosen"]["train_crop"] == "pad":  # the small-image recipe evaluates the whole image
+        meta = json.loads((tmp_path / "tune/final/last.json").read_text())
+        assert meta["preprocessing"]["resize_mode"] == "squash"
+
+
+def test_a_failing_trial_says_why_in_one_line(tmp_path):
+    base = tiny_train_values(tmp_path, epochs=1, tensorboard=False, lr=1e6)  # diverges at once
+    lines = []
+    with pytest.raises(AdaptFormerError, match=r"tune: every trial of hflip failed; the first: training diverged"):
+        tune(base, tmp_path / "tune", [("hflip", [0.0, 0.5])], log=lines.append, folds=1)
+    assert any(line.startswith("tune: trial hflip=0.0 failed: training diverged") for line in lines)
+    assert "error: training diverged" in (tmp_path / "tune/trials/hflip=0.0/train.log").read_text()
+
+
+def test_pad_crop_trains_on_whole_images_and_evaluates_them_whole(tmp_path):
+    from adaptformer.tasks import read_task
+
+    fit(tiny_train_config(tmp_path, epochs=1, train_crop="pad"))
+    meta, _ = read_task(tmp_path / "run" / "last.safetensors")
+    assert meta["preprocessing"]["resize_mode"] == "squash"

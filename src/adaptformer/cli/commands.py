@@ -121,6 +121,12 @@ def _tune_arguments(parser: argparse.ArgumentParser) -> None:
         help="YAML file of field: [values] axes, searched in order (default: lr, scale_min, hflip and the "
         "method's own: adapter scale and bottleneck for adaptformer, tokens for vpt)",
     )
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        help="score each trial by K-fold validation (default: 5 below 2,000 training images, else one split)",
+    )
 
 
 @command(
@@ -139,7 +145,8 @@ def run_tune(args: argparse.Namespace) -> int:
         )
     out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.dataset}-{cfg.method}-tune"
     space = load_space(args.space) if args.space else None
-    result = tune(cfg.to_dict(), out, space, cfg.validation_split or 0.2, log=lambda line: print(line, file=sys.stderr))
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    result = tune(cfg.to_dict(), out, space, cfg.validation_split or 0.2, log=log, folds=args.folds)
     print((out / "tune.md").read_text())
     return 0 if result["test_top1"] is not None else 1
 
@@ -539,6 +546,73 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     for row in rows:
         print(json.dumps(row))
     failed = [row["run"] for row in rows if row["status"] == "failed"]
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("suite", help="vtab (the 19 VTAB-1k tasks) or fgvc (the five FGVC datasets)")
+    parser.add_argument("--data-root", required=True, help="the folder holding the task (dataset) folders")
+    parser.add_argument("--model", required=True, help="the backbone (a timm name, hf:<folder>, ...)")
+    parser.add_argument("--checkpoint", default=None, help="local weights of the backbone")
+    parser.add_argument("--methods", default=",".join(BENCHMARK_METHODS), help="comma-separated (%(default)s)")
+    parser.add_argument("--tasks", default=None, help="a comma-separated subset of the tasks (default: all)")
+    parser.add_argument("--out", required=True, help="directory of the runs (<task>/<method>) and the report")
+    parser.add_argument("--seeds", type=int, default=1, help="repeat every run over this many seeds (%(default)s)")
+    parser.add_argument("--shard", default=None, help="i/n: run every n-th run starting at i (0-based)")
+    parser.add_argument("--tune", action="store_true", help="search the lr per task and method on the tuning split")
+    parser.add_argument("--dry-run", action="store_true", help="print every run's train command; train nothing")
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the report from the runs there; train nothing"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="replace a training option of every run (repeatable; the value is YAML), e.g. --set epochs=50",
+    )
+
+
+BENCHMARK_METHODS = ("adaptformer", "lora", "vpt", "linear", "full")
+
+
+@command(
+    "benchmark",
+    "every task x method of VTAB-1k or FGVC as one resumable sweep, then a report in the papers' layout",
+    _benchmark_arguments,
+)
+def run_benchmark_command(args: argparse.Namespace) -> int:
+    from ..experiments.benchmark import (
+        benchmark_runs,
+        command_line,
+        run_benchmark,
+        shard_runs,
+        write_benchmark_report,
+    )
+
+    overrides = _overrides(args.overrides)
+    if args.checkpoint:
+        overrides.setdefault("checkpoint", args.checkpoint)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    only = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    runs = benchmark_runs(args.suite, args.data_root, args.model, methods, overrides, args.seeds, only, args.tune)
+    selected = shard_runs(runs, args.shard)
+    if args.dry_run:
+        for run in selected:
+            print(command_line(run, args.out))
+        print(f"{len(selected)} runs ({len(runs)} in all)", file=sys.stderr)
+        return 0
+    failed = []
+    if not args.report_only:
+        for row in run_benchmark(selected, args.out):
+            print(json.dumps(row), flush=True)
+            if row["status"] == "failed":
+                failed.append(row["run"])
+    write_benchmark_report(args.suite, runs, args.out)
+    print(f"report: {args.out}/report.md, {args.out}/report.html")
     if failed:
         print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -116,6 +116,20 @@ def carve_validation(labels: list[int], fraction: float, seed: int = 0) -> tuple
     return sorted(kept.tolist()), sorted(held.tolist())
 
 
+def fold_split(labels: list[int], fold: int, folds: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(kept, held-out) indices: fold ``fold`` of ``folds`` held out, stratified by label where every class has
+    at least ``folds`` samples, the same for every run (a fixed seed, independent of the training seed)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if len(labels) < folds:
+        raise AdaptFormerError(f"--validation-fold: {folds} folds of a training set of {len(labels)} samples")
+    counts = np.bincount(labels)
+    stratified = counts[counts > 0].min() >= folds
+    splitter = (StratifiedKFold if stratified else KFold)(n_splits=folds, shuffle=True, random_state=seed)
+    kept, held = list(splitter.split(np.zeros(len(labels)), labels))[fold]
+    return sorted(kept.tolist()), sorted(held.tolist())
+
+
 def _load_builtin() -> None:
     for module in BUILTIN_MODULES:
         importlib.import_module(module)

@@ -18,6 +18,7 @@ from torchvision import transforms as T
 
 from ..errors import AdaptFormerError
 
+TRAIN_CROPS = ("random_resized", "pad")  # RandomResizedCrop, or the small-image recipe: resize, pad, random crop
 RESIZE_MODES = ("crop", "squash")  # short side + centre crop, or both sides to the input size
 INTERPOLATIONS = {
     "bicubic": T.InterpolationMode.BICUBIC,
@@ -128,11 +129,18 @@ class InputSpec:
             raise AdaptFormerError(f"crop_pct: expected a fraction in (0, 1], got {self.crop_pct!r}")
 
 
-def train_transform(spec: InputSpec, hflip: float = 0.5, scale_min: float = 0.08, augment: bool = True):
+def train_transform(
+    spec: InputSpec, hflip: float = 0.5, scale_min: float = 0.08, augment: bool = True, crop: str = "random_resized"
+):
+    """``crop="pad"`` is the recipe small images train with (CIFAR's): the image resized to the input size, padded
+    by an eighth of it on every side and randomly cropped back, so nothing is zoomed away."""
     if not augment:
         return eval_transform(spec)
     mode = INTERPOLATIONS[spec.interpolation]
-    steps = [T.RandomResizedCrop(spec.size, scale=(scale_min, 1.0), interpolation=mode)]
+    if crop == "pad":
+        steps = [T.Resize((spec.size, spec.size), interpolation=mode), T.RandomCrop(spec.size, padding=spec.size // 8)]
+    else:
+        steps = [T.RandomResizedCrop(spec.size, scale=(scale_min, 1.0), interpolation=mode)]
     if hflip > 0:
         steps.append(T.RandomHorizontalFlip(hflip))
     return T.Compose([*steps, T.Lambda(_to_rgb), T.ToTensor(), T.Normalize(spec.mean, spec.std)])

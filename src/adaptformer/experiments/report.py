@@ -171,7 +171,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict:
             plots.append(_plot_curves(runs, out / "curves.png"))
     markdown = _markdown(rows, axes, plots, skipped)
     atomic_write_text(out / "report.md", markdown)
-    atomic_write_text(out / "report.html", _html(markdown, out))
+    atomic_write_text(out / "report.html", html_page(markdown, out))
     return {"runs": len(runs), "rows": len(rows), "skipped": skipped, "plots": [p.name for p in plots], "axes": axes}
 
 
@@ -217,7 +217,7 @@ def _num(value: Any, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
-def _html(markdown: str, out: Path) -> str:
+def html_page(markdown: str, out: Path) -> str:
     """The markdown as one HTML file with the plots inlined (tables and images; no external assets)."""
     body = []
     for line in markdown.splitlines():

@@ -116,6 +116,9 @@ def train_run(run_dir: Path, values: dict[str, Any], name: str) -> dict[str, Any
     try:
         summary = fit(cfg)
     except AdaptFormerError as error:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "train.log", "a") as log:  # the reason is in the run's own log, too
+            log.write(f"error: {error}\n")
         return {"run": name, "status": "failed", "error": str(error)}
     return {"run": name, "status": "resumed" if resume else "trained", "top1": summary.get("top1")}
 

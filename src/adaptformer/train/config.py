@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ..backbones.video import is_video_model
-from ..data.transforms import RESIZE_MODES
+from ..data.transforms import RESIZE_MODES, TRAIN_CROPS
 from ..errors import AdaptFormerError
 from ..methods.base import MethodConfig
 from ..methods.registry import make_method_config, method_option_fields, methods_with_option, option_names
@@ -42,6 +42,9 @@ class TrainConfig:
     max_eval_samples: int | None = option(None, "evaluate on a prefix of the test set")
     validation_split: float = option(
         0.0, "hold out this fraction of the training set (stratified, fixed) and evaluate on it, not on the test set"
+    )
+    validation_fold: str | None = option(
+        None, "k/K: hold out fold k of K stratified folds of the training set instead (k-fold validation)"
     )
     # video data (ignored by image datasets)
     num_frames: int = option(8, "video: frames per clip (an image backbone is inflated to them)")
@@ -79,6 +82,11 @@ class TrainConfig:
     augment: bool = option(True, "RandomResizedCrop + flip for training (--no-augment: the eval transform)")
     benchmark_split: str = option(
         "final", "VTAB-1k / FGVC: final (train800val200 -> test) or tune (train800 -> val200, for a search)"
+    )
+    train_crop: str = option(
+        "random_resized",
+        "random_resized: RandomResizedCrop; pad: resize to the input size, pad by 1/8, random crop (small images; "
+        "evaluation then resizes without a crop)",
     )
     resize_mode: str | None = option(
         None, "eval resize: crop (short side + centre crop) or squash (both sides, no crop); default: crop"
@@ -152,6 +160,11 @@ class TrainConfig:
         if self.resize_mode is not None:
             check_choice("--resize-mode", self.resize_mode, RESIZE_MODES)
         check_choice("--benchmark-split", self.benchmark_split, ("final", "tune"))
+        check_choice("--train-crop", self.train_crop, TRAIN_CROPS)
+        if self.validation_fold is not None:
+            parse_fold(self.validation_fold)
+            if self.validation_split:
+                raise AdaptFormerError("--validation-fold and --validation-split: give one of them")
         check_number("--validation-split", self.validation_split, 0.0, 0.9)
         check_choice("--precision", self.precision, PRECISIONS)
         if self.device != "auto":
@@ -192,6 +205,16 @@ class TrainConfig:
             return cls(**config_values, method_options=options).validate()
         except TypeError as error:
             raise AdaptFormerError(f"{source}: {error}") from None
+
+
+def parse_fold(text: Any) -> tuple[int, int]:
+    """``"k/K"`` -> (k, K) with 0 <= k < K and K >= 2, or one line naming --validation-fold."""
+    parts = text.split("/") if isinstance(text, str) else []
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        fold, folds = int(parts[0]), int(parts[1])
+        if folds >= 2 and 0 <= fold < folds:
+            return fold, folds
+    raise AdaptFormerError(f"--validation-fold: expected k/K with K >= 2 and 0 <= k < K, e.g. 0/5, got {text!r}")
 
 
 def dataset_recipe(name: Any) -> dict[str, Any]:
