@@ -62,7 +62,7 @@ def test_train_and_params_expose_every_method_and_training_option():
     assert {f for f in TrainConfig.__dataclass_fields__ if f != "method_options"} <= actions["train"]
     # no method option shadows a training option
     assert not method_options & set(TrainConfig.__dataclass_fields__)
-    assert set(METHODS) == {"adaptformer", "linear", "vpt", "full"}
+    assert set(METHODS) == {"adaptformer", "linear", "vpt", "lora", "bitfit", "ssf", "full"}
 
 
 def test_flat_keys_are_sorted_and_strangers_named(tmp_path):

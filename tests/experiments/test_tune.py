@@ -55,7 +55,8 @@ def test_tune_searches_axes_in_order_then_retrains_the_winner(tmp_path):
     final_config = yaml.safe_load((tmp_path / "tune/final/config.yaml").read_text())
     assert final_config["lr"] == result["chosen"]["lr"] and final_config["hflip"] == result["chosen"]["hflip"]
     assert (tmp_path / "tune/final/last.safetensors").exists() and "Chosen:" in (tmp_path / "tune/tune.md").read_text()
-    again = tune(base, tmp_path / "tune", space, validation_split=0.25, log=lines.append, folds=1)  # a rerun trains nothing
+    # a rerun trains nothing
+    again = tune(base, tmp_path / "tune", space, validation_split=0.25, log=lines.append, folds=1)
     assert {t["status"] for t in again["trials"]} == {"done already"} and again["chosen"] == result["chosen"]
 
 

@@ -147,7 +147,7 @@ def test_unsupported_models_fail_with_one_line_errors():
     with pytest.raises(AdaptFormerError, match="pre-norm"):
         adaptformer.adapt(tiny_vit(block_fn=__import__("timm").models.vision_transformer.ResPostBlock))
     with pytest.raises(AdaptFormerError, match="method"):
-        adaptformer.adapt(tiny_vit(), "lora")
+        adaptformer.adapt(tiny_vit(), "dora")
 
 
 @pytest.mark.parametrize(
