@@ -1,6 +1,6 @@
 """Progress bars that suit where they are written: tqdm's live bar on a terminal; on a pipe or a file (a run's
-log, CI) plain lines, one every ``LOG_INTERVAL_S`` seconds and one when a kept bar ends, instead of thousands of
-carriage-return updates on one line."""
+log, CI) plain lines, one every ``LOG_INTERVAL_S`` seconds of a bar that lasts that long, instead of thousands of
+carriage-return updates on one line (what finished is logged as a line of its own: "epoch 3: loss ...")."""
 
 from __future__ import annotations
 
@@ -37,10 +37,12 @@ def _is_terminal(stream) -> bool:
 
 
 def progress_bar(iterable=None, **kwargs: Any) -> tqdm:
-    """``tqdm(iterable, **kwargs)`` on a terminal; line by line, at most every ``LOG_INTERVAL_S``, elsewhere."""
+    """``tqdm(iterable, **kwargs)`` on a terminal; elsewhere a line every ``LOG_INTERVAL_S`` (none for a bar
+    that ends sooner)."""
     stream = kwargs.pop("file", None) or sys.stderr
     if not _is_terminal(stream):
         kwargs.setdefault("mininterval", LOG_INTERVAL_S)
+        kwargs.setdefault("delay", LOG_INTERVAL_S)
         kwargs["dynamic_ncols"] = False
         stream = _Lines(stream)
     return tqdm(iterable, file=stream, **kwargs)
