@@ -202,7 +202,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit_base_patch16_224")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--methods", default="adaptformer,linear,vpt,full")
+    parser.add_argument("--methods", default="adaptformer,lora,bitfit,ssf,linear,vpt,full")
     parser.add_argument("--precisions", default="auto,fp32", help="comma-separated: auto, fp32, bf16, fp16")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
