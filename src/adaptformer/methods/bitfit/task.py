@@ -31,8 +31,9 @@ class BitFitTask(Task):
 
     def __init__(self, config: BitFitConfig, classes: list[str], backbone: BackboneSpec):
         super().__init__(config, classes, backbone)
-        backbone.require_sites(config.name, ["qkv", "fc1"])  # blocks whose operations can be hooked
-        with_bias = {name: site for name, site in backbone.sites.items() if name in SITES and site.bias}
+        with_bias = {name: site for name, site in backbone.sites.items() if site.bias}
+        if not with_bias:  # blocks whose operations cannot be hooked: one line naming what they lack
+            backbone.require_sites(config.name, list(SITES))
         self.blocks = nn.ModuleDict(
             {
                 str(index): nn.ModuleDict({name: BiasOffset(site.out_features) for name, site in with_bias.items()})
