@@ -48,6 +48,22 @@ def test_bad_choices_are_one_line():
         benchmark_runs("vtab", "d", "vit_base_patch16_224", ["lorax"])
 
 
+def test_missing_data_is_one_line_before_any_run(tmp_path, capsys):
+    root = write_vtab(tmp_path / "vtab-1k", tasks=("dtd",))
+    args = ["benchmark", "vtab", "--data-root", str(root), "--model", "vit_base_patch16_224", "--out", str(tmp_path)]
+    assert main([*args, "--tasks", "dtd,kitti,eurosat", "--methods", "linear"]) == 2
+    assert "no eurosat/, kitti/ (needed by the runs)" in capsys.readouterr().err
+    assert main([*args[:3], str(tmp_path / "nope"), *args[4:], "--methods", "linear"]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_warm_up_follows_the_epochs():
+    runs = benchmark_runs("fgvc", "d", "vit_base_patch16_224", ["linear"])
+    assert runs[0].values["warmup_epochs"] == 10 and runs[0].values["epochs"] == 100
+    short = benchmark_runs("fgvc", "d", "vit_base_patch16_224", ["linear"], {"epochs": 5})
+    assert short[0].values["warmup_epochs"] == 0.5
+
+
 def test_shards_split_by_task_and_method():
     runs = benchmark_runs("vtab", "d", "vit_base_patch16_224", ["adaptformer", "linear"], seeds=2, tune=True)
     parts = [shard_runs(runs, f"{i}/3") for i in range(3)]

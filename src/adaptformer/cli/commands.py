@@ -587,6 +587,7 @@ BENCHMARK_METHODS = ("adaptformer", "lora", "vpt", "linear", "full")
 def run_benchmark_command(args: argparse.Namespace) -> int:
     from ..experiments.benchmark import (
         benchmark_runs,
+        check_data,
         command_line,
         run_benchmark,
         shard_runs,
@@ -607,6 +608,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         return 0
     failed = []
     if not args.report_only:
+        check_data(args.suite, args.data_root, selected)
         for row in run_benchmark(selected, args.out):
             print(json.dumps(row), flush=True)
             if row["status"] == "failed":

@@ -36,7 +36,8 @@ SUITES: dict[str, dict[str, list[str]]] = {
 }
 METHODS = ("adaptformer", "lora", "vpt", "linear", "full")
 #: the fixed hyper-parameters of every run (SGD momentum 0.9 + warm-up + cosine, as all training here)
-FIXED: dict[str, Any] = {"epochs": 100, "warmup_epochs": 10, "batch_size": 64, "effective_batch": 64, "blr": 0.1}
+FIXED: dict[str, Any] = {"epochs": 100, "batch_size": 64, "effective_batch": 64, "blr": 0.1}
+WARMUP_SHARE = 0.1  # of the epochs: 10 of 100, unless --set warmup_epochs=...
 #: full fine-tuning moves every weight: a tenth of the rate
 METHOD_FIXED: dict[str, dict[str, Any]] = {"full": {"blr": 0.01}}
 TUNE_LRS = (0.003, 0.01, 0.03, 0.1)
@@ -86,6 +87,7 @@ def benchmark_runs(
         for method in methods:
             base = {**FIXED, **METHOD_FIXED.get(method, {}), "dataset": task, "data_root": data_root}
             base.update({"model": model, "method": method, **(overrides or {})})
+            base.setdefault("warmup_epochs", round(WARMUP_SHARE * base["epochs"], 3))
             where = f"{task.split('/', 1)[1]}/{method}"
             if tune:
                 for lr in TUNE_LRS:
@@ -101,6 +103,23 @@ def benchmark_runs(
 def _checked(run: BenchmarkRun) -> BenchmarkRun:
     TrainConfig.from_flat(run.values, source=f"benchmark run {run.directory}")
     return run
+
+
+def check_data(suite: str, data_root: str | Path, runs: list[BenchmarkRun]) -> None:
+    """Every task folder the runs need is under ``data_root``, or one line naming the missing ones (before hours of
+    training find out one by one)."""
+    root = Path(data_root)
+    if not root.is_dir():
+        raise AdaptFormerError(f"--data-root {root}: no such directory")
+    folders = {run.task: _folder_of(run.task) for run in runs}
+    missing = sorted({folder for folder in folders.values() if not (root / folder).is_dir()})
+    if missing:
+        raise AdaptFormerError(f"--data-root {root}: no {', '.join(f + '/' for f in missing)} (needed by the runs)")
+
+
+def _folder_of(task: str) -> str:
+    suite, name = task.split("/", 1)
+    return FGVC_DATASETS[name].folder if suite == "fgvc" else name
 
 
 def shard_runs(runs: list[BenchmarkRun], spec: str | None) -> list[BenchmarkRun]:
