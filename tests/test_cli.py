@@ -197,3 +197,14 @@ def test_every_packaged_video_config_is_valid():
         if name.endswith(("_adaptformer", "frames2", "frames4", "frames8")):
             assert cfg.method_config().dropout == 0.0
     assert make_config(load_config_file("video/hmdb51_adaptformer_frames2"), {}).num_frames == 2
+
+
+def test_one_source_for_the_version(capsys):
+    from importlib.metadata import version
+
+    import adaptformer
+
+    assert version("adaptformer") == adaptformer.__version__  # pyproject reads version.py
+    with pytest.raises(SystemExit) as exited:  # argparse's version action
+        main(["--version"])
+    assert exited.value.code == 0 and adaptformer.__version__ in capsys.readouterr().out
