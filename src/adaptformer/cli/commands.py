@@ -513,14 +513,14 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", default=None, help="i/n: run every n-th run starting at i (0-based)")
     parser.add_argument("--seeds", type=int, default=1, help="repeat every run over this many seeds (%(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs (and validate them) without training")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="replace a field of the sweep's base (repeatable; the value is YAML), e.g. --set dataset=lfw-faces",
+    _add_set_option(
+        parser, "replace a field of the sweep's base (repeatable; the value is YAML), e.g. --set dataset=lfw-faces"
     )
+
+
+def _add_set_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set FIELD=VALUE`` (repeatable), parsed by ``_overrides``."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help=help)
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -566,13 +566,8 @@ def _benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="write the report from the runs there; train nothing"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="replace a training option of every run (repeatable; the value is YAML), e.g. --set epochs=50",
+    _add_set_option(
+        parser, "replace a training option of every run (repeatable; the value is YAML), e.g. --set epochs=50"
     )
 
 

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from ...backbones.taps import SITES
-from ..base import BackboneSpec, Task
+from ..base import BackboneSpec
+from ..sites import SiteTask
 from .config import BitFitConfig
 
 
@@ -22,11 +23,11 @@ class BiasOffset(nn.Module):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(width))
 
-    def forward(self, out: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return out + self.bias
 
 
-class BitFitTask(Task):
+class BitFitTask(SiteTask):
     config: BitFitConfig
 
     def __init__(self, config: BitFitConfig, classes: list[str], backbone: BackboneSpec):
@@ -40,13 +41,3 @@ class BitFitTask(Task):
                 for index in range(backbone.depth)
             }
         )
-
-    def modulates(self, index: int, site: str) -> bool:
-        return site in self.blocks[str(index)]
-
-    def site_output(self, index: int, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        offsets = self.blocks[str(index)]
-        return offsets[site](out) if site in offsets else out
-
-    def parameter_groups(self) -> dict[str, int]:
-        return {**super().parameter_groups(), "adapters": sum(p.numel() for p in self.blocks.parameters())}

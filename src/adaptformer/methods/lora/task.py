@@ -14,8 +14,9 @@ import math
 import torch
 from torch import nn
 
-from ..base import BackboneSpec, Task
+from ..base import BackboneSpec
 from ..layers import resolve_layers
+from ..sites import SiteTask
 from .config import LoRAConfig
 
 
@@ -33,7 +34,7 @@ class LoRAUpdate(nn.Module):
         return out + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
 
 
-class LoRATask(Task):
+class LoRATask(SiteTask):
     config: LoRAConfig
 
     def __init__(self, config: LoRAConfig, classes: list[str], backbone: BackboneSpec):
@@ -47,16 +48,3 @@ class LoRATask(Task):
                 for index in resolve_layers(config.layers, backbone.depth)
             }
         )
-
-    def modulates(self, index: int, site: str) -> bool:
-        key = str(index)
-        return key in self.blocks and site in self.blocks[key]
-
-    def site_output(self, index: int, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        key = str(index)
-        if key not in self.blocks or site not in self.blocks[key]:
-            return out
-        return self.blocks[key][site](x, out)
-
-    def parameter_groups(self) -> dict[str, int]:
-        return {**super().parameter_groups(), "adapters": sum(p.numel() for p in self.blocks.parameters())}

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..base import BackboneSpec, Task
+from ..base import BackboneSpec
+from ..sites import SiteTask
 from .config import SSFConfig
 
 SSF_SITES = ("norm1", "qkv", "proj", "norm2", "fc1", "fc2")
@@ -28,11 +29,11 @@ class ScaleShift(nn.Module):
             nn.init.normal_(self.ssf_scale, mean=1.0, std=0.02)
             nn.init.normal_(self.ssf_shift, std=0.02)
 
-    def forward(self, out: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return out * self.ssf_scale + self.ssf_shift
 
 
-class SSFTask(Task):
+class SSFTask(SiteTask):
     config: SSFConfig
 
     def __init__(self, config: SSFConfig, classes: list[str], backbone: BackboneSpec):
@@ -46,13 +47,3 @@ class SSFTask(Task):
                 for index in range(backbone.depth)
             }
         )
-
-    def modulates(self, index: int, site: str) -> bool:
-        return site in self.blocks[str(index)]
-
-    def site_output(self, index: int, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        layers = self.blocks[str(index)]
-        return layers[site](out) if site in layers else out
-
-    def parameter_groups(self) -> dict[str, int]:
-        return {**super().parameter_groups(), "adapters": sum(p.numel() for p in self.blocks.parameters())}

@@ -1,0 +1,26 @@
+"""What LoRA, BitFit and SSF share: a module per (block, operation) that rewrites the operation's output.
+
+A :class:`SiteTask` keeps them at ``blocks.{i}.{site}`` (``site`` one of ``backbones/taps.SITES``); each is
+called as ``module(x, out)`` with the operation's input and output and returns the new output. Blocks or sites
+without a module pass their output unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Task
+
+
+class SiteTask(Task):
+    def modulates(self, index: int, site: str) -> bool:
+        key = str(index)
+        return key in self.blocks and site in self.blocks[key]
+
+    def site_output(self, index: int, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if not self.modulates(index, site):
+            return out
+        return self.blocks[str(index)][site](x, out)
+
+    def parameter_groups(self) -> dict[str, int]:
+        return {**super().parameter_groups(), "adapters": sum(p.numel() for p in self.blocks.parameters())}
