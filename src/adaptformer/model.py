@@ -63,6 +63,7 @@ class AdaptedModel(nn.Module):
         if pretrained_fc_norm is not None:
             backbone.fc_norm = nn.Identity()  # ... and its own trainable copy of fc_norm
         install_taps(list(backbone.blocks), self)
+        self._sites = shared_sites(list(backbone.blocks))  # what LoRA/BitFit/SSF size their tensors by
         backbone.requires_grad_(False)
         self.backbone = backbone
         self.tasks = nn.ModuleDict()
@@ -271,7 +272,7 @@ class AdaptedModel(nn.Module):
             fc_norm=self._pretrained_fc_norm[0],
             device=reference.device,
             dtype=reference.dtype,
-            sites=shared_sites(list(self.backbone.blocks)),
+            sites=self._sites,
         )
 
     # ---- forward -----------------------------------------------------------------------------------------

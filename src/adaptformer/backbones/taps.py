@@ -134,12 +134,14 @@ class Site:
 def block_sites(block: nn.Module) -> dict[str, nn.Module]:
     """The block's ``SITES`` that are plain ``nn.Linear`` / ``nn.LayerNorm`` modules (timm blocks; none for
     Hugging Face layers, whose attention does not always call its projection modules)."""
+    if not is_timm_block(block):
+        return {}
     found = {}
     for name, path in SITES.items():
         module = block
         for part in path.split("."):
             module = getattr(module, part, None)
-        if isinstance(module, (nn.Linear, nn.LayerNorm)) and is_timm_block(block):
+        if isinstance(module, (nn.Linear, nn.LayerNorm)):
             found[name] = module
     return found
 

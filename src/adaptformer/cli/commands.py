@@ -603,7 +603,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         return 0
     failed = []
     if not args.report_only:
-        check_data(args.suite, args.data_root, selected)
+        check_data(args.data_root, selected)
         for row in run_benchmark(selected, args.out):
             print(json.dumps(row), flush=True)
             if row["status"] == "failed":

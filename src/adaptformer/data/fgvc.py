@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..errors import AdaptFormerError
 from .image import FileImageDataset, require_listed_images
-from .registry import DatasetEntry, Split, register_dataset
+from .registry import DatasetEntry, Split, check_benchmark_split, register_dataset
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ def _builder(name: str):
     spec = FGVC_DATASETS[name]
 
     def build(root: Path, train: bool, verify: bool, download: bool, benchmark_split: str = "final") -> Split:
+        check_benchmark_split(benchmark_split)
         folder = Path(root) / spec.folder
         if not folder.is_dir():
             raise AdaptFormerError(f"--data-root {root}: no {spec.folder}/ folder ({spec.title})")

@@ -16,6 +16,9 @@ from torch.utils.data import Dataset
 
 from ..errors import AdaptFormerError
 
+#: ``--benchmark-split`` of the benchmarks' datasets (VTAB-1k, FGVC): final numbers, or the tuning split
+BENCHMARK_SPLITS = ("final", "tune")
+
 #: modules that register datasets when imported
 BUILTIN_MODULES = ("adaptformer.data.image", "adaptformer.data.video", "adaptformer.data.vtab", "adaptformer.data.fgvc")
 
@@ -128,6 +131,11 @@ def fold_split(labels: list[int], fold: int, folds: int, seed: int = 0) -> tuple
     splitter = (StratifiedKFold if stratified else KFold)(n_splits=folds, shuffle=True, random_state=seed)
     kept, held = list(splitter.split(np.zeros(len(labels)), labels))[fold]
     return sorted(kept.tolist()), sorted(held.tolist())
+
+
+def check_benchmark_split(value: str) -> None:
+    if value not in BENCHMARK_SPLITS:
+        raise AdaptFormerError(f"--benchmark-split: expected one of {', '.join(BENCHMARK_SPLITS)}, got {value!r}")
 
 
 def _load_builtin() -> None:

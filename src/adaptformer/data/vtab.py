@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import AdaptFormerError
 from .image import FileImageDataset, require_listed_images
-from .registry import DatasetEntry, Split, register_dataset
+from .registry import DatasetEntry, Split, check_benchmark_split, register_dataset
 
 #: task -> class count, by group, in the order the papers' tables use
 VTAB_GROUPS: dict[str, dict[str, int]] = {
@@ -86,10 +86,7 @@ def _builder(task: str):
     classes = VTAB_TASKS[task]
 
     def build(root: Path, train: bool, verify: bool, download: bool, benchmark_split: str = "final") -> Split:
-        if benchmark_split not in VTAB_LISTS:
-            raise AdaptFormerError(
-                f"--benchmark-split: expected one of {', '.join(VTAB_LISTS)}, got {benchmark_split!r}"
-            )
+        check_benchmark_split(benchmark_split)
         folder = Path(root) / task
         if not folder.is_dir():
             raise AdaptFormerError(f"--data-root {root}: no {task}/ folder (VTAB-1k: one folder per task)")

@@ -50,6 +50,8 @@ class BenchmarkRun:
     seed: int
     directory: str  # relative to the benchmark's --out
     values: dict[str, Any]  # flat training options
+    pair: str  # the task and method's folder (``dtd/lora``): its search runs are under ``pair/tune``
+    search: bool = False  # a learning-rate search run (tuning split), not a final run
 
 
 def tasks_of(suite: str, only: list[str] | None = None) -> list[str]:
@@ -88,15 +90,16 @@ def benchmark_runs(
             base = {**FIXED, **METHOD_FIXED.get(method, {}), "dataset": task, "data_root": data_root}
             base.update({"model": model, "method": method, **(overrides or {})})
             base.setdefault("warmup_epochs", round(WARMUP_SHARE * base["epochs"], 3))
-            where = f"{task.split('/', 1)[1]}/{method}"
+            pair = f"{task.split('/', 1)[1]}/{method}"
             if tune:
                 for lr in TUNE_LRS:
                     values = {**base, "lr": lr, "benchmark_split": "tune"}
-                    runs.append(_checked(BenchmarkRun(task, method, 0, f"{where}/tune/lr={lr:g}", values)))
+                    directory = f"{pair}/tune/lr={lr:g}"
+                    runs.append(_checked(BenchmarkRun(task, method, 0, directory, values, pair, search=True)))
             for seed in range(seeds):
                 values = {**base, "seed": base.get("seed", 0) + seed}
-                directory = where if seeds == 1 else f"{where}/seed={values['seed']}"
-                runs.append(_checked(BenchmarkRun(task, method, values["seed"], directory, values)))
+                directory = pair if seeds == 1 else f"{pair}/seed={values['seed']}"
+                runs.append(_checked(BenchmarkRun(task, method, values["seed"], directory, values, pair)))
     return runs
 
 
@@ -105,14 +108,13 @@ def _checked(run: BenchmarkRun) -> BenchmarkRun:
     return run
 
 
-def check_data(suite: str, data_root: str | Path, runs: list[BenchmarkRun]) -> None:
+def check_data(data_root: str | Path, runs: list[BenchmarkRun]) -> None:
     """Every task folder the runs need is under ``data_root``, or one line naming the missing ones (before hours of
     training find out one by one)."""
     root = Path(data_root)
     if not root.is_dir():
         raise AdaptFormerError(f"--data-root {root}: no such directory")
-    folders = {run.task: _folder_of(run.task) for run in runs}
-    missing = sorted({folder for folder in folders.values() if not (root / folder).is_dir()})
+    missing = sorted({folder for folder in map(_folder_of, {run.task for run in runs}) if not (root / folder).is_dir()})
     if missing:
         raise AdaptFormerError(f"--data-root {root}: no {', '.join(f + '/' for f in missing)} (needed by the runs)")
 
@@ -148,7 +150,7 @@ def best_tuned_lr(out: Path, run: BenchmarkRun) -> float | None:
     """The search's winner for this task and method (highest val top-1; ties keep the smaller rate)."""
     scores = []
     for lr in TUNE_LRS:
-        found, _ = read_run(out / run.directory.split("/seed=")[0] / "tune" / f"lr={lr:g}")
+        found, _ = read_run(out / run.pair / "tune" / f"lr={lr:g}")
         if found and found["complete"] and found["top1"] is not None:
             scores.append((found["top1"], -lr))
     return -max(scores)[1] if scores else None
@@ -160,7 +162,7 @@ def run_benchmark(runs: list[BenchmarkRun], out: str | Path) -> list[dict]:
     rows = []
     for run in runs:
         values = dict(run.values)
-        if "/tune/" not in run.directory and any("/tune/" in r.directory for r in runs):
+        if not run.search and any(r.search and r.pair == run.pair for r in runs):
             lr = best_tuned_lr(out, run)
             if lr is None:
                 rows.append({"run": run.directory, "status": "failed", "error": "no finished search run to pick from"})
@@ -196,7 +198,7 @@ def collect(out: Path, runs: list[BenchmarkRun]) -> dict[str, Any]:
     params: dict[str, int] = {}
     seconds: dict[str, float] = {}
     for run in runs:
-        if "/tune/" in run.directory:
+        if run.search:
             seconds[run.method] = seconds.get(run.method, 0.0) + _seconds(out / run.directory)
             continue
         found, _ = read_run(out / run.directory)
@@ -222,7 +224,7 @@ def write_benchmark_report(suite: str, runs: list[BenchmarkRun], out: str | Path
     methods = list(dict.fromkeys(run.method for run in runs))
     found = collect(out, runs)
     table = summarize({m: found["top1"].get(m, {}) for m in methods}, groups)
-    tuned = any("/tune/" in run.directory for run in runs)
+    tuned = any(run.search for run in runs)
     markdown = _markdown(suite, groups, methods, found, table, tuned, len({r.seed for r in runs}))
     plot = _plot(methods, found, table, out / "accuracy_vs_params.png")
     if plot is not None:

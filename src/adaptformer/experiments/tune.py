@@ -87,11 +87,12 @@ def tune(
     returns the result that ``OUT/tune.json`` holds. ``folds`` (default: ``SMALL_FOLDS`` below
     ``SMALL_TRAINING_SET`` training images, else 1) > 1 scores each trial by k-fold validation."""
     out = Path(out)
-    base = {k: v for k, v in TrainConfig.from_flat(base).to_dict().items() if k not in ("out", "resume", "overwrite")}
-    space = space or default_space(TrainConfig.from_flat(base).method)
+    config = TrainConfig.from_flat(base)
+    base = {k: v for k, v in config.to_dict().items() if k not in ("out", "resume", "overwrite")}
+    space = space or default_space(config.method)
     if not 0 < validation_split < 1:
         raise AdaptFormerError(f"--validation-split: expected a fraction in (0, 1) for tune, got {validation_split}")
-    size = len(training_labels(TrainConfig.from_flat(base)))  # the data is readable before any trial
+    size = len(training_labels(config))  # the data is readable before any trial
     folds = folds if folds is not None else (SMALL_FOLDS if size < SMALL_TRAINING_SET else 1)
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1 or folds > max(1, size // 2):
         raise AdaptFormerError(f"--folds: expected 1 to {max(1, size // 2)} for {size} training images, got {folds}")
@@ -170,8 +171,8 @@ def _trial(directory: Path, values: dict[str, Any], name: str, folds: int, log) 
             for k in range(folds)
         ]
     errors = [row["error"] for row in rows if row.get("error")]
-    for error in errors[:1]:
-        log(f"tune: trial {name} failed: {error}")
+    if errors:
+        log(f"tune: trial {name} failed: {errors[0]}")
     scores = [row["top1"] for row in rows if row.get("top1") is not None]
     score = sum(scores) / len(scores) if scores and not errors else None
     status = "failed" if errors else ",".join(dict.fromkeys(row["status"] for row in rows))

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..backbones.video import is_video_model
+from ..data.registry import BENCHMARK_SPLITS, DATASETS, dataset_names
 from ..data.transforms import RESIZE_MODES, TRAIN_CROPS
 from ..errors import AdaptFormerError
 from ..methods.base import MethodConfig
@@ -159,7 +160,7 @@ class TrainConfig:
         check_number("--scale-min", self.scale_min, 0.0, 1.0)
         if self.resize_mode is not None:
             check_choice("--resize-mode", self.resize_mode, RESIZE_MODES)
-        check_choice("--benchmark-split", self.benchmark_split, ("final", "tune"))
+        check_choice("--benchmark-split", self.benchmark_split, BENCHMARK_SPLITS)
         check_choice("--train-crop", self.train_crop, TRAIN_CROPS)
         if self.validation_fold is not None:
             parse_fold(self.validation_fold)
@@ -219,8 +220,6 @@ def parse_fold(text: Any) -> tuple[int, int]:
 
 def dataset_recipe(name: Any) -> dict[str, Any]:
     """The training options a dataset's protocol fixes (VTAB-1k: squash resize, no augmentation), or none."""
-    from ..data.registry import DATASETS, dataset_names
-
     if not isinstance(name, str) or name not in dataset_names():
         return {}
     return dict(DATASETS[name].recipe)

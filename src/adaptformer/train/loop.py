@@ -362,7 +362,7 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
             cfg.dataset,
             len(train_set),
             len(test_set),
-            "validation (held out of train)" if cfg.validation_split or cfg.validation_fold else "test",
+            evaluated_on(cfg),
             len(classes),
             cfg.model,
             info.device,
