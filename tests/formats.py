@@ -227,3 +227,58 @@ def write_hmdb51(root: Path, classes=("brush_hair", "cartwheel"), per_class=3) -
         for split in (1, 2, 3):
             (splits / f"{name}_test_split{split}.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def _colour_mix(rng, labels: tuple[int, ...], size: int) -> np.ndarray:
+    """An image whose red / green / blue channels are bright exactly for its labels 0 / 1 / 2 (learnable)."""
+    colour = np.zeros(3)
+    colour[list(labels)] = 200
+    return np.clip(colour + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+
+
+MULTILABEL_SETS = ((0,), (1,), (2,), (0, 1), (1, 2), (0, 2), (0, 1, 2), ())
+
+
+def write_multilabel(root: Path, classes=("red", "green", "blue"), train: int = 24, test: int = 16, size: int = 32):
+    """The generic multi-label layout: ``photos/*.png`` and ``train.csv`` / ``test.csv`` (``path,labels`` with
+    ``|`` between labels; one image per split has none)."""
+    rng = np.random.default_rng(0)
+    (root / "photos").mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", train), ("test", test)):
+        lines = ["path,labels"]
+        for j in range(count):
+            labels = MULTILABEL_SETS[j % len(MULTILABEL_SETS)]
+            name = f"photos/{split}_{j:03d}.png"
+            Image.fromarray(_colour_mix(rng, labels, size)).save(root / name)
+            lines.append(f"{name},{'|'.join(classes[i] for i in labels)}")
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_nuswide(root: Path, train: int = 12, test: int = 8, missing: int = 2, size: int = 32) -> Path:
+    """NUS-WIDE's release: ``Concepts81.txt``, ``ImageList/{Train,Test}Imagelist.txt`` (Windows separators),
+    ``TrainTestLabels/Labels_<concept>_{Train,Test}.txt`` and ``Flickr/<folder>/<image>.jpg``; the first three
+    concepts follow the colour channels, the rest are rare. The last ``missing`` images of each list are absent,
+    as on public mirrors."""
+    rng = np.random.default_rng(0)
+    concepts = ["red", "green", "blue"] + [f"concept{i:02d}" for i in range(78)]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Concepts81.txt").write_text("\n".join(concepts) + "\n")
+    for folder in ("ImageList", "TrainTestLabels"):
+        (root / folder).mkdir(exist_ok=True)
+    for which, count in (("Train", train), ("Test", test)):
+        names, columns = [], [[] for _ in concepts]
+        for j in range(count):
+            labels = MULTILABEL_SETS[j % len(MULTILABEL_SETS)] + ((3,) if j % 4 == 0 else ())
+            name = f"animal\\{which.lower()}_{j:04d}.jpg"
+            names.append(name)
+            for c in range(len(concepts)):
+                columns[c].append("1" if c in labels else "0")
+            if j < count - missing:
+                path = root / "Flickr" / name.replace("\\", "/")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(_colour_mix(rng, tuple(c for c in labels if c < 3), size)).save(path, quality=95)
+        (root / "ImageList" / f"{which}Imagelist.txt").write_text("\r\n".join(names) + "\r\n")
+        for concept, column in zip(concepts, columns, strict=True):
+            (root / "TrainTestLabels" / f"Labels_{concept}_{which}.txt").write_text("\n".join(column) + "\n")
+    return root

@@ -136,7 +136,7 @@ def test_command_line_overrides_the_config_file(tmp_path):
         ]
     )
     cfg = train_config_from_args(args)
-    method = cfg.method_config()
+    method = cfg.method_config
     assert (cfg.dataset, method.bottleneck, method.scale, cfg.augment) == ("svhn", 8, "learnable", False)
     assert cfg.model_kwargs == {"depth": 2} and cfg.epochs == 100
 
@@ -195,7 +195,7 @@ def test_every_packaged_video_config_is_valid():
         assert cfg.model == "videomae_base_patch16_224" and cfg.test_crops == 3
         assert cfg.test_clips == (2 if "ssv2" in name else 4)
         if name.endswith(("_adaptformer", "frames2", "frames4", "frames8")):
-            assert cfg.method_config().dropout == 0.0
+            assert cfg.method_config.dropout == 0.0
     assert make_config(load_config_file("video/hmdb51_adaptformer_frames2"), {}).num_frames == 2
 
 

@@ -59,7 +59,7 @@ def test_train_and_params_expose_every_method_and_training_option():
     }
     method_options = set(method_option_fields())
     assert method_options <= actions["train"] and method_options <= actions["params"]
-    assert {f for f in TrainConfig.__dataclass_fields__ if f != "method_options"} <= actions["train"]
+    assert {f for f in TrainConfig.__dataclass_fields__ if f != "method_config"} <= actions["train"]
     # no method option shadows a training option
     assert not method_options & set(TrainConfig.__dataclass_fields__)
     assert set(METHODS) == {"adaptformer", "linear", "vpt", "lora", "bitfit", "ssf", "full"}
@@ -85,4 +85,4 @@ def test_config_yaml_round_trips_every_method_option(tmp_path):
     flat = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
     assert flat["bottleneck"] == 8 and flat["placement"] == "parallel" and flat["layers"] == [0, 1]
     again = TrainConfig.from_flat(flat)
-    assert again.method_config() == cfg.method_config() and again.to_dict() == cfg.to_dict()
+    assert again.method_config == cfg.method_config and again.to_dict() == cfg.to_dict()

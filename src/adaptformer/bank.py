@@ -38,6 +38,7 @@ from .data.transforms import InputSpec
 from .errors import AdaptFormerError, UnknownTask
 from .media import Clip, image_tensor
 from .model import AdaptedModel, BackboneSource
+from .objectives import DEFAULT_THRESHOLD, get_objective
 from .runtime.device import pick_device
 from .runtime.precision import autocast, resolve_precision
 from .tasks import preprocessing_of
@@ -58,6 +59,7 @@ class TaskInfo:
     classes: list[str]
     size_bytes: int
     spec: InputSpec
+    objective: str = "classification"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +70,7 @@ class TaskInfo:
             "num_classes": len(self.classes),
             "size_bytes": self.size_bytes,
             "modality": self.spec.modality,
+            "objective": self.objective,
         }
 
 
@@ -90,16 +93,6 @@ class BankCounters:
     hits: int = 0
     misses: int = 0
     refused_loads: int = 0
-
-
-def top_k_labels(logits: torch.Tensor, classes: list[str], k: int) -> list[dict[str, Any]]:
-    """``[{"label", "prob"}, ...]`` of the k most probable classes (softmax over the task's classes)."""
-    probs = logits.float().softmax(dim=0)
-    top = probs.topk(min(k, len(probs)))
-    return [
-        {"label": classes[j], "prob": round(p, 6)}
-        for p, j in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-    ]
 
 
 def parse_task_argument(text: str) -> tuple[str, Path]:
@@ -309,7 +302,8 @@ class TaskBank:
             return _Entry(name, path, header, error=str(error))
         except (KeyError, TypeError, ValueError) as error:
             return _Entry(name, path, header, error=f"task file {path}: malformed description ({error})")
-        info = TaskInfo(name, str(path), meta["method"]["method"], list(meta["classes"]), header.size, spec)
+        objective = get_objective(meta.get("objective")).name
+        info = TaskInfo(name, str(path), meta["method"]["method"], list(meta["classes"]), header.size, spec, objective)
         return _Entry(name, path, header, info)
 
     def _check_input(self, spec: InputSpec, path: Path) -> None:
@@ -493,15 +487,34 @@ class TaskBank:
             rows.append(done[spec])
         return rows
 
-    def predict_images(self, images: list[Image.Image], tasks: list[str] | None = None, top_k: int = 5) -> list[dict]:
+    def answer(self, name: str, logits: torch.Tensor, top_k: int = 5, threshold: float = DEFAULT_THRESHOLD) -> dict:
+        """One input's answer from a task: ``{"task", "top_k": [{"label", "prob"}, ...]}`` (softmax), and for a
+        multi-label task sigmoid probabilities with ``labels`` (every class at least ``threshold`` probable)."""
+        info = self.info(name)
+        return {"task": name, **get_objective(info.objective).answer(logits, info.classes, top_k, threshold)}
+
+    def predict_images(
+        self,
+        images: list[Image.Image],
+        tasks: list[str] | None = None,
+        top_k: int = 5,
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> list[dict]:
         """For every image and task: ``{"index": i, "task": name, "top_k": [{"label", "prob"}, ...]}``, in image
         order then task order."""
-        return self.predict(images, tasks, top_k)
+        return self.predict(images, tasks, top_k, threshold)
 
-    def predict(self, media: list[Image.Image | Clip], tasks: list[str] | None = None, top_k: int = 5) -> list[dict]:
+    def predict(
+        self,
+        media: list[Image.Image | Clip],
+        tasks: list[str] | None = None,
+        top_k: int = 5,
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> list[dict]:
         """Images and clips through every chosen task of their kind (images to image tasks, clips to video
-        tasks): ``{"index": i, "task": name, "top_k": [...]}`` in input order, then task order. An input with
-        no task of its kind among ``tasks`` gets ``{"index": i, "error": "<one line>"}`` instead."""
+        tasks): ``{"index": i, "task": name, "top_k": [...]}`` (multi-label tasks add ``labels``, see
+        :meth:`answer`) in input order, then task order. An input with no task of its kind among ``tasks`` gets
+        ``{"index": i, "error": "<one line>"}`` instead."""
         chosen = tasks or self.tasks
         by_kind: dict[str, list[str]] = {"image": [], "video": []}
         for name in chosen:
@@ -522,7 +535,7 @@ class TaskBank:
             pairs += [(i, name) for name in names]
         logits = self.logits(rows, [name for _, name in pairs]) if rows else []
         results += [
-            {"index": i, "task": name, "top_k": top_k_labels(values, self.info(name).classes, top_k)}
+            {"index": i, **self.answer(name, values, top_k, threshold)}
             for (i, name), values in zip(pairs, logits, strict=True)
         ]
         order = {name: k for k, name in enumerate(chosen)}

@@ -1,4 +1,5 @@
-"""Evaluation shared by training, ``eval``, and ``pretrain``: top-1 / top-5 and loss, averaged over test views.
+"""Evaluation shared by training, ``eval``, and ``pretrain``: the task objective's scores (top-1 / top-5, or mAP)
+and loss, with logits averaged over test views.
 
 A batch's ``inputs`` are one view per sample, (B, C, H, W) or (B, C, T, H, W), or several views per sample with
 a views dimension after B, (B, V, ...): the logits of a sample's V views (video's temporal clips x spatial
@@ -9,12 +10,12 @@ Under torchrun every rank scores its shard and the totals are summed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .runtime.distributed import all_reduce_sum
+from .objectives import Objective, get_objective
 from .runtime.precision import autocast
 from .utils.progress import progress_bar
 
@@ -41,11 +42,12 @@ def evaluate(
     num_classes: int,
     input_ndim: int = 4,
     show_progress: bool = False,
-) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%) and mean cross-entropy of the (view-averaged) logits over the loader."""
+    objective: Objective | None = None,
+) -> dict[str, Any]:
+    """The objective's scores of the (view-averaged) logits over the loader: top-1 / top-5 accuracy (%) and mean
+    cross-entropy for single-label tasks, mAP (%), per-class AP and mean binary cross-entropy for multi-label ones."""
     model.eval()
-    k = min(5, num_classes)
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct@1, correct@k, loss sum, count
+    scorer = (objective or get_objective(None)).scorer(num_classes, device)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         with autocast(precision, device):
@@ -55,19 +57,6 @@ def evaluate(
         if batch.inputs is None:
             continue
         inputs = batch.inputs.to(device, non_blocking=True)
-        labels = batch.labels.to(device, non_blocking=True)
-        logits = view_averaged_logits(forward, inputs, input_ndim)
-        hits = logits.topk(k, dim=1).indices == labels[:, None]
-        totals += torch.tensor(
-            [
-                hits[:, 0].sum().item(),
-                hits.any(1).sum().item(),
-                F.cross_entropy(logits, labels, reduction="sum").item(),
-                len(labels),
-            ],
-            dtype=torch.float64,
-            device=device,
-        )
-    correct1, correctk, loss, count = all_reduce_sum(totals).tolist()
-    count = max(count, 1)
-    return {"top1": 100 * correct1 / count, "top5": 100 * correctk / count, "loss": loss / count, "samples": int(count)}
+        targets = batch.labels.to(device, non_blocking=True)
+        scorer.add(view_averaged_logits(forward, inputs, input_ndim), targets)
+    return scorer.result()

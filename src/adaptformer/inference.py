@@ -3,7 +3,7 @@ was trained (the input spec recorded in the task file)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from .errors import AdaptFormerError
 from .evaluation import evaluate
 from .media import Clip, decode_image, looks_like_video
 from .model import AdaptedModel
+from .objectives import Objective, get_objective
 from .runtime.device import pick_device
 from .runtime.precision import resolve_precision
 from .tasks import preprocessing_of
@@ -34,6 +35,7 @@ class LoadedTask:
     spec: InputSpec  # the preprocessing the task was trained with
     device: torch.device
     precision: str
+    objective: Objective = field(default_factory=lambda: get_objective(None))
 
 
 def load_for_inference(
@@ -58,6 +60,7 @@ def load_for_inference(
         preprocessing_of(meta, model),
         torch_device,
         resolve_precision(precision, torch_device),
+        get_objective(meta.get("objective")),
     )
 
 
@@ -74,7 +77,8 @@ def evaluate_task(
     test_crops: int = 1,
     **dataset_options,
 ) -> dict:
-    """Top-1/top-5/loss of a task on a dataset split, preprocessed as the task was trained. Video tasks sample
+    """The task's scores on a dataset split (top-1/top-5/loss, or mAP/per-class AP/loss for a multi-label task),
+    preprocessed as the task was trained. Video tasks sample
     ``spec.frames`` frames ``spec.sampling_rate`` apart and average ``test_clips`` x ``test_crops`` views."""
     spec = loaded.spec
     if get_dataset(dataset).modality != spec.modality:
@@ -91,6 +95,9 @@ def evaluate_task(
         }
     else:
         transform = eval_transform(spec)
+    wanted = get_dataset(dataset).objective
+    if wanted != loaded.objective.name:
+        raise AdaptFormerError(f"--dataset {dataset}: a {wanted} dataset, the task is {loaded.objective.name}")
     split = build_split(dataset, data_root, train_split, transform, verify=verify, **dataset_options)
     if len(split.classes) != len(loaded.classes):
         raise AdaptFormerError(
@@ -101,7 +108,14 @@ def evaluate_task(
         data = torch.utils.data.Subset(data, range(min(max_samples, len(data))))
     loader = make_loader(data, batch_size, ShardSampler(len(data), 1, 0), workers, 0, drop_last=False)
     return evaluate(
-        loaded.model, loader, loaded.device, loaded.precision, len(loaded.classes), loaded.spec.input_ndim, True
+        loaded.model,
+        loader,
+        loaded.device,
+        loaded.precision,
+        len(loaded.classes),
+        loaded.spec.input_ndim,
+        show_progress=True,
+        objective=loaded.objective,
     )
 
 

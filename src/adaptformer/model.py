@@ -30,6 +30,7 @@ from .backbones.timm import check_vit, create_backbone, source_name
 from .errors import AdaptFormerError
 from .methods.base import BackboneSpec, MethodConfig, Task
 from .methods.registry import get_method, make_method_config
+from .objectives import get_objective
 from .report import ParameterReport
 from .routing import GATHER_FROM_GROUPS, Router
 from .utils.hashing import hash_tensors
@@ -90,9 +91,13 @@ class AdaptedModel(nn.Module):
         classes: list[str] | int | None = None,
         *,
         activate: bool = True,
+        objective: str = "classification",
         **options: Any,
     ) -> Task:
-        """Add a task with its own modules and head; ``config`` is a method config or a method name + options."""
+        """Add a task with its own modules and head; ``config`` is a method config or a method name + options.
+        ``objective`` is ``classification`` (one label per input) or ``multilabel`` (any number: a sigmoid per
+        class; see ``objectives.py``)."""
+        objective = get_objective(objective).name
         if isinstance(config, str):
             config = make_method_config(config, **options)
         elif options:
@@ -111,6 +116,7 @@ class AdaptedModel(nn.Module):
         task = get_method(config.name).task(config, list(classes), self.backbone_spec())
         reference = next(self.backbone.parameters())
         task = task.to(device=reference.device, dtype=reference.dtype).requires_grad_(False).train(self.training)
+        task.objective = objective
         self.tasks[name] = task
         self._task_routers[name] = Router.for_task(task, self.depth)
         if activate or self.active_task is None:
@@ -432,6 +438,7 @@ def adapt(
     config: MethodConfig | None = None,
     task: str = DEFAULT_TASK,
     source: BackboneSource | None = None,
+    objective: str = "classification",
     **options: Any,
 ) -> AdaptedModel:
     """Adapt a ViT: ``adapt(vit, "adaptformer", num_classes=100, bottleneck=64)``.
@@ -440,7 +447,7 @@ def adapt(
     ``ViTForImageClassification`` / ``VideoMAEModel`` / ``VideoMAEForVideoClassification``. The ViT becomes
     the frozen backbone of the returned :class:`AdaptedModel` (its hooks are installed on the ViT's own
     blocks) with one task named ``task``. Pass a method name and its options, or ``config``.
-    ``num_classes`` defaults to the ViT's own class count.
+    ``num_classes`` defaults to the ViT's own class count; ``objective="multilabel"`` makes a multi-label task.
     """
     if isinstance(model, AdaptedModel):
         raise AdaptFormerError("this model is already adapted; add tasks to it with add_task(...)")
@@ -456,7 +463,7 @@ def adapt(
             raise AdaptFormerError(f"num_classes: expected a positive integer, got {num_classes!r}")
         classes = [str(i) for i in range(num_classes)]
     adapted = AdaptedModel(model, source)
-    adapted.add_task(task, config, classes)
+    adapted.add_task(task, config, classes, objective=objective)
     return adapted
 
 
@@ -470,6 +477,7 @@ def create_model(
     timm_kwargs: dict[str, Any] | None = None,
     classes: list[str] | None = None,
     task: str = DEFAULT_TASK,
+    objective: str = "classification",
     **options: Any,
 ) -> AdaptedModel:
     """``create_model("vit_base_patch16_224", "adaptformer", num_classes=100, checkpoint="mae.pth")``.
@@ -484,4 +492,12 @@ def create_model(
         config = make_method_config(method, **options)
     elif options:
         raise AdaptFormerError("pass either config=... or keyword options, not both")
-    return adapt(backbone, num_classes=num_classes, classes=classes, config=config, task=task, source=source)
+    return adapt(
+        backbone,
+        num_classes=num_classes,
+        classes=classes,
+        config=config,
+        task=task,
+        source=source,
+        objective=objective,
+    )

@@ -156,4 +156,4 @@ def test_runs_from_before_an_option_existed_group_with_newer_runs(tmp_path):
         run.joinpath("config.yaml").write_text(yaml.safe_dump(config))
         run.joinpath("summary.json").write_text(json.dumps({"top1": top1}))
     rows = group_seeds([read_run(tmp_path / f"seed={seed}")[0] for seed in (0, 1)])
-    assert len(rows) == 1 and rows[0]["seeds"] == 2 and rows[0]["top1"] == 60.0
+    assert len(rows) == 1 and rows[0]["seeds"] == 2 and rows[0]["score"] == 60.0

@@ -46,12 +46,12 @@ def test_tune_searches_axes_in_order_then_retrains_the_winner(tmp_path):
     result = tune(base, tmp_path / "tune", space, validation_split=0.25, log=lines.append, folds=1)
     trials = result["trials"]
     assert [t["values"]["lr"] for t in trials][:2] == [0.001, 0.2] and len(trials) == 3  # one trial reused
-    first_axis = {t["values"]["lr"]: t["validation_top1"] for t in trials[:2]}
+    first_axis = {t["values"]["lr"]: t["validation_score"] for t in trials[:2]}
     assert result["chosen"]["lr"] == max(first_axis, key=lambda lr: (first_axis[lr], -lr))
     summaries = [json.loads((tmp_path / "tune/trials" / t["run"] / "summary.json").read_text()) for t in trials]
     assert all(s["evaluated_on"] == "validation (0.25 of train)" for s in summaries)
     final = json.loads((tmp_path / "tune/final/summary.json").read_text())
-    assert final["evaluated_on"] == "test" and final["top1"] == result["test_top1"]
+    assert final["evaluated_on"] == "test" and final["top1"] == result["test_score"]
     final_config = yaml.safe_load((tmp_path / "tune/final/config.yaml").read_text())
     assert final_config["lr"] == result["chosen"]["lr"] and final_config["hflip"] == result["chosen"]["hflip"]
     assert (tmp_path / "tune/final/last.safetensors").exists() and "Chosen:" in (tmp_path / "tune/tune.md").read_text()
@@ -102,7 +102,7 @@ def test_small_data_uses_k_fold_and_a_batch_the_trials_can_fill(tmp_path):
     assert (result["effective_batch"], result["batch_size"]) == (4, 4)  # 20 images: at least 4 steps an epoch
     assert any("--effective-batch 1024 -> 4 and --batch-size 128 -> 4" in line for line in lines)
     trial = result["trials"][0]
-    assert len(trial["fold_top1"]) == 5 and trial["validation_top1"] == pytest.approx(sum(trial["fold_top1"]) / 5)
+    assert len(trial["fold_scores"]) == 5 and trial["validation_score"] == pytest.approx(sum(trial["fold_scores"]) / 5)
     fold = json.loads((tmp_path / "tune/trials/train_crop=random_resized/fold=3/summary.json").read_text())
     assert fold["evaluated_on"] == "validation (fold 3 of 5 of train)"
     assert "5-fold" in (tmp_path / "tune/tune.md").read_text()

@@ -5,23 +5,22 @@ import pytest
 import torch
 
 import adaptformer
-from adaptformer import AdaptFormerError
+from adaptformer import AdaptFormerError, objectives
 from adaptformer.runtime.state import load_training_state
-from adaptformer.train import loop
 from adaptformer.train.loop import fit
 from training_helpers import tiny_train_config
 
 
 def test_nan_loss_stops_naming_step_and_epoch_and_keeps_the_last_good_files(tmp_path, monkeypatch):
     fit(tiny_train_config(tmp_path, epochs=1, out=str(tmp_path / "one")))  # the state after epoch 1, for reference
-    real, calls = loop.F.cross_entropy, {"n": 0}
+    real, calls = objectives.F.cross_entropy, {"n": 0}
 
     def nan_from_the_fifth_loss(*args, **kwargs):  # 3 steps + 1 test batch per epoch: the 5th loss is step 4, epoch 2
         calls["n"] += 1
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] >= 5 else loss
 
-    monkeypatch.setattr(loop.F, "cross_entropy", nan_from_the_fifth_loss)
+    monkeypatch.setattr(objectives.F, "cross_entropy", nan_from_the_fifth_loss)
     with pytest.raises(AdaptFormerError) as error:
         fit(tiny_train_config(tmp_path, epochs=3))
     message = str(error.value)

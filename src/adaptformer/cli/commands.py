@@ -88,7 +88,7 @@ def add_train_config_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", default=None, help="YAML file or packaged config name, e.g. image/cifar100_adaptformer"
     )
     group = parser.add_argument_group("training", f"datasets: {', '.join(dataset_names())}")
-    names = add_dataclass_options(group, TrainConfig, skip={"method_options"})
+    names = add_dataclass_options(group, TrainConfig, skip={"method_config"})
     parser.set_defaults(train_option_names=names + add_method_options(parser))
 
 
@@ -148,7 +148,7 @@ def run_tune(args: argparse.Namespace) -> int:
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
     result = tune(cfg.to_dict(), out, space, cfg.validation_split or 0.2, log=log, folds=args.folds)
     print((out / "tune.md").read_text())
-    return 0 if result["test_top1"] is not None else 1
+    return 0 if result["test_score"] is not None else 1
 
 
 # ---- eval / predict ----------------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def _dataset_options(args: argparse.Namespace) -> dict:
     }
 
 
-@command("eval", "top-1 / top-5 of a task file on a dataset split", _eval_arguments)
+@command("eval", "top-1 / top-5 (multi-label: mAP) of a task file on a dataset split", _eval_arguments)
 def run_eval(args: argparse.Namespace) -> int:
     from ..inference import evaluate_task
 
@@ -250,8 +250,8 @@ def run_eval(args: argparse.Namespace) -> int:
         print(json.dumps({"task": args.task, "dataset": args.dataset, "split": args.split, **result}))
     else:
         print(
-            f"{args.dataset} {args.split}: top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  "
-            f"loss {result['loss']:.4f}  ({result['samples']} samples)"
+            f"{args.dataset} {args.split}: {loaded.objective.describe(result)}  loss {result['loss']:.4f}  "
+            f"({result['samples']} samples)"
         )
     return 0
 
@@ -260,12 +260,20 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     _task_arguments(parser, several=True)
     parser.add_argument("images", nargs="+", metavar="FILE", help="image or video files and/or folders")
     parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="multi-label tasks: print every label at least this probable (default 0.5)",
+    )
 
 
 @command("predict", "top-k labels of one or several tasks for image or video files or folders", _predict_arguments)
 def run_predict(args: argparse.Namespace) -> int:
     from ..inference import collect_media, open_media
+    from ..objectives import DEFAULT_THRESHOLD, check_threshold
 
+    threshold = check_threshold(DEFAULT_THRESHOLD if args.threshold is None else args.threshold)
     files = collect_media(args.images)
     bank, chosen = _bank_from_args(args)
     answered = 0
@@ -273,7 +281,9 @@ def run_predict(args: argparse.Namespace) -> int:
         chunk = files[start : start + args.batch_size]
         media, errors = open_media(chunk)
         opened = [path for path in chunk if str(path) not in errors]
-        results = bank.predict([media[str(p)] for p in opened], tasks=chosen or None, top_k=args.top_k)
+        results = bank.predict(
+            [media[str(p)] for p in opened], tasks=chosen or None, top_k=args.top_k, threshold=threshold
+        )
         by_file: dict[str, list[dict]] = {}
         for row in results:
             if "error" in row:
@@ -333,12 +343,12 @@ def _print_predictions(file: str, rows: list[dict], error: str | None, as_json: 
         if error:
             print(json.dumps({"file": file, "error": error}))
         for row in rows:
-            print(json.dumps({"file": file, "task": row["task"], "top_k": row["top_k"]}))
+            print(json.dumps({"file": file, **{k: v for k, v in row.items() if k != "index"}}))
         return
     if error:
         print(f"{file}  ERROR {error}")
         return
-    cells = ["  ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top_k"]) for row in rows]
+    cells = [_answer_cell(row) for row in rows]
     if len(rows) == 1:
         print(f"{file}  {cells[0]}")
     else:
@@ -634,3 +644,12 @@ def run_report(args: argparse.Namespace) -> int:
         f"{len(result['skipped'])} skipped)"
     )
     return 0 if result["rows"] else 1
+
+
+def _answer_cell(row: dict) -> str:
+    """A task's answer on one line: its top-k, or a multi-label task's labels above the threshold."""
+    if "labels" not in row:
+        return "  ".join(f"{t['label']} {t['prob']:.3f}" for t in row["top_k"])
+    if not row["labels"]:
+        return f"(no label >= {row['threshold']:g})"
+    return "  ".join(f"{t['label']} {t['prob']:.3f}" for t in row["labels"])

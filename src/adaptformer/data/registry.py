@@ -20,7 +20,13 @@ from ..errors import AdaptFormerError
 BENCHMARK_SPLITS = ("final", "tune")
 
 #: modules that register datasets when imported
-BUILTIN_MODULES = ("adaptformer.data.image", "adaptformer.data.video", "adaptformer.data.vtab", "adaptformer.data.fgvc")
+BUILTIN_MODULES = (
+    "adaptformer.data.image",
+    "adaptformer.data.video",
+    "adaptformer.data.vtab",
+    "adaptformer.data.fgvc",
+    "adaptformer.data.multilabel",
+)
 
 
 @dataclass
@@ -39,6 +45,7 @@ class DatasetEntry:
     hflip: bool = True  # False where a mirror image changes the label (Something-Something's left/right)
     options: tuple[str, ...] = ()  # training options the builder takes as keywords (image datasets)
     recipe: dict = field(default_factory=dict)  # the protocol's training options, applied unless given
+    objective: str = "classification"  # or "multilabel": samples' targets are multi-hot vectors (objectives.py)
 
 
 DATASETS: dict[str, DatasetEntry] = {}
@@ -89,7 +96,10 @@ def build_split(
 
 def labels_of(dataset: Dataset) -> list[int]:
     """Every sample's label, read from the dataset's label list where it keeps one (torchvision's ``targets`` /
-    ``labels`` / ``_labels``, ``samples`` of (path, label)); otherwise by loading each sample."""
+    ``labels`` / ``_labels``, ``samples`` of (path, label)); otherwise by loading each sample. A multi-label
+    dataset's samples have no single label to stratify by: they form one group, so held-out parts are random."""
+    if getattr(dataset, "multilabel", False):
+        return [0] * len(dataset)
     for name in ("targets", "labels", "_labels"):
         labels = getattr(dataset, name, None)
         if labels is not None and len(labels) == len(dataset):

@@ -151,8 +151,8 @@ def best_tuned_lr(out: Path, run: BenchmarkRun) -> float | None:
     scores = []
     for lr in TUNE_LRS:
         found, _ = read_run(out / run.pair / "tune" / f"lr={lr:g}")
-        if found and found["complete"] and found["top1"] is not None:
-            scores.append((found["top1"], -lr))
+        if found and found["complete"] and found["score"] is not None:
+            scores.append((found["score"], -lr))
     return -max(scores)[1] if scores else None
 
 
@@ -204,7 +204,7 @@ def collect(out: Path, runs: list[BenchmarkRun]) -> dict[str, Any]:
         found, _ = read_run(out / run.directory)
         if not found or not found["complete"]:
             continue
-        scores.setdefault(run.method, {}).setdefault(run.task, []).append(found["top1"])
+        scores.setdefault(run.method, {}).setdefault(run.task, []).append(found["score"])
         params.setdefault(run.method, found["trainable"])
         seconds[run.method] = seconds.get(run.method, 0.0) + (found["seconds"] or 0.0)
     top1 = {m: {t: statistics.fmean(v) for t, v in by_task.items()} for m, by_task in scores.items()}

@@ -1,9 +1,9 @@
 """``adaptformer report RUN_DIRS... --out DIR``: tables and plots over training runs (a sweep's, or any).
 
 For every run directory (``config.yaml`` + ``summary.json``; a run without a summary is partial) it reads the
-configuration, the final and best top-1, trainable parameters, wall time, peak memory and the per-epoch test
-accuracy. Runs that differ only in ``seed`` are one point with mean ± std. It writes ``report.md``, the same as
-one self-contained ``report.html`` (plots embedded), and PNG plots:
+configuration, the final and best score (top-1; mAP for multi-label runs), trainable parameters, wall time, peak
+memory and the per-epoch test score. Runs that differ only in ``seed`` are one point with mean ± std. It writes
+``report.md``, the same as one self-contained ``report.html`` (plots embedded), and PNG plots:
 
 * ``accuracy_vs_params.png``: top-1 against trainable parameters per method (log x; the paper's Figure 1 style);
 * ``accuracy_vs_<option>.png`` for every option that varies across the runs (bottleneck, layers, placement,
@@ -26,7 +26,9 @@ from typing import Any
 
 import yaml
 
+from ..data.registry import get_dataset
 from ..errors import AdaptFormerError
+from ..objectives import get_objective
 from ..runtime.metrics import read_metrics
 from ..train.config import TrainConfig
 from ..utils.atomic import atomic_write_text
@@ -88,17 +90,19 @@ def read_run(path: Path) -> tuple[dict | None, str | None]:
         config = with_defaults(yaml.safe_load(config_file.read_text()) or {})
     except yaml.YAMLError:
         return None, "config.yaml is not valid YAML"
-    curve = (
-        [(r["epoch"], r["test_top1"]) for r in read_metrics(metrics_file) if "test_top1" in r]
-        if metrics_file.is_file()
-        else []
-    )
     summary = {}
     if summary_file.is_file():
         try:
             summary = json.loads(summary_file.read_text())
         except json.JSONDecodeError:
             summary = {}
+    metric = summary.get("metric") or metric_of(config)
+    key = f"test_{metric}"
+    curve = (
+        [(r["epoch"], r[key]) for r in read_metrics(metrics_file) if r.get(key) is not None]
+        if metrics_file.is_file()
+        else []
+    )
     if not summary and not curve:
         return None, "no summary.json and no evaluated epoch in metrics.jsonl"
     return {
@@ -106,14 +110,29 @@ def read_run(path: Path) -> tuple[dict | None, str | None]:
         "path": str(path),
         "config": config,
         "method": config.get("method", "?"),
-        "top1": summary.get("top1", curve[-1][1] if curve else None),
-        "best_top1": summary.get("best_top1", max((t for _, t in curve), default=None)),
+        "metric": metric,  # top1, or mAP for multi-label runs
+        "score": summary.get(metric, curve[-1][1] if curve else None),
+        "best_score": summary.get(f"best_{metric}", max((t for _, t in curve), default=None)),
         "trainable": summary.get("trainable"),
         "seconds": summary.get("train_seconds"),
         "memory_mb": summary.get("peak_memory_mb"),
         "curve": curve,
         "complete": bool(summary),
     }, None
+
+
+def metric_of(config: dict) -> str:
+    """The primary score of a run by its dataset (a run killed before its summary was written)."""
+    try:
+        return get_objective(get_dataset(str(config.get("dataset"))).objective).metric
+    except AdaptFormerError:
+        return "top1"
+
+
+def metric_label(rows: list[dict]) -> str:
+    """How the rows' score is named in tables and plots: top-1 (%), mAP (%), or score when they differ."""
+    metrics = {r.get("metric", "top1") for r in rows}
+    return {"top1": "top-1", "mAP": "mAP"}.get(metrics.pop(), "score") if len(metrics) == 1 else "score"
 
 
 def with_defaults(config: dict) -> dict:
@@ -133,13 +152,13 @@ def group_seeds(runs: list[dict]) -> list[dict]:
         groups[key].append(run)
     rows = []
     for members in groups.values():
-        tops = [m["top1"] for m in members if m["top1"] is not None]
+        tops = [m["score"] for m in members if m["score"] is not None]
         first = members[0]
         rows.append(
             {
                 **first,
                 "name": first["name"].replace(f",seed={first['config'].get('seed')}", ""),
-                "top1": statistics.mean(tops) if tops else None,
+                "score": statistics.mean(tops) if tops else None,
                 "std": statistics.stdev(tops) if len(tops) > 1 else 0.0,
                 "seeds": len(members),
             }
@@ -177,7 +196,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict:
 
 def _markdown(rows: list[dict], axes: list[str], plots: list[Path], skipped: list[tuple[str, str]]) -> str:
     shown = [a for a in axes if a not in ("model",)]
-    header = ["run", "method", *shown, "top-1 %", "best %", "trainable", "train s", "peak MB", "seeds"]
+    header = ["run", "method", *shown, f"{metric_label(rows)} %", "best %", "trainable", "train s", "peak MB", "seeds"]
     lines = [
         "# adaptformer report",
         "",
@@ -186,14 +205,14 @@ def _markdown(rows: list[dict], axes: list[str], plots: list[Path], skipped: lis
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    for r in sorted(rows, key=lambda r: (r["method"], -(r["top1"] or 0))):
-        top = "—" if r["top1"] is None else f"{r['top1']:.2f}" + (f" ± {r['std']:.2f}" if r["seeds"] > 1 else "")
+    for r in sorted(rows, key=lambda r: (r["method"], -(r["score"] or 0))):
+        top = "—" if r["score"] is None else f"{r['score']:.2f}" + (f" ± {r['std']:.2f}" if r["seeds"] > 1 else "")
         cells = [
             r["name"],
             r["method"],
             *[_cell(r["config"].get(a)) for a in shown],
             top,
-            _num(r["best_top1"], ".2f"),
+            _num(r["best_score"], ".2f"),
             _num(r["trainable"], ","),
             _num(r["seconds"], ".0f"),
             _num(r["memory_mb"], ".0f"),
@@ -272,16 +291,16 @@ def _plot_params(rows: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for method in sorted({r["method"] for r in rows}):
         points = [
-            (r["trainable"], r["top1"], r["std"])
+            (r["trainable"], r["score"], r["std"])
             for r in rows
-            if r["method"] == method and r["trainable"] and r["top1"] is not None
+            if r["method"] == method and r["trainable"] and r["score"] is not None
         ]
         if points:
             x, y, err = zip(*sorted(points), strict=True)
             ax.errorbar(x, y, yerr=err, marker="o", linestyle="", capsize=3, label=method)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel(f"{metric_label(rows)} (%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -298,15 +317,15 @@ def _plot_layer_sides(rows: list[dict], path: Path) -> Path:
         points = []
         for r in rows:
             match = LAYER_SPEC.match(_cell(r["config"].get("layers")))
-            if match and match.group(1) == side and r["top1"] is not None:
-                points.append((int(match.group(2)), r["top1"], r["std"], r["method"]))
+            if match and match.group(1) == side and r["score"] is not None:
+                points.append((int(match.group(2)), r["score"], r["std"], r["method"]))
         for method in sorted({p[3] for p in points}):
             xs, ys, err, _ = zip(*sorted(p for p in points if p[3] == method), strict=True)
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{method}, {side}-k")
     denominators = {LAYER_SPEC.match(_cell(r["config"].get("layers"))).group(3) for r in rows}
     of = next(iter(denominators)) if len(denominators) == 1 else None
     ax.set_xlabel(f"k (adapted blocks{f', out of {of}, scaled to the depth' if of else ''})")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel(f"{metric_label(rows)} (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -319,12 +338,12 @@ def _plot_axis(rows: list[dict], axis: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     values = sorted({_cell(r["config"].get(axis)) for r in rows}, key=_order)
     for method in sorted({r["method"] for r in rows}):
-        by_value = {_cell(r["config"].get(axis)): r for r in rows if r["method"] == method and r["top1"] is not None}
+        by_value = {_cell(r["config"].get(axis)): r for r in rows if r["method"] == method and r["score"] is not None}
         xs = [i for i, v in enumerate(values) if v in by_value]
         if xs:
             ax.errorbar(
                 xs,
-                [by_value[values[i]]["top1"] for i in xs],
+                [by_value[values[i]]["score"] for i in xs],
                 yerr=[by_value[values[i]]["std"] for i in xs],
                 marker="o",
                 capsize=3,
@@ -332,7 +351,7 @@ def _plot_axis(rows: list[dict], axis: str, path: Path) -> Path:
             )
     ax.set_xticks(range(len(values)), values, rotation=30 if max(map(len, values)) > 6 else 0)
     ax.set_xlabel(axis)
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel(f"{metric_label(rows)} (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -346,7 +365,7 @@ def _plot_curves(runs: list[dict], path: Path) -> Path:
             epochs, tops = zip(*run["curve"], strict=True)
             ax.plot(epochs, tops, marker=".", label=run["name"][:40])
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel(f"test {metric_label(runs)} (%)")
     ax.grid(True, alpha=0.3)
     if len(runs) <= 12:
         ax.legend(fontsize=6)

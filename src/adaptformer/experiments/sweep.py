@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdaptFormerError
+from ..objectives import primary_score
 from ..train.config import TrainConfig, config_search_path, read_yaml_mapping
 
 SWEEP_KEYS = ("base", "grid", "points")
@@ -106,7 +107,7 @@ def train_run(run_dir: Path, values: dict[str, Any], name: str) -> dict[str, Any
 
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
-        return {"run": name, "status": "done already", "top1": json.loads(summary_path.read_text()).get("top1")}
+        return {"run": name, "status": "done already", **_score(json.loads(summary_path.read_text()))}
     resume = (run_dir / "checkpoint.pt").exists()
     cfg = TrainConfig.from_flat(
         {**values, "out": str(run_dir), "resume": resume, "overwrite": False}, source=f"run {name}"
@@ -120,7 +121,12 @@ def train_run(run_dir: Path, values: dict[str, Any], name: str) -> dict[str, Any
         with open(run_dir / "train.log", "a") as log:  # the reason is in the run's own log, too
             log.write(f"error: {error}\n")
         return {"run": name, "status": "failed", "error": str(error)}
-    return {"run": name, "status": "resumed" if resume else "trained", "top1": summary.get("top1")}
+    return {"run": name, "status": "resumed" if resume else "trained", **_score(summary)}
+
+
+def _score(summary: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's primary score (top-1, or mAP for multi-label runs) and its name."""
+    return {"score": primary_score(summary), "metric": summary.get("metric", "top1")}
 
 
 def _sweep_path(name: str) -> Path:

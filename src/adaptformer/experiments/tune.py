@@ -4,10 +4,10 @@ No single recipe fits every small dataset: the paper's ImageNet-scale crops and 
 cost several points on a few hundred images. ``tune`` never looks at the test split while choosing:
 
 1. every trial trains on the training set minus a held-out ``validation_split`` (stratified, the same for every
-   trial) and is scored by its final top-1 on that held-out part; below ``SMALL_TRAINING_SET`` images it is
-   scored by ``SMALL_FOLDS``-fold validation instead (the mean over the folds: one split of 49 images moves
-   top-1 by two points an image). Before any trial the data is read and the batch checked: a batch the trials'
-   training sets cannot fill a few times an epoch is lowered (and said so);
+   trial) and is scored by its final top-1 (mAP for a multi-label dataset) on that held-out part; below
+   ``SMALL_TRAINING_SET`` images it is scored by ``SMALL_FOLDS``-fold validation instead (the mean over the folds:
+   one split of 49 images moves top-1 by two points an image). Before any trial the data is read and the batch
+   checked: a batch the trials' training sets cannot fill a few times an epoch is lowered (and said so);
 2. the search is coordinate-wise: the axes are tried one after another (learning rate first, and again last),
    each axis's values with the best values found so far and the base values for the rest; the best value is
    kept (ties keep the earlier value), and a configuration already tried is not trained again;
@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import AdaptFormerError
 from ..train.config import TrainConfig, read_yaml_mapping
-from ..train.loop import training_labels
+from ..train.data import training_labels
 from .sweep import _name, train_run
 
 #: the axes every method searches, learning rate first (the values for full fine-tuning are its own)
@@ -112,13 +112,13 @@ def tune(
                 log(f"tune: trial {len(trials) + 1}: {name}")
                 trials[name] = _trial(out / "trials" / name, {**base, **searched, **validation}, name, folds, log)
                 trials[name]["values"] = searched
-            scores.append((trials[name]["validation_top1"], value))
+            scores.append((trials[name]["validation_score"], value))
         best = max(scores, key=lambda pair: -1.0 if pair[0] is None else pair[0])  # the first of equal scores
         if best[0] is None:
             first = next(t["error"] for t in trials.values() if t.get("error"))
             raise AdaptFormerError(f"tune: every trial of {field} failed; the first: {first}")
         chosen[field] = best[1]
-        log(f"tune: {field} = {best[1]!r} (validation top-1 {best[0]:.2f})")
+        log(f"tune: {field} = {best[1]!r} (validation {metric_name(trials)} {best[0]:.2f})")
     winner = _searched(chosen, base, space)
     log(f"tune: retraining {_name(winner)} on the whole training set")
     final = train_run(out / "final", {**base, **winner, "validation_split": 0.0}, "final")
@@ -132,8 +132,9 @@ def tune(
         "trial_training_images": per_trial,
         "batch_size": base.get("batch_size"),
         "effective_batch": base.get("effective_batch"),
-        "validation_top1": trials[_name(winner)]["validation_top1"],
-        "test_top1": final.get("top1"),
+        "metric": final.get("metric") or next((t["metric"] for t in trials.values() if t.get("metric")), "top1"),
+        "validation_score": trials[_name(winner)]["validation_score"],
+        "test_score": final.get("score"),
         "final": {**final, "run_dir": str(out / "final")},
         "trials": list(trials.values()),
         "seconds": round(time.perf_counter() - started, 1),
@@ -173,14 +174,15 @@ def _trial(directory: Path, values: dict[str, Any], name: str, folds: int, log) 
     errors = [row["error"] for row in rows if row.get("error")]
     if errors:
         log(f"tune: trial {name} failed: {errors[0]}")
-    scores = [row["top1"] for row in rows if row.get("top1") is not None]
+    scores = [row["score"] for row in rows if row.get("score") is not None]
     score = sum(scores) / len(scores) if scores and not errors else None
     status = "failed" if errors else ",".join(dict.fromkeys(row["status"] for row in rows))
     return {
         "run": name,
         "status": status,
-        "validation_top1": score,
-        "fold_top1": scores if folds > 1 else None,
+        "metric": next((row["metric"] for row in rows if row.get("metric")), None),
+        "validation_score": score,
+        "fold_scores": scores if folds > 1 else None,
         **({"error": errors[0]} if errors else {}),
     }
 
@@ -199,19 +201,29 @@ def _validation_text(result: dict[str, Any]) -> str:
     return f"{result['validation_split']:g} of the training set, held out (stratified, fixed)"
 
 
+METRIC_NAMES = {"top1": "top-1", "mAP": "mAP"}
+
+
+def metric_name(trials: dict[str, dict[str, Any]]) -> str:
+    """How the trials' score is named in the log (top-1, or mAP for a multi-label dataset)."""
+    metric = next((t["metric"] for t in trials.values() if t.get("metric")), "top1")
+    return METRIC_NAMES.get(metric, metric)
+
+
 def tune_markdown(result: dict[str, Any], space: list[tuple[str, list[Any]]]) -> str:
     fields = list(dict.fromkeys(field for field, _ in space))
+    metric = METRIC_NAMES.get(result.get("metric"), "score")
     lines = [
         "# Tuning",
         "",
         f"Validation: {_validation_text(result)}. "
         f"Coordinate search over {', '.join(f for f, _ in space)}, in that order.",
         "",
-        "| trial | " + " | ".join(fields) + " | validation top-1 | status |",
+        "| trial | " + " | ".join(fields) + f" | validation {metric} | status |",
         "|---|" + "---|" * len(fields) + "---|---|",
     ]
     for number, trial in enumerate(result["trials"], 1):
-        score = trial["validation_top1"]
+        score = trial["validation_score"]
         cells = [str(trial["values"][f]) for f in fields]
         lines.append(
             f"| {number} | "
@@ -219,12 +231,12 @@ def tune_markdown(result: dict[str, Any], space: list[tuple[str, list[Any]]]) ->
             + f" | {'—' if score is None else f'{score:.2f}'} | {trial['status']} |"
         )
     chosen = ", ".join(f"{k}={v}" for k, v in result["chosen"].items())
-    test = result["test_top1"]
+    test = result["test_score"]
     lines += [
         "",
-        f"**Chosen:** {chosen} (validation top-1 {result['validation_top1']:.2f}).",
+        f"**Chosen:** {chosen} (validation {metric} {result['validation_score']:.2f}).",
         "",
-        f"**Retrained on the whole training set:** test top-1 {'—' if test is None else f'{test:.2f}'} "
+        f"**Retrained on the whole training set:** test {metric} {'—' if test is None else f'{test:.2f}'} "
         f"({result['final']['run_dir']}). Total time {result['seconds']:.0f} s.",
         "",
     ]

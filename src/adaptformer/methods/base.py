@@ -151,6 +151,7 @@ class Task(TaskHead):
         super().__init__(backbone.dim, len(classes), backbone.fc_norm, batchnorm=config.head_batchnorm)
         self.config = config
         self.classes = list(classes)
+        self.objective = "classification"  # or "multilabel"; set by AdaptedModel.add_task
 
     @property
     def num_classes(self) -> int:

@@ -13,6 +13,9 @@
 ``POST /predict``        multipart ``file`` (+ ``tasks=a,b`` to choose): ``{"results": [{"task", "top_k"}, ...]}``
 =======================  =====================================================================================
 
+A multi-label task answers with sigmoid probabilities and adds ``"labels"``: every class at least ``threshold``
+probable (query parameter, default 0.5), most probable first; single- and multi-label tasks share one batch.
+
 Every error is JSON ``{"detail": "<one line>"}``: 400 a bad task file or request, 401 a missing or wrong API key,
 403 a path outside the task directory, 404 an unknown task or file, 408 a body too slow, 409 a name taken or a
 task file changed on disk, 413 too large, 415 not an image or video, 422 a request the task cannot take, 500 an
@@ -37,9 +40,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..bank import TASK_NAME, TASK_NAME_RULE, TaskBank, top_k_labels
+from ..bank import TASK_NAME, TASK_NAME_RULE, TaskBank
 from ..errors import AdaptFormerError, BusyError, UnknownTask
 from ..media import Clip, MediaTooLarge, UnreadableMedia, decode_image
+from ..objectives import DEFAULT_THRESHOLD
 from .admission import Admission
 from .batcher import Batcher
 from .decoding import RETRY_AFTER_S, DecodePool
@@ -78,6 +82,7 @@ def _responses(*codes: int) -> dict:
 
 
 COMMON = (400, 401, 408, 413, 500)
+THRESHOLD_HELP = "multi-label tasks: answer every label at least this probable"
 
 
 def create_app(bank: TaskBank, task_dir: str | Path | None = None, settings: ServeSettings | None = None) -> FastAPI:
@@ -173,9 +178,14 @@ def create_app(bank: TaskBank, task_dir: str | Path | None = None, settings: Ser
         return {"removed": name}
 
     @app.post("/predict/{task}", responses=_responses(*COMMON, 404, 409, 415, 422, 503))
-    async def predict_one(task: str, file: UploadFile = File(...), top_k: int = Query(5, ge=1, le=1000)) -> dict:
+    async def predict_one(
+        task: str,
+        file: UploadFile = File(...),
+        top_k: int = Query(5, ge=1, le=1000),
+        threshold: float = Query(DEFAULT_THRESHOLD, ge=0.0, le=1.0, description=THRESHOLD_HELP),
+    ) -> dict:
         _known(task)
-        results = await _predict(file, [task], top_k)
+        results = await _predict(file, [task], top_k, threshold)
         return results[0]
 
     @app.post("/predict", responses=_responses(*COMMON, 404, 409, 415, 422, 503))
@@ -183,6 +193,7 @@ def create_app(bank: TaskBank, task_dir: str | Path | None = None, settings: Ser
         file: UploadFile = File(...),
         tasks: str | None = Query(None, max_length=200_000, description="comma-separated task names (default: all)"),
         top_k: int = Query(5, ge=1, le=1000),
+        threshold: float = Query(DEFAULT_THRESHOLD, ge=0.0, le=1.0, description=THRESHOLD_HELP),
     ) -> dict:
         names = list(dict.fromkeys(t.strip() for t in tasks.split(",") if t.strip())) if tasks else None
         if names is not None and not names:
@@ -194,14 +205,14 @@ def create_app(bank: TaskBank, task_dir: str | Path | None = None, settings: Ser
             raise HTTPException(422, f"tasks: at most {limit} tasks per request (--max-tasks-per-request)")
         for name in names or ():
             _known(name)
-        return {"results": await _predict(file, names, top_k)}
+        return {"results": await _predict(file, names, top_k, threshold)}
 
     def _known(name: str) -> None:
         if not (TASK_NAME.fullmatch(name) and bank.has(name)):
             shown = ", ".join(bank.tasks[:10]) + (" ..." if len(bank.tasks) > 10 else "")
             raise HTTPException(404, f"task {name[:80]!r}: no such task (loaded: {shown or 'none'})")
 
-    async def _predict(file: UploadFile, names: list[str] | None, top_k: int) -> list[dict]:
+    async def _predict(file: UploadFile, names: list[str] | None, top_k: int, threshold: float) -> list[dict]:
         """``names`` None: every task of the upload's kind (images to image tasks, clips to video tasks)."""
         with pool.admit():
             data = await file.read(settings.max_upload_bytes + 1)
@@ -209,10 +220,7 @@ def create_app(bank: TaskBank, task_dir: str | Path | None = None, settings: Ser
                 raise HTTPException(413, f"upload larger than {settings.max_upload_bytes} bytes (--max-upload-mb)")
             names, rows = await pool.run(_rows, data, file.filename or "", names)
             logits = await batcher.logits(rows, names)
-        return [
-            {"task": name, "top_k": top_k_labels(values, bank.info(name).classes, top_k)}
-            for name, values in zip(names, logits, strict=True)
-        ]
+        return [bank.answer(name, values, top_k, threshold) for name, values in zip(names, logits, strict=True)]
 
     def _rows(data: bytes, filename: str, names: list[str] | None):
         """On a decoding thread: the upload decoded as an image or a clip, preprocessed for each task."""

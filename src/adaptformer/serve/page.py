@@ -111,7 +111,9 @@ async function predict() {
     const rows = document.querySelector("#results tbody");
     for (const result of data.results) {
       const row = document.createElement("tr");
-      const labels = result.top_k.map((t) => `${t.label} ${(100 * t.prob).toFixed(1)} %`).join(", ");
+      const shownLabels = result.labels || result.top_k;  // a multi-label task: the labels above its threshold
+      const labels = shownLabels.map((t) => `${t.label} ${(100 * t.prob).toFixed(1)} %`).join(", ")
+        || `no label >= ${result.threshold}`;
       for (const text of [result.task, labels]) {
         const cell = document.createElement("td");
         cell.textContent = text;  // labels come from task files: text, never markup

@@ -19,6 +19,7 @@ from ..data.transforms import InputSpec
 from ..errors import AdaptFormerError
 from ..methods.registry import method_config_from_dict
 from ..model import AdaptedModel, BackboneSource
+from ..objectives import get_objective
 from ..version import __version__
 from .format import FORMAT, FORMAT_VERSION, read_task_file, write_task
 
@@ -43,6 +44,7 @@ def task_metadata(
         "method": task.config.to_dict(),
         "classes": list(task.classes),
         "num_classes": task.num_classes,
+        "objective": task.objective,
         "backbone": {
             **model.source.to_dict(),
             "fingerprint": fingerprint if fingerprint is not None else model.backbone_fingerprint(),
@@ -120,10 +122,11 @@ def apply_task_tensors(
                 f"{model.tasks[name].num_classes}"
             )
         model.tasks[name].classes = list(meta["classes"])
+        model.tasks[name].objective = get_objective(meta.get("objective")).name
         model.set_task(name)
     else:
         previous = model.active_task
-        model.add_task(name, config, meta["classes"])
+        model.add_task(name, config, meta["classes"], objective=meta.get("objective") or "classification")
     try:
         model.load_task_state(tensors, name, f"task file {path}")
     except AdaptFormerError:

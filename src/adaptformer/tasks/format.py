@@ -6,6 +6,7 @@ Version 2 (written now)::
      "task": "cifar100",                                   # the task's name in a model or bank
      "method": {"method": "adaptformer", "bottleneck": 64, ...},   # the method config, every field
      "classes": [...], "num_classes": 100,
+     "objective": "classification",                        # or "multilabel" (absent: classification)
      "backbone": {"family": "timm", "name": "vit_base_patch16_224.mae", "kwargs": {...}, "checkpoint": "...",
                   "fingerprint": "<sha256 of the frozen backbone, 32 hex>", "embed_dim": 768, "depth": 12},
      "preprocessing": {"modality": "image", "input_size": [3, 224, 224], "frames": 1, "interpolation": "bicubic",
@@ -35,6 +36,7 @@ from safetensors.torch import save_file
 
 from ..errors import AdaptFormerError
 from ..methods.registry import get_method, method_config_from_dict, option_names
+from ..objectives import get_objective
 from ..utils.atomic import atomic_write, atomic_write_json
 
 FORMAT = "adaptformer.task"
@@ -193,6 +195,10 @@ def check_description(meta: dict[str, Any], path: Path) -> None:
         raise AdaptFormerError(f"task file {path}: classes: expected a non-empty list of class names")
     if meta.get("num_classes", len(classes)) != len(classes):
         raise AdaptFormerError(f"task file {path}: num_classes {meta['num_classes']} but {len(classes)} class names")
+    try:
+        get_objective(meta.get("objective"))
+    except AdaptFormerError as error:
+        raise AdaptFormerError(f"task file {path}: {error}") from None
     for section in ("method", "backbone"):
         if not isinstance(meta.get(section), dict):
             raise AdaptFormerError(f"task file {path}: {section}: expected a mapping")

@@ -1,7 +1,8 @@
 """Training configuration: one dataclass whose defaults are the paper's image recipe.
 
 The method's own options (``bottleneck``, ``vpt_tokens``, ...) are not repeated here: they belong to the method
-configs (``methods/*/config.py``) and are held in ``method_options``. Files and flags use one flat namespace:
+configs (``methods/*/config.py``), and the run holds its method's typed config in ``method_config``, built once
+from the flat keys. Files and flags use one flat namespace:
 a YAML file or the command line may say ``bottleneck: 16`` next to ``epochs: 30``; :meth:`TrainConfig.from_flat`
 sorts the keys and refuses unknown ones, naming them and listing the valid ones.
 
@@ -62,9 +63,9 @@ class TrainConfig:
     pretrained: bool = option(True, "load pretrained weights (--no-pretrained: random, for smoke tests)")
     img_size: int | None = option(None, "run the backbone at this input size (position embeddings are resampled)")
     model_kwargs: dict | None = option(None, 'extra timm.create_model keywords as JSON, e.g. {"drop_path_rate": 0.1}')
-    # method: the name here, its options in method_options (flat keys in files and flags)
-    method: str = option("adaptformer", "adaptformer | linear | vpt | full")
-    method_options: dict = option(help="the method's options (given as flat keys / flags)", factory=dict)
+    # method: the name here, its typed config in method_config (flat keys in files and flags)
+    method: str = option("adaptformer", "adaptformer | linear | vpt | lora | bitfit | ssf | full")
+    method_config: MethodConfig | None = option(None, "the method's typed config (its options: flat keys / flags)")
     task_name: str | None = option(None, "name of the task in its task files (default: the dataset name)")
     # optimisation: SGD momentum 0.9, wd 0, lr = blr * effective_batch / 256, warm-up + half-cycle cosine
     epochs: int = option(100, "training epochs")
@@ -120,9 +121,6 @@ class TrainConfig:
         """How many copies of the training set --cache-features encodes (one when nothing is augmented)."""
         return self.feature_views if self.augment else 1
 
-    def method_config(self) -> MethodConfig:
-        return make_method_config(self.method, **self.method_options)
-
     def timm_kwargs(self, video: bool = False) -> dict[str, Any]:
         """Keywords for the backbone; a video dataset asks for ``num_frames`` (an image ViT is then inflated), and
         a video backbone is built for ``--num-frames`` whatever it trains on (its image tasks then share it with
@@ -148,7 +146,10 @@ class TrainConfig:
         return Path(self.out) if self.out else Path("runs") / f"{self.dataset}-{self.method}"
 
     def validate(self) -> TrainConfig:
-        self.method_config()
+        if self.method_config is None:
+            self.method_config = make_method_config(self.method)
+        if self.method_config.name != self.method:
+            raise AdaptFormerError(f"--method {self.method}: the method config is {self.method_config.name}'s")
         for name in ("epochs", "batch_size", "eval_every", "num_frames", "sampling_rate", "test_clips"):
             check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1)
         for name in ("workers", "checkpoint_every_steps", "seed"):
@@ -193,8 +194,8 @@ class TrainConfig:
     # ---- flat form: what YAML files, flags and config.yaml hold ---------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Every field and every option of the method (resolved, defaults included), in one flat mapping."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "method_options"}
-        method = self.method_config().to_dict()
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "method_config"}
+        method = (self.method_config or make_method_config(self.method)).to_dict()
         data.update({k: v for k, v in method.items() if k != "method"})
         return data
 
@@ -202,8 +203,9 @@ class TrainConfig:
     def from_flat(cls, values: dict[str, Any], source: str = "configuration") -> TrainConfig:
         values = {**dataset_recipe(values.get("dataset")), **values}  # a benchmark's protocol, unless given
         config_values, options = split_flat(values, source)
+        method_config = make_method_config(config_values.get("method", "adaptformer"), **options)
         try:
-            return cls(**config_values, method_options=options).validate()
+            return cls(**config_values, method_config=method_config).validate()
         except TypeError as error:
             raise AdaptFormerError(f"{source}: {error}") from None
 
@@ -227,7 +229,7 @@ def dataset_recipe(name: Any) -> dict[str, Any]:
 
 def split_flat(values: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Flat keys -> (TrainConfig fields, method options); unknown keys and other methods' options are refused."""
-    own = {f.name for f in fields(TrainConfig)} - {"method_options"}
+    own = {f.name for f in fields(TrainConfig)} - {"method_config"}
     method_keys = set(method_option_fields())
     unknown = sorted(set(values) - own - method_keys - {"method_options"})
     if unknown:

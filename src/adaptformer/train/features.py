@@ -45,7 +45,7 @@ class CachedFeatures(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        return self.views[self.view][index], int(self.labels[index])
+        return self.views[self.view][index], self.labels[index]  # a class index, or a multi-hot target
 
 
 @torch.no_grad()

@@ -1,8 +1,11 @@
-"""The training loop: ``fit(config)`` builds everything from a :class:`TrainConfig` and trains.
+"""The training loop: ``fit(config)`` runs a :class:`Trainer` built from a :class:`TrainConfig`.
 
-Read top to bottom: set-up (process group, run directory, data, model, optimizer, schedule), optional resume,
-then epochs of ``train_one_epoch`` + ``evaluate``, writing ``last``/``best`` task files, ``checkpoint.pt``,
-``metrics.jsonl``, TensorBoard scalars and ``train.log`` into the run directory.
+A run reads top to bottom in :meth:`Trainer.run`: set-up (run directory, backbone, data, model, optimizer,
+schedule), resume or a fresh start, the step machinery (cached features, DDP, compile, loaders), then epochs of
+:meth:`Trainer.train_epoch` and :meth:`Trainer.end_epoch` (evaluate, keep the best, write ``last``/``best`` task
+files and ``checkpoint.pt``), and the summary. Files in the run directory: ``metrics.jsonl``, TensorBoard scalars,
+``train.log``, ``config.yaml`` and ``summary.json``. What the task predicts and how it is scored (cross-entropy
+and top-1, or binary cross-entropy and mAP) is the dataset's objective (``objectives.py``), not a branch here.
 """
 
 from __future__ import annotations
@@ -17,18 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..backbones.timm import create_backbone
-from ..data.loading import ResumableSampler, ShardSampler, check_some_readable, make_loader
-from ..data.registry import build_split, carve_validation, fold_split, get_dataset, labels_of
-from ..data.transforms import InputSpec, eval_transform, train_transform
-from ..data.video import VideoTransform
+from ..data.loading import Batch, ResumableSampler, ShardSampler, check_some_readable, make_loader
+from ..data.registry import get_dataset
 from ..errors import AdaptFormerError
 from ..evaluation import evaluate
 from ..model import AdaptedModel, BackboneSource, adapt
+from ..objectives import Objective, get_objective
 from ..runtime.distributed import DistInfo, cleanup_distributed, init_distributed, use_global_batchnorm
 from ..runtime.metrics import MetricsLogger
 from ..runtime.precision import autocast, make_grad_scaler, resolve_precision
@@ -38,7 +39,8 @@ from ..tasks import save_task
 from ..utils.atomic import atomic_write_json, atomic_write_text
 from ..utils.hashing import hash_tensors
 from ..utils.progress import progress_bar
-from .config import RUN_CONTROL, TrainConfig, dump_yaml, parse_fold
+from .config import RUN_CONTROL, TrainConfig, dump_yaml
+from .data import build_data, evaluated_on, input_spec
 from .features import FeatureHead, cache_features
 from .optim import make_optimizer, make_schedule, scaled_lr
 
@@ -64,7 +66,7 @@ class Progress:
     epoch: int = 0  # epochs completed
     step_in_epoch: int = 0  # optimizer steps done in the current epoch
     global_step: int = 0
-    best_top1: float = -1.0
+    best_score: float = -1.0  # the objective's primary score (top-1 or mAP) at the best evaluation
     best_epoch: int = -1
     skipped_images: int = 0
     skipped_files: list[str] = field(default_factory=list)  # each unreadable file once, in the order met
@@ -72,6 +74,14 @@ class Progress:
     epoch_batches: int = 0
     train_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    last_details: dict[str, Any] = field(default_factory=dict)  # the last evaluation's lists (per-class AP)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Progress:
+        state = dict(state)
+        if "best_top1" in state:  # checkpoints written before objectives named it
+            state["best_score"] = state.pop("best_top1")
+        return cls(**state)
 
 
 @dataclass
@@ -117,79 +127,6 @@ def setup_logging(run_dir: Path, info: DistInfo) -> None:
     log.addHandler(console)
 
 
-def input_spec(cfg: TrainConfig, backbone: nn.Module, video: bool = False) -> InputSpec:
-    """The backbone's preprocessing with the run's overrides: what the task files record."""
-    # the small-image recipe trains on whole resized images: evaluation resizes them the same way (unless told)
-    resize_mode = cfg.resize_mode or ("squash" if cfg.train_crop == "pad" else None)
-    spec = InputSpec.from_model(backbone).replace(
-        crop_pct=cfg.crop_pct, interpolation=cfg.interpolation, resize_mode=resize_mode
-    )
-    # images on a video backbone stay images: the model shows each as a static clip (AdaptedModel.backbone_input)
-    return spec.replace(sampling_rate=cfg.sampling_rate) if video else spec.replace(frames=1)
-
-
-def transforms_for(cfg: TrainConfig, spec: InputSpec):
-    """(train, test) transforms: the image recipe, or clip transforms for video datasets."""
-    entry = get_dataset(cfg.dataset)
-    hflip = cfg.hflip if entry.hflip else 0.0  # e.g. SSv2: "left to right" must not become "right to left"
-    if entry.modality == "video":
-        train = VideoTransform(spec, True, hflip) if cfg.augment else VideoTransform(spec, False)
-        return train, VideoTransform(spec, False, crops=cfg.test_crops)
-    return train_transform(spec, hflip, cfg.scale_min, cfg.augment, cfg.train_crop), eval_transform(spec)
-
-
-def dataset_options(cfg: TrainConfig, frames: int | None = None) -> dict[str, Any]:
-    """The keywords the run's dataset builder takes: a benchmark's split, or a video dataset's sampling."""
-    entry = get_dataset(cfg.dataset)
-    options = {name: getattr(cfg, name) for name in entry.options}
-    if entry.modality == "video":  # sample the frames the backbone takes
-        options = {**cfg.video_options(), "num_frames": frames or cfg.num_frames}
-    return dict(verify=cfg.verify, download=cfg.download, **options)
-
-
-def training_labels(cfg: TrainConfig) -> list[int]:
-    """The label of every training sample the run would use (``--max-train-samples`` applied), read from the
-    dataset's label lists without decoding: what ``tune`` sizes its trials by."""
-    labels = labels_of(build_split(cfg.dataset, cfg.data_root, True, None, **dataset_options(cfg)).dataset)
-    return labels[: cfg.max_train_samples] if cfg.max_train_samples else labels
-
-
-def build_data(cfg: TrainConfig, spec: InputSpec):
-    train_tf, test_tf = transforms_for(cfg, spec)
-    common = dataset_options(cfg, spec.frames)
-    train = build_split(cfg.dataset, cfg.data_root, True, train_tf, **common)
-    test = build_split(cfg.dataset, cfg.data_root, False, test_tf, **common)
-    if train.classes != test.classes:
-        raise AdaptFormerError(f"--data-root {cfg.data_root}: train and test splits have different classes")
-    train_set, test_set = train.dataset, test.dataset
-    if cfg.max_train_samples:
-        train_set = torch.utils.data.Subset(train_set, range(min(cfg.max_train_samples, len(train_set))))
-    if cfg.validation_split or cfg.validation_fold:  # evaluate on held-out training samples, seen as test ones are
-        held_out = build_split(cfg.dataset, cfg.data_root, True, test_tf, **common).dataset
-        labels = labels_of(train.dataset)[: len(train_set)]
-        if cfg.validation_fold:
-            kept, held = fold_split(labels, *parse_fold(cfg.validation_fold))
-        else:
-            kept, held = carve_validation(labels, cfg.validation_split)
-        train_set, test_set = torch.utils.data.Subset(train_set, kept), torch.utils.data.Subset(held_out, held)
-    if cfg.max_eval_samples:
-        test_set = torch.utils.data.Subset(test_set, range(min(cfg.max_eval_samples, len(test_set))))
-    return train_set, test_set, train.classes
-
-
-def evaluated_on(cfg: TrainConfig) -> str:
-    """Which split the run's figures are on (summary.json): a held-out part of train, a benchmark's tuning
-    split, or the test split."""
-    if cfg.validation_split:
-        return f"validation ({cfg.validation_split:g} of train)"
-    if cfg.validation_fold:
-        fold, folds = parse_fold(cfg.validation_fold)
-        return f"validation (fold {fold} of {folds} of train)"
-    if "benchmark_split" in get_dataset(cfg.dataset).options and cfg.benchmark_split == "tune":
-        return "validation (the benchmark's tuning split)"
-    return "test"
-
-
 MAX_LISTED_SKIPPED = 1000  # unreadable files listed in summary.json (bounded: a broken disk may hold millions)
 
 
@@ -213,160 +150,107 @@ def check_finite_weights(model: nn.Module, progress: Progress, lr: float) -> Non
         raise Diverged("a trained weight is NaN or inf", progress.global_step, epoch, lr)
 
 
-def train_one_epoch(
-    model,
-    loader,
-    optimizer,
-    schedule,
-    scaler,
-    plan: Plan,
-    progress: Progress,
-    cfg: TrainConfig,
-    info: DistInfo,
-    precision: str,
-    metrics: MetricsLogger,
-    on_step=None,
-) -> dict[str, float]:
-    """One pass over this epoch's remaining batches, ``plan.accumulation`` micro-batches per optimizer step."""
-    model.train()
-    device = info.device
-    remaining = plan.steps_per_epoch - progress.step_in_epoch
-    bar = progress_bar(
-        total=remaining,
-        desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
-        unit="step",
-        disable=not info.is_main,
-        dynamic_ncols=True,
-    )
-    micro = 0
-    optimizer.zero_grad(set_to_none=True)
-    for batch in loader:
-        if progress.step_in_epoch >= plan.steps_per_epoch:
-            break
-        if batch.skipped:
-            progress.skipped_images += len(batch.skipped)
-            for item in batch.skipped:
-                listed = progress.skipped_files  # the first MAX_LISTED_SKIPPED, each once (all are logged)
-                if len(listed) < MAX_LISTED_SKIPPED and item.path not in listed:
-                    listed.append(item.path)
-                log.warning(
-                    "skipped unreadable file %s (%s); %d skipped so far",
-                    item.path,
-                    item.reason,
-                    progress.skipped_images,
-                )
-        if batch.inputs is None:
-            continue
-        if len(batch) == 1 and cfg.batch_size > 1:
-            # unreadable files left one sample: the head's BatchNorm cannot normalise a batch of one
-            log.warning("skipped a batch left with one readable sample (%s)", batch.ids.tolist())
-            continue
-        micro += 1
-        last_micro = micro % plan.accumulation == 0
-        inputs, labels = batch.inputs.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
-        # gradients are all-reduced only on the last micro-batch of an accumulation
-        sync = contextlib.nullcontext() if last_micro or not info.distributed else model.no_sync()
-        with sync:
-            with autocast(precision, device):
-                loss = F.cross_entropy(model(inputs), labels, label_smoothing=cfg.label_smoothing)
-            if not math.isfinite(loss.item()):
-                lr = optimizer.param_groups[0]["lr"]
-                raise Diverged(f"loss is {loss.item()}", progress.global_step + 1, progress.epoch + 1, lr)
-            scaler.scale(loss / plan.accumulation).backward()
-        progress.epoch_loss_sum += loss.item()
-        progress.epoch_batches += 1
-        if not last_micro:
-            continue
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        progress.step_in_epoch += 1
-        progress.global_step += 1
-        schedule.step_update(progress.global_step)
-        lr = optimizer.param_groups[0]["lr"]
-        bar.update(1)
-        mean_loss = progress.epoch_loss_sum / progress.epoch_batches
-        # shown at the bar's next refresh (at most every LOG_INTERVAL_S off a terminal), not a write per step
-        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", skipped=progress.skipped_images, refresh=False)
-        if progress.global_step % 10 == 0 or progress.step_in_epoch == plan.steps_per_epoch:
-            metrics.log(progress.global_step, train_loss=loss.item(), lr=lr, epoch=progress.epoch + 1)
-        if on_step is not None:
-            on_step()
-    bar.close()
-    stats = {"train_loss": progress.epoch_loss_sum / max(progress.epoch_batches, 1)}
-    progress.epoch_loss_sum, progress.epoch_batches = 0.0, 0
-    return stats
-
-
 def fit(cfg: TrainConfig) -> dict[str, Any]:
     """Train as configured; returns the summary (also written to ``summary.json``)."""
     cfg.validate()
     info = init_distributed(cfg.device)
     try:
-        return _fit(cfg, info)
+        return Trainer(cfg, info).run()
     finally:
         cleanup_distributed()
 
 
-def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
-    run_dir = prepare_run_dir(cfg.run_dir(), RUN_FILES, cfg.resume, cfg.overwrite, info.is_main)
-    if info.distributed:
-        torch.distributed.barrier()
-    setup_logging(run_dir, info)
-    torch.manual_seed(cfg.seed)
-    precision = resolve_precision(cfg.precision, info.device)
+class Trainer:
+    """One training run on one process (of ``info.world_size``)."""
 
-    # the backbone first: its input size / frames / mean / std / crop decide the transforms
-    video = get_dataset(cfg.dataset).modality == "video"
-    backbone_kwargs = cfg.timm_kwargs(video)
-    backbone = create_backbone(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, **backbone_kwargs)
-    spec = input_spec(cfg, backbone, video)
-    train_set, test_set, classes = build_data(cfg, spec)
-    where = f"--data-root {cfg.data_root}" if cfg.data_root else f"--dataset {cfg.dataset}"
-    check_some_readable(train_set, f"{where} (training split)")  # before the seed: no random draw is moved
-    check_some_readable(test_set, f"{where} (evaluation split)")
-    torch.manual_seed(cfg.seed)  # the same initial adapters / head on every rank
-    source = BackboneSource(cfg.model, backbone_kwargs, Path(cfg.checkpoint).name if cfg.checkpoint else None)
-    model = adapt(
-        backbone, config=cfg.method_config(), classes=classes, task=cfg.task_name or cfg.dataset, source=source
-    ).to(info.device)
-    plan = plan_steps(cfg, len(train_set), info.world_size)
-    optimizer = make_optimizer(model.trainable_parameters(), plan.lr, cfg.momentum, cfg.weight_decay)
-    schedule = make_schedule(optimizer, plan.total_steps, plan.warmup_steps, cfg.min_lr)
-    scaler = make_grad_scaler(precision, info.device)
-    progress, resumed = Progress(), False
-    fingerprint = model.backbone_fingerprint()  # the frozen weights do not change: hash them once
+    def __init__(self, cfg: TrainConfig, info: DistInfo):
+        self.cfg, self.info = cfg, info
+        self.progress = Progress()
+        self.resumed = False
+        self.objective: Objective = get_objective(get_dataset(cfg.dataset).objective)
 
-    checkpoint_path = run_dir / CHECKPOINT_NAME
-    if cfg.resume and checkpoint_path.exists():
-        state = load_training_state(checkpoint_path)
-        check_resumable(state, cfg, fingerprint, checkpoint_path)
-        model.load_task_state(state["tuned"], source=checkpoint_path)
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        progress, resumed = Progress(**state["progress"]), True
-        restore_rng_state(state["rng"][info.rank] if info.rank < len(state["rng"]) else state["rng"][0])
-        schedule.step_update(progress.global_step)
-        log.info("resumed %s at epoch %d, step %d", checkpoint_path, progress.epoch, progress.step_in_epoch)
-    else:
+    def run(self) -> dict[str, Any]:
+        self.set_up()
+        self.resume_or_start()
+        self.log_start()
+        self.prepare_steps()
+        while self.progress.epoch < self.cfg.epochs:
+            self.end_epoch(self.train_epoch())
+        return self.finish()
+
+    # ---- set-up -------------------------------------------------------------------------------------------
+    def set_up(self) -> None:
+        cfg, info = self.cfg, self.info
+        self.run_dir = prepare_run_dir(cfg.run_dir(), RUN_FILES, cfg.resume, cfg.overwrite, info.is_main)
+        if info.distributed:
+            torch.distributed.barrier()
+        setup_logging(self.run_dir, info)
+        torch.manual_seed(cfg.seed)
+        self.precision = resolve_precision(cfg.precision, info.device)
+
+        # the backbone first: its input size / frames / mean / std / crop decide the transforms
+        video = get_dataset(cfg.dataset).modality == "video"
+        backbone_kwargs = cfg.timm_kwargs(video)
+        backbone = create_backbone(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, **backbone_kwargs)
+        self.spec = input_spec(cfg, backbone, video)
+        self.train_set, self.test_set, self.classes = build_data(cfg, self.spec)
+        where = f"--data-root {cfg.data_root}" if cfg.data_root else f"--dataset {cfg.dataset}"
+        check_some_readable(self.train_set, f"{where} (training split)")  # before the seed: no random draw is moved
+        check_some_readable(self.test_set, f"{where} (evaluation split)")
+        torch.manual_seed(cfg.seed)  # the same initial adapters / head on every rank
+        source = BackboneSource(cfg.model, backbone_kwargs, Path(cfg.checkpoint).name if cfg.checkpoint else None)
+        self.model = adapt(
+            backbone,
+            config=cfg.method_config,
+            classes=self.classes,
+            task=cfg.task_name or cfg.dataset,
+            source=source,
+            objective=self.objective.name,
+        ).to(info.device)
+        self.plan = plan_steps(cfg, len(self.train_set), info.world_size)
+        self.optimizer = make_optimizer(self.model.trainable_parameters(), self.plan.lr, cfg.momentum, cfg.weight_decay)
+        self.schedule = make_schedule(self.optimizer, self.plan.total_steps, self.plan.warmup_steps, cfg.min_lr)
+        self.scaler = make_grad_scaler(self.precision, info.device)
+        self.fingerprint = self.model.backbone_fingerprint()  # the frozen weights do not change: hash them once
+        self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
+
+    def resume_or_start(self) -> None:
+        cfg, path = self.cfg, self.checkpoint_path
+        if cfg.resume and path.exists():
+            state = load_training_state(path)
+            check_resumable(state, cfg, self.fingerprint, path)
+            self.model.load_task_state(state["tuned"], source=path)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.progress, self.resumed = Progress.from_state(state["progress"]), True
+            rank = self.info.rank
+            restore_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+            self.schedule.step_update(self.progress.global_step)
+            log.info("resumed %s at epoch %d, step %d", path, self.progress.epoch, self.progress.step_in_epoch)
+            return
         if cfg.resume:  # killed before its first checkpoint: start exactly as a fresh run does
-            log.info("--resume: no checkpoint in %s yet, starting from scratch", run_dir)
-        torch.manual_seed(cfg.seed + info.rank)  # augmentation / dropout streams differ per rank
+            log.info("--resume: no checkpoint in %s yet, starting from scratch", self.run_dir)
+        torch.manual_seed(cfg.seed + self.info.rank)  # augmentation / dropout streams differ per rank
 
-    if info.is_main:
-        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    def log_start(self) -> None:
+        cfg, info, plan = self.cfg, self.info, self.plan
+        if not info.is_main:
+            return
+        atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+        kind = "" if self.objective.name == "classification" else f" ({self.objective.name}, {self.objective.metric})"
         log.info(
-            "%s on %s: %d train / %d %s samples, %d classes; %s on %s (%s)",
+            "%s on %s: %d train / %d %s samples, %d classes%s; %s on %s (%s)",
             cfg.method,
             cfg.dataset,
-            len(train_set),
-            len(test_set),
+            len(self.train_set),
+            len(self.test_set),
             evaluated_on(cfg),
-            len(classes),
+            len(self.classes),
+            kind,
             cfg.model,
             info.device,
-            precision,
+            self.precision,
         )
         log.info(
             "effective batch %d = %d x %d accumulation x %d process(es); lr %.4g; %d steps/epoch",
@@ -378,145 +262,225 @@ def _fit(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
             plan.steps_per_epoch,
         )
 
-    # what a step runs: the whole model, or (linear probe on cached features) only the task's head
-    step_model: nn.Module = model
-    input_ndim = spec.input_ndim
-    if cfg.cache_features:
-        train_set, test_set, skipped = cache_features(
-            model, train_set, test_set, cfg.batch_size, info, precision, cfg.encoded_views, cfg.seed
-        )
-        for item in skipped:
-            log.warning("skipped unreadable file %s (%s)", item.path, item.reason)
-        if progress.global_step == 0:
-            progress.skipped_images += len(skipped)
-        step_model, input_ndim = FeatureHead(model), 2
-    if info.distributed:
-        use_global_batchnorm(model)
-        ddp_model = DistributedDataParallel(
-            step_model, device_ids=[info.device.index] if info.device.type == "cuda" else None
-        )
-    else:
-        ddp_model = step_model
-    train_forward = torch.compile(ddp_model) if cfg.compile else ddp_model
-    eval_forward = torch.compile(step_model) if cfg.compile else step_model
-    metrics = MetricsLogger(
-        run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard, resumed_at=progress.global_step if resumed else None
-    )
-    sampler = ResumableSampler(train_set, info.world_size, info.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    test_loader = make_loader(
-        test_set,
-        cfg.batch_size,
-        ShardSampler(len(test_set), info.world_size, info.rank),
-        cfg.workers,
-        cfg.seed,
-        drop_last=False,
-    )
-
-    def save_checkpoint() -> None:
-        check_finite_weights(model, progress, optimizer.param_groups[0]["lr"])
-        rngs = [rng_state()]
-        if info.distributed:
-            gathered = [None] * info.world_size
-            torch.distributed.all_gather_object(gathered, rngs[0])
-            rngs = gathered
-        if info.is_main:
-            save_training_state(
-                checkpoint_path,
-                tuned=model.task_state_dict(),
-                optimizer=optimizer.state_dict(),
-                schedule=schedule.state_dict(),
-                scaler=scaler.state_dict(),
-                rng=rngs,
-                progress=progress.__dict__,
-                config=cfg.to_dict(),
-                fingerprint=fingerprint,
-            )
-
-    def maybe_checkpoint_mid_epoch() -> None:
-        if (
-            cfg.checkpoint_every_steps
-            and progress.step_in_epoch % cfg.checkpoint_every_steps == 0
-            and progress.step_in_epoch < plan.steps_per_epoch
-        ):
-            save_checkpoint()
-
-    while progress.epoch < cfg.epochs:
-        began = time.time()
-        sampler.set_epoch(progress.epoch)
+    def prepare_steps(self) -> None:
+        """What a step runs (the whole model, or on cached features only the head), wrapped for DDP and compile,
+        and the loaders' samplers."""
+        cfg, info = self.cfg, self.info
+        step_model: nn.Module = self.model
+        self.input_ndim = self.spec.input_ndim
         if cfg.cache_features:
-            train_set.set_epoch(progress.epoch)
-        sampler.skip = progress.step_in_epoch * plan.accumulation * cfg.batch_size
-        loader = make_loader(
-            train_set,
-            cfg.batch_size,
-            sampler,
-            cfg.workers,
-            cfg.seed + 1000 * progress.epoch + info.rank,
-            drop_last=True,
+            self.train_set, self.test_set, skipped = cache_features(
+                self.model,
+                self.train_set,
+                self.test_set,
+                cfg.batch_size,
+                info,
+                self.precision,
+                cfg.encoded_views,
+                cfg.seed,
+            )
+            for item in skipped:
+                log.warning("skipped unreadable file %s (%s)", item.path, item.reason)
+            if self.progress.global_step == 0:
+                self.progress.skipped_images += len(skipped)
+            step_model, self.input_ndim = FeatureHead(self.model), 2
+        ddp_model = step_model
+        if info.distributed:
+            use_global_batchnorm(self.model)
+            device_ids = [info.device.index] if info.device.type == "cuda" else None
+            ddp_model = DistributedDataParallel(step_model, device_ids=device_ids)
+        self.train_forward = torch.compile(ddp_model) if cfg.compile else ddp_model
+        self.eval_forward = torch.compile(step_model) if cfg.compile else step_model
+        resumed_at = self.progress.global_step if self.resumed else None
+        self.metrics = MetricsLogger(
+            self.run_dir, enabled=info.is_main, tensorboard=cfg.tensorboard, resumed_at=resumed_at
         )
-        stats = train_one_epoch(
-            train_forward,
-            loader,
-            optimizer,
-            schedule,
-            scaler,
-            plan,
-            progress,
-            cfg,
-            info,
-            precision,
-            metrics,
-            on_step=maybe_checkpoint_mid_epoch,
+        self.sampler = ResumableSampler(
+            self.train_set, info.world_size, info.rank, shuffle=True, seed=cfg.seed, drop_last=True
         )
+        shard = ShardSampler(len(self.test_set), info.world_size, info.rank)
+        self.test_loader = make_loader(self.test_set, cfg.batch_size, shard, cfg.workers, cfg.seed, drop_last=False)
+
+    # ---- an epoch -----------------------------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, float]:
+        """This epoch's remaining batches, ``plan.accumulation`` micro-batches per optimizer step."""
+        cfg, progress, plan = self.cfg, self.progress, self.plan
+        began = time.time()
+        self.sampler.set_epoch(progress.epoch)
+        if cfg.cache_features:
+            self.train_set.set_epoch(progress.epoch)
+        self.sampler.skip = progress.step_in_epoch * plan.accumulation * cfg.batch_size
+        seed = cfg.seed + 1000 * progress.epoch + self.info.rank
+        loader = make_loader(self.train_set, cfg.batch_size, self.sampler, cfg.workers, seed, drop_last=True)
+        self.train_forward.train()
+        self.bar = progress_bar(
+            total=plan.steps_per_epoch - progress.step_in_epoch,
+            desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
+            unit="step",
+            disable=not self.info.is_main,
+            dynamic_ncols=True,
+        )
+        micro = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        for batch in loader:
+            if progress.step_in_epoch >= plan.steps_per_epoch:
+                break
+            if not self.usable(batch):
+                continue
+            micro += 1
+            self.forward_backward(batch, last_micro=micro % plan.accumulation == 0)
+            if micro % plan.accumulation == 0:
+                self.optimizer_step()
+        self.bar.close()
+        stats = {"train_loss": progress.epoch_loss_sum / max(progress.epoch_batches, 1)}
+        progress.epoch_loss_sum, progress.epoch_batches = 0.0, 0
         progress.train_seconds += time.time() - began
+        return stats
+
+    def usable(self, batch: Batch) -> bool:
+        """Count and log the batch's unreadable files; False when nothing (or one sample) is left to train on."""
+        progress = self.progress
+        for item in batch.skipped:
+            progress.skipped_images += 1
+            listed = progress.skipped_files  # the first MAX_LISTED_SKIPPED, each once (all are logged)
+            if len(listed) < MAX_LISTED_SKIPPED and item.path not in listed:
+                listed.append(item.path)
+            log.warning(
+                "skipped unreadable file %s (%s); %d skipped so far", item.path, item.reason, progress.skipped_images
+            )
+        if batch.inputs is None:
+            return False
+        if len(batch) == 1 and self.cfg.batch_size > 1:
+            # unreadable files left one sample: the head's BatchNorm cannot normalise a batch of one
+            log.warning("skipped a batch left with one readable sample (%s)", batch.ids.tolist())
+            return False
+        return True
+
+    def forward_backward(self, batch: Batch, last_micro: bool) -> None:
+        device, progress = self.info.device, self.progress
+        inputs = batch.inputs.to(device, non_blocking=True)
+        targets = batch.labels.to(device, non_blocking=True)
+        # gradients are all-reduced only on the last micro-batch of an accumulation
+        sync = contextlib.nullcontext() if last_micro or not self.info.distributed else self.train_forward.no_sync()
+        with sync:
+            with autocast(self.precision, device):
+                loss = self.objective.loss(self.train_forward(inputs), targets, self.cfg.label_smoothing)
+            if not math.isfinite(loss.item()):
+                raise Diverged(f"loss is {loss.item()}", progress.global_step + 1, progress.epoch + 1, self.lr)
+            self.scaler.scale(loss / self.plan.accumulation).backward()
+        self.last_loss = loss.item()
+        progress.epoch_loss_sum += self.last_loss
+        progress.epoch_batches += 1
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def optimizer_step(self) -> None:
+        progress, plan = self.progress, self.plan
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        progress.step_in_epoch += 1
+        progress.global_step += 1
+        self.schedule.step_update(progress.global_step)
+        self.bar.update(1)
+        mean_loss = progress.epoch_loss_sum / progress.epoch_batches
+        # shown at the bar's next refresh (at most every LOG_INTERVAL_S off a terminal), not a write per step
+        self.bar.set_postfix(
+            loss=f"{mean_loss:.4f}", lr=f"{self.lr:.2e}", skipped=progress.skipped_images, refresh=False
+        )
+        if progress.global_step % 10 == 0 or progress.step_in_epoch == plan.steps_per_epoch:
+            self.metrics.log(progress.global_step, train_loss=self.last_loss, lr=self.lr, epoch=progress.epoch + 1)
+        every = self.cfg.checkpoint_every_steps
+        if every and progress.step_in_epoch % every == 0 and progress.step_in_epoch < plan.steps_per_epoch:
+            self.save_checkpoint()
+
+    # ---- the end of an epoch: evaluate, keep the best, save ---------------------------------------------------
+    def end_epoch(self, stats: dict[str, float]) -> None:
+        cfg, progress = self.cfg, self.progress
         progress.epoch += 1
         progress.step_in_epoch = 0
         record = {"epoch": progress.epoch, **stats, "train_seconds": round(progress.train_seconds, 2)}
-        check_finite_weights(model, progress, optimizer.param_groups[0]["lr"])  # before any file is written
+        check_finite_weights(self.model, progress, self.lr)  # before any file is written
         if progress.epoch % cfg.eval_every == 0 or progress.epoch == cfg.epochs:
-            result = evaluate(
-                eval_forward, test_loader, info.device, precision, len(classes), input_ndim, show_progress=info.is_main
-            )
-            record.update({f"test_{k}": v for k, v in result.items()})
-            if result["top1"] > progress.best_top1:
-                progress.best_top1, progress.best_epoch = result["top1"], progress.epoch
-                if info.is_main:
-                    save_task(
-                        model,
-                        run_dir / "best.safetensors",
-                        extra=task_extra(cfg, record),
-                        fingerprint=fingerprint,
-                        preprocessing=spec,
-                    )
-            log.info(
-                "epoch %d: loss %.4f, top-1 %.2f, top-5 %.2f (best %.2f @ %d)",
-                progress.epoch,
-                stats["train_loss"],
-                result["top1"],
-                result["top5"],
-                progress.best_top1,
-                progress.best_epoch,
-            )
+            self.evaluate_into(record)
         progress.history.append(record)
-        metrics.log(progress.global_step, **record)
-        if info.is_main:
+        self.metrics.log(progress.global_step, **record)
+        self.save_task_file("last", record)
+        self.save_checkpoint()
+
+    def evaluate_into(self, record: dict[str, Any]) -> None:
+        """Score the evaluation split into ``record`` (scalars; lists such as per-class AP go to the summary) and
+        write ``best`` when the primary score improved."""
+        progress, metric = self.progress, self.objective.metric
+        result = evaluate(
+            self.eval_forward,
+            self.test_loader,
+            self.info.device,
+            self.precision,
+            len(self.classes),
+            self.input_ndim,
+            show_progress=self.info.is_main,
+            objective=self.objective,
+        )
+        record.update({f"test_{k}": v for k, v in result.items() if not isinstance(v, list)})
+        progress.last_details = {k: v for k, v in result.items() if isinstance(v, list)}
+        score = result[metric] if result[metric] is not None else -1.0
+        if score > progress.best_score:
+            progress.best_score, progress.best_epoch = score, progress.epoch
+            self.save_task_file("best", record)
+        log.info(
+            "epoch %d: loss %.4f, %s (best %s %.2f @ %d)",
+            progress.epoch,
+            record["train_loss"],
+            self.objective.describe(result),
+            metric,
+            progress.best_score,
+            progress.best_epoch,
+        )
+
+    def save_task_file(self, which: str, record: dict[str, Any]) -> None:
+        if self.info.is_main:
             save_task(
-                model,
-                run_dir / "last.safetensors",
-                extra=task_extra(cfg, record),
-                fingerprint=fingerprint,
-                preprocessing=spec,
+                self.model,
+                self.run_dir / f"{which}.safetensors",
+                extra=task_extra(self.cfg, record, self.objective),
+                fingerprint=self.fingerprint,
+                preprocessing=self.spec,
             )
-        save_checkpoint()
-    metrics.close()
-    summary = summarize(cfg, model, progress, plan, classes, run_dir)
-    if info.distributed:
-        summary["ranks_in_sync"] = ranks_hold_identical_weights(model, info)
-        if not summary["ranks_in_sync"]:
-            log.warning("the ranks ended with different weights; check for non-deterministic custom code")
-    if info.is_main:
-        atomic_write_json(run_dir / "summary.json", summary)
-    return summary
+
+    def save_checkpoint(self) -> None:
+        check_finite_weights(self.model, self.progress, self.lr)
+        rngs = [rng_state()]
+        if self.info.distributed:
+            gathered = [None] * self.info.world_size
+            torch.distributed.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        if self.info.is_main:
+            save_training_state(
+                self.checkpoint_path,
+                tuned=self.model.task_state_dict(),
+                optimizer=self.optimizer.state_dict(),
+                schedule=self.schedule.state_dict(),
+                scaler=self.scaler.state_dict(),
+                rng=rngs,
+                progress=self.progress.__dict__,
+                config=self.cfg.to_dict(),
+                fingerprint=self.fingerprint,
+            )
+
+    # ---- the end of the run -------------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        self.metrics.close()
+        summary = summarize(self.cfg, self.model, self.progress, self.plan, self.classes, self.run_dir, self.objective)
+        if self.info.distributed:
+            summary["ranks_in_sync"] = ranks_hold_identical_weights(self.model, self.info)
+            if not summary["ranks_in_sync"]:
+                log.warning("the ranks ended with different weights; check for non-deterministic custom code")
+        if self.info.is_main:
+            atomic_write_json(self.run_dir / "summary.json", summary)
+        return summary
 
 
 def ranks_hold_identical_weights(model: nn.Module, info: DistInfo) -> bool:
@@ -526,28 +490,34 @@ def ranks_hold_identical_weights(model: nn.Module, info: DistInfo) -> bool:
     return len(set(hashes)) == 1
 
 
-def task_extra(cfg: TrainConfig, record: dict[str, Any]) -> dict[str, Any]:
+def task_extra(cfg: TrainConfig, record: dict[str, Any], objective: Objective) -> dict[str, Any]:
     return {
         "dataset": cfg.dataset,
         "epoch": record["epoch"],
-        "top1": record.get("test_top1"),
-        "top5": record.get("test_top5"),
+        **{name: record.get(f"test_{name}") for name in objective.reported},
     }
 
 
-def summarize(cfg, model: AdaptedModel, progress: Progress, plan: Plan, classes, run_dir: Path) -> dict[str, Any]:
+def summarize(
+    cfg, model: AdaptedModel, progress: Progress, plan: Plan, classes, run_dir: Path, objective: Objective
+) -> dict[str, Any]:
+    """``summary.json``: the objective's scores at the last evaluation (``top1``/``top5``, or ``mAP`` and the
+    per-class AP), ``metric`` naming the primary one and ``best_<metric>`` its best value, with the run's facts."""
     report = model.parameter_report()
-    last = next((h for h in reversed(progress.history) if "test_top1" in h), {})
+    last = next((h for h in reversed(progress.history) if f"test_{objective.metric}" in h), {})
+    scores = {name: last.get(f"test_{name}") for name in objective.reported}
     return {
         "dataset": cfg.dataset,
         "method": cfg.method,
         "model": cfg.model,
         "classes": len(classes),
+        "objective": objective.name,
+        "metric": objective.metric,
         "epochs": progress.epoch,
-        "top1": last.get("test_top1"),
-        "top5": last.get("test_top5"),
+        **scores,
+        **(progress.last_details if last else {}),
         "evaluated_on": evaluated_on(cfg),
-        "best_top1": progress.best_top1,
+        f"best_{objective.metric}": progress.best_score,
         "best_epoch": progress.best_epoch,
         "trainable": report.trainable,
         "total": report.total,
