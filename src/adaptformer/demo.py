@@ -11,6 +11,7 @@ import yaml
 from .errors import AdaptFormerError
 from .train.config import config_search_path, make_config
 from .utils.atomic import atomic_write_text
+from .utils.extras import require
 
 METHOD_LABELS = {"linear": "Linear probe", "vpt": "VPT-deep", "adaptformer": "AdaptFormer", "full": "Full fine-tuning"}
 
@@ -90,7 +91,7 @@ Each method's run directory (config.yaml, metrics.jsonl, train.log, best/last ta
 
 
 def plot_accuracy_vs_params(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    import matplotlib
+    matplotlib = require("matplotlib", "the demo's plot")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

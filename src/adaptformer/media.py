@@ -17,7 +17,6 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -28,6 +27,7 @@ from .data.video.decode import UnreadableVideo, probe, read_clip
 from .data.video.sampling import clip_indices
 from .data.video.transforms import VideoTransform
 from .errors import AdaptFormerError
+from .utils.extras import MissingExtra
 
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -103,7 +103,9 @@ class Clip:
         if self._frames is None:
             try:
                 self._frames = probe(io.BytesIO(self.data)).frames
-            except (UnreadableVideo, av.FFmpegError, OSError, ValueError, RuntimeError) as error:
+            except MissingExtra:
+                raise
+            except (UnreadableVideo, OSError, ValueError, RuntimeError) as error:
                 raise UnreadableMedia(f"not a readable video ({_short(error)})") from None
             if self._frames > self.max_frames:
                 raise MediaTooLarge(f"a clip of {self._frames} frames; at most {self.max_frames}")
@@ -117,7 +119,9 @@ class Clip:
         union = sorted(set(indices))
         try:
             decoded = read_clip(io.BytesIO(self.data), union, spec.resize)
-        except (UnreadableVideo, av.FFmpegError, OSError, ValueError, RuntimeError) as error:
+        except MissingExtra:
+            raise
+        except (UnreadableVideo, OSError, ValueError, RuntimeError) as error:
             raise UnreadableMedia(f"not a readable video ({_short(error)})") from None
         by_index = dict(zip(union, decoded, strict=True))
         return VideoTransform(spec, train=False)([np.stack([by_index[i] for i in indices])])

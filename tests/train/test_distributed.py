@@ -72,3 +72,41 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path):
     assert summary["effective_batch"] == 8 and summary["epochs"] == 2
     assert summary["ranks_in_sync"] is True
     assert result.stdout.count("ranks_in_sync") == 1  # only rank 0 prints its summary
+
+
+def _score_shard(rank: int, world: int, port: int, logits, targets, results) -> None:
+    import torch.distributed as dist
+
+    from adaptformer.objectives import get_objective
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        scorer = get_objective("multilabel").scorer(logits.shape[1], torch.device("cpu"))
+        scorer.add(logits[rank::world], targets[rank::world])  # the evaluation shard of this rank
+        results[rank] = scorer.result()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_map_over_two_ranks_equals_one_process():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from adaptformer.objectives import get_objective
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(37, 5, generator=generator)
+    targets = (torch.rand(37, 5, generator=generator) < 0.4).float()
+    single = get_objective("multilabel").scorer(5, torch.device("cpu"))
+    single.add(logits, targets)
+    expected = single.result()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_score_shard, args=(2, port, logits, targets, results), nprocs=2)
+    for rank in range(2):  # every rank ranks all 37 samples: mAP needs them together, not per-rank sums
+        assert results[rank]["samples"] == 37
+        assert abs(results[rank]["mAP"] - expected["mAP"]) < 1e-9

@@ -103,6 +103,15 @@ def test_existing_run_is_protected(tmp_path):
     assert (tmp_path / "run" / "last.safetensors").read_bytes() != before
 
 
+def test_a_run_refused_before_it_began_can_be_run_again_without_overwrite(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(AdaptFormerError, match="no class sub-folders"):
+        fit(tiny_train_config(tmp_path, epochs=1, data_root=str(empty)))
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["train.log"]  # all it left
+    assert fit(tiny_train_config(tmp_path, epochs=1))["epochs"] == 1  # the same --out, data fixed
+
+
 def test_resume_refuses_changed_settings(tmp_path):
     fit(tiny_train_config(tmp_path, epochs=1))
     with pytest.raises(AdaptFormerError, match="other settings.*bottleneck"):

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import AdaptFormerError
+from ..utils.extras import require
 
 HF_PREFIX = "hf:"
 SUPPORTED = ("ViTModel", "ViTForImageClassification", "VideoMAEModel", "VideoMAEForVideoClassification")
@@ -85,7 +86,8 @@ class HFBackbone(nn.Module):
 
 def from_pretrained(reference: str, **kwargs: Any) -> HFBackbone:
     """``hf:<folder or hub id>`` -> the wrapped base model."""
-    from transformers import AutoConfig, AutoModel
+    transformers = require("transformers", f"model {reference}")
+    AutoConfig, AutoModel = transformers.AutoConfig, transformers.AutoModel  # noqa: N806
 
     source = reference[len(HF_PREFIX) :]
     try:

@@ -484,8 +484,15 @@ def serve_settings_from_args(args: argparse.Namespace):
     )
 
 
+SERVE_MODULES = ("fastapi", "uvicorn", "multipart", "prometheus_client", "fastapi_offline")
+
+
 @command("serve", "serve task files over HTTP (FastAPI) with cross-task batching", _serve_arguments)
 def run_serve(args: argparse.Namespace) -> int:
+    from ..utils.extras import require
+
+    for module in SERVE_MODULES:  # the [serve] extra, checked before anything starts
+        require(module, "adaptformer serve")
     settings = serve_settings_from_args(args)  # every option checked before the backbone is built
     if args.replicas < 1:
         raise AdaptFormerError(f"--replicas {args.replicas}: expected a positive integer")

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
 from ..errors import AdaptFormerError
+from ..utils.extras import require
 from .registry import DatasetEntry, Split, register_dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
@@ -182,7 +183,7 @@ def _digits(root: Path | None, train: bool, verify: bool, download: bool) -> Spl
 
 
 def _lfw_faces(root: Path | None, train: bool, verify: bool, download: bool) -> Split:
-    from skimage.data import lfw_subset
+    lfw_subset = require("skimage.data", "--dataset lfw-faces").lfw_subset
 
     faces = lfw_subset()  # (200, 25, 25) floats in [0, 1]: 100 faces then 100 non-faces
     gray = np.clip(faces * 255.0, 0, 255).astype(np.uint8)

@@ -26,6 +26,7 @@ from ..data.vtab import VTAB_GROUPS
 from ..errors import AdaptFormerError
 from ..train.config import TrainConfig
 from ..utils.atomic import atomic_write_json, atomic_write_text
+from ..utils.extras import require
 from .report import html_page, read_run
 from .sweep import shard, train_run
 
@@ -281,7 +282,7 @@ def _plot(methods, found, table, path: Path) -> Path | None:
     ]
     if not points:
         return None
-    import matplotlib
+    matplotlib = require("matplotlib", "the benchmark's plot")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -32,6 +32,7 @@ from ..objectives import get_objective
 from ..runtime.metrics import read_metrics
 from ..train.config import TrainConfig
 from ..utils.atomic import atomic_write_text
+from ..utils.extras import require
 
 AXES = (
     "bottleneck",
@@ -278,7 +279,7 @@ def _escape(text: str) -> str:
 
 
 def _plt():
-    import matplotlib
+    matplotlib = require("matplotlib", "the report's plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

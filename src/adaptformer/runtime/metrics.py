@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from ..utils.atomic import atomic_write_text
+from ..utils.extras import install_hint
 
 
 class MetricsLogger:
@@ -29,7 +31,10 @@ class MetricsLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-            except ImportError:  # tensorboard is a dependency, but stay usable without it
+            except ImportError:  # the [report] extra is missing: metrics.jsonl still holds every figure
+                logging.getLogger("adaptformer.train").warning(
+                    "TensorBoard scalars skipped: %s", install_hint("tensorboard")
+                )
                 self._writer = None
 
     def log(self, step: int, **values: Any) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 
 from ..errors import AdaptFormerError
 
+FAILED_START_LOG = "train.log"  # what a run refused before its first file leaves behind (it is appended to)
+
 
 def prepare_run_dir(run_dir: Path, files: Iterable[str], resume: bool, overwrite: bool, is_main: bool = True) -> Path:
     """Refuse a directory that holds a run unless told to resume or overwrite (every rank checks, so none
@@ -16,9 +18,11 @@ def prepare_run_dir(run_dir: Path, files: Iterable[str], resume: bool, overwrite
     existing = [name for name in files if (run_dir / name).exists()]
     if resume and overwrite:
         raise AdaptFormerError("--resume and --overwrite exclude each other")
-    if existing and not resume and not overwrite:
+    # a run refused before it began (bad data, say) leaves only its log: trying again needs no --overwrite
+    started = [name for name in existing if name != FAILED_START_LOG]
+    if started and not resume and not overwrite:
         raise AdaptFormerError(
-            f"--out {run_dir}: already holds a run ({', '.join(existing[:3])}); "
+            f"--out {run_dir}: already holds a run ({', '.join(started[:3])}); "
             "pass --resume to continue it or --overwrite to replace it"
         )
     if is_main and existing and overwrite:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
+
+from ...utils.extras import require
 
 SEEK_AFTER_SECONDS = 2.0  # closer to the start, decoding from the start is as fast as seeking
 
@@ -30,8 +31,19 @@ class VideoInfo:
     height: int
 
 
+def _av():
+    return require("av", "decoding video")
+
+
 def probe(path: str | Path) -> VideoInfo:
     """Frame count (from the container, else counted by decoding), rate and size of the first video stream."""
+    try:
+        return _probe(path)
+    except _av().FFmpegError as error:
+        raise UnreadableVideo(f"{path}: {type(error).__name__}: {str(error)[:100]}") from None
+
+
+def _probe(path: str | Path) -> VideoInfo:
     with _open(path) as container:
         stream = _video_stream(container, path)
         fps = float(stream.average_rate) if stream.average_rate else None
@@ -44,6 +56,13 @@ def probe(path: str | Path) -> VideoInfo:
 
 
 def read_clip(path: str | Path, indices: list[int], short_side: int | None = None) -> np.ndarray:
+    try:
+        return _read_clip(path, indices, short_side)
+    except _av().FFmpegError as error:
+        raise UnreadableVideo(f"{path}: {type(error).__name__}: {str(error)[:100]}") from None
+
+
+def _read_clip(path: str | Path, indices: list[int], short_side: int | None) -> np.ndarray:
     wanted = sorted(set(indices))
     with _open(path) as container:
         stream = _video_stream(container, path)
@@ -62,6 +81,7 @@ def read_clip(path: str | Path, indices: list[int], short_side: int | None = Non
 
 def _open(path):
     """A container from a path or a seekable binary file object (an upload held in memory)."""
+    av = _av()
     try:
         if hasattr(path, "read"):
             path.seek(0)
@@ -92,6 +112,7 @@ def _to_rgb(frame, size) -> np.ndarray:
 
 def _decode_sequentially(container, stream, wanted: list[int], size) -> dict[int, np.ndarray]:
     frames, targets, last = {}, set(wanted), wanted[-1]
+    av = _av()
     try:
         for index, frame in enumerate(container.decode(stream)):
             if index in targets:
@@ -114,6 +135,7 @@ def _decode_after_seek(container, stream, wanted: list[int], size) -> dict[int, 
     start = stream.start_time or 0
     target = int((Fraction(wanted[0]) / rate) / base) + start
     frames, targets, last = {}, set(wanted), wanted[-1]
+    av = _av()
     try:
         container.seek(target, stream=stream, backward=True, any_frame=False)
         for frame in container.decode(stream):
