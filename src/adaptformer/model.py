@@ -81,6 +81,12 @@ class AdaptedModel(nn.Module):
         self.source = dataclasses.replace(source, family=family)
         self._pretrained_fc_norm = (pretrained_fc_norm,)  # a tuple, so it is not registered as a sub-module
         self._task_routers[None] = Router.for_task(None, self.depth)  # no task: the plain backbone
+        # rotary position embeddings (timm's Eva: EVA-02, RoPE ViTs) rotate every token after the attention's
+        # prefix; prompts are prepended, so each block counts them as prefix tokens while they are in the sequence
+        rotary = getattr(backbone, "rope", None) is not None
+        self._rotary_attention = [b.attn for b in backbone.blocks if rotary and hasattr(b.attn, "num_prefix_tokens")]
+        self._prefix_tokens = int(getattr(backbone, "num_prefix_tokens", 0))
+        self._plain_tokens = 0  # the sequence length entering block 0 (no prompts yet); set on every forward
         self.train(False)
 
     # ---- tasks -------------------------------------------------------------------------------------------
@@ -177,7 +183,11 @@ class AdaptedModel(nn.Module):
         return self._task_routers[self.active_task]
 
     def before_block(self, index: int, block: nn.Module, args: tuple, kwargs: dict):
+        if index == 0:
+            self._plain_tokens = args[0].shape[1]
         x, mask = self.router().before_block(index, args[0], is_timm_block(block))
+        if self._rotary_attention:
+            self._rotary_attention[index].num_prefix_tokens = self._prefix_tokens + x.shape[1] - self._plain_tokens
         return (x, *args[1:]), ({**kwargs, "attn_mask": mask} if mask is not None else kwargs)
 
     def wants_residual(self, index: int) -> bool:
@@ -190,6 +200,8 @@ class AdaptedModel(nn.Module):
         return self.router().attention_qkv(index, qkv)
 
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if self._rotary_attention:
+            self._rotary_attention[index].num_prefix_tokens = self._prefix_tokens  # the backbone as it was
         return self.router().after_block(index, x)
 
     def site_output(self, index: int, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

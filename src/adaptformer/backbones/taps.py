@@ -225,6 +225,15 @@ def is_tapped(block: nn.Module) -> bool:
     return any(isinstance(hook, BlockTap) for hook in block._forward_pre_hooks.values())
 
 
+def call_qkv_module(block: nn.Module) -> None:
+    """timm's Eva attention with separate q/v biases (EVA-02) computes ``F.linear(x, qkv.weight, bias)`` and so
+    bypasses ``attn.qkv``'s hooks (kv prompts and LoRA/SSF on qkv would silently do nothing); its
+    ``qkv_bias_separate`` mode calls ``attn.qkv`` and adds the biases after, the same sum."""
+    attn = getattr(block, "attn", None)
+    if getattr(attn, "q_bias", None) is not None and hasattr(attn, "qkv_bias_separate"):
+        attn.qkv_bias_separate = True
+
+
 def install_taps(blocks: list[nn.Module], router: TaskRouter) -> None:
     """Hook every block once; a block hooked by another model is refused (it would run two tasks at once)."""
     for index, block in enumerate(blocks):
@@ -235,6 +244,7 @@ def install_taps(blocks: list[nn.Module], router: TaskRouter) -> None:
                 "fresh backbone"
             )
     for index, block in enumerate(blocks):
+        call_qkv_module(block)
         residual_at, branch_at = anatomy(block, index)
         capture = CaptureResidual(router, index)
         block.register_forward_pre_hook(BeforeBlock(router, index), with_kwargs=True)
