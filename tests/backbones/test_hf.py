@@ -126,3 +126,69 @@ def test_image_classification_models_are_adapted_through_their_base_model():
         )
     assert "classifier.weight" not in {k.split("model.", 1)[-1] for k in model.backbone.state_dict()}
     assert model.parameter_report().trainable == 32 * 4 + 4
+
+
+def hf_dinov2(seed=0, classification=False):
+    from transformers import Dinov2Config, Dinov2ForImageClassification, Dinov2Model
+
+    torch.manual_seed(seed)
+    config = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        image_size=32,
+        patch_size=8,
+        num_labels=5,
+    )
+    return (Dinov2ForImageClassification if classification else Dinov2Model)(config).eval()
+
+
+def test_hf_dinov2_equals_the_equations_and_starts_as_the_pretrained_model():
+    plain = hf_dinov2().double()
+    model = adaptformer.adapt(hf_dinov2().double(), "adaptformer", num_classes=3, bottleneck=4).eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert (model.forward_features(x) - plain(pixel_values=x).last_hidden_state).abs().max() < 1e-12  # zero init
+        randomize(model)
+        hidden = model.backbone.model.embeddings(x)
+        for index, layer in enumerate(model.backbone.blocks):  # x' = x + LS1(Attn(N1(x))); m = LS2(MLP(N2(x')))
+            x_prime = hidden + layer.layer_scale1(layer.attention(layer.norm1(hidden)))
+            # layer_scale2 is where the hook adds the adapter: its scale is applied by hand here
+            m = layer.layer_scale2.lambda1 * layer.mlp(layer.norm2(x_prime))
+            hidden = x_prime + m + model.task.adapter(index)(x_prime)
+        expected = model.backbone.model.layernorm(hidden)
+        assert (model.forward_features(x) - expected).abs().max() < 1e-10
+    spec = adaptformer.data.transforms.InputSpec.from_model(model)
+    assert spec.size == 224 and spec.mean == (0.485, 0.456, 0.406) and abs(spec.crop_pct - 0.875) < 1e-9
+
+
+@pytest.mark.parametrize("method", ["linear", "vpt", "full"])
+def test_hf_dinov2_classification_model_adapts_with_every_method(method):
+    model = adaptformer.adapt(hf_dinov2(classification=True), method, num_classes=3)
+    model.train()
+    F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0])).backward()
+    trained = [p for n, p in model.named_parameters() if p.requires_grad and "mask_token" not in n]  # pretraining's
+    assert trained and all(p.grad is not None for p in trained)
+
+
+def test_an_unsupported_transformers_model_is_refused_naming_it_and_what_is_supported():
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    clip = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        )
+    )
+    with pytest.raises(adaptformer.AdaptFormerError) as error:
+        adaptformer.adapt(clip, "adaptformer", num_classes=3)
+    message = str(error.value)
+    assert message.startswith("transformers CLIPVisionModel: not supported yet (supported: ViTModel")
+    assert (
+        "Dinov2Model" in message and "vit_base_patch16_clip_224" in message and "timm VisionTransformer" not in message
+    )

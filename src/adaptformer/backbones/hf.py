@@ -25,11 +25,31 @@ from ..errors import AdaptFormerError
 from ..utils.extras import require
 
 HF_PREFIX = "hf:"
-SUPPORTED = ("ViTModel", "ViTForImageClassification", "VideoMAEModel", "VideoMAEForVideoClassification")
+SUPPORTED = (
+    "ViTModel",
+    "ViTForImageClassification",
+    "Dinov2Model",
+    "Dinov2ForImageClassification",
+    "VideoMAEModel",
+    "VideoMAEForVideoClassification",
+)
+#: the preprocessing of HF's image processors: ViT's [-1, 1] scaling; DINOv2's ImageNet statistics, short side
+#: 256 then a 224 centre crop (its config's image_size, 518, is the pretraining size, not what users run)
+DINOV2_INPUT = {
+    "size": 224,
+    "mean": IMAGENET_MEAN,
+    "std": IMAGENET_STD,
+    "crop_pct": 224 / 256,
+    "interpolation": "bicubic",
+}
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("transformers.")
 
 
 def is_hf_model(model: nn.Module) -> bool:
-    return type(model).__name__ in SUPPORTED and type(model).__module__.startswith("transformers.")
+    return type(model).__name__ in SUPPORTED and is_transformers_model(model)
 
 
 class _PatchGeometry:
@@ -50,22 +70,26 @@ class HFBackbone(nn.Module):
         self.video = kind.startswith("VideoMAE")
         config = model.config
         pretrained_fc_norm = getattr(model, "fc_norm", None) if kind == "VideoMAEForVideoClassification" else None
-        self.model = getattr(model, "videomae", None) or getattr(model, "vit", None) or model
+        self.model = next((getattr(model, n) for n in ("videomae", "vit", "dinov2") if hasattr(model, n)), model)
+        dinov2 = kind.startswith("Dinov2")
         self.embed_dim = self.num_features = int(config.hidden_size)
         self.num_prefix_tokens = 0 if self.video else 1
         if self.video:  # mean pooling: tasks train a copy of this norm (the classifier's, or a fresh one)
             self.fc_norm = pretrained_fc_norm or nn.LayerNorm(self.embed_dim, eps=config.layer_norm_eps)
         self.head = nn.Identity()
         frames = int(getattr(config, "num_frames", 1)) if self.video else 1
-        self.patch_embed = _PatchGeometry(int(config.image_size), frames)
+        size = DINOV2_INPUT["size"] if dinov2 else int(config.image_size)
+        self.patch_embed = _PatchGeometry(size, frames)
         self.pretrained_cfg = {
             "architecture": name or getattr(config, "_name_or_path", None) or kind,
-            "input_size": (3, int(config.image_size), int(config.image_size)),
+            "input_size": (3, size, size),
             "mean": IMAGENET_MEAN if self.video else (0.5, 0.5, 0.5),  # the HF image processors' defaults
             "std": IMAGENET_STD if self.video else (0.5, 0.5, 0.5),
             "crop_pct": 1.0,
             "interpolation": "bilinear",
         }
+        if dinov2:
+            self.pretrained_cfg.update({k: DINOV2_INPUT[k] for k in ("mean", "std", "crop_pct", "interpolation")})
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -101,6 +125,12 @@ def from_pretrained(reference: str, **kwargs: Any) -> HFBackbone:
 
 
 def wrap_if_hf(model: nn.Module) -> nn.Module:
+    if is_transformers_model(model) and not is_hf_model(model):
+        raise AdaptFormerError(
+            f"transformers {type(model).__name__}: not supported yet (supported: {', '.join(SUPPORTED)}); many "
+            "of these weights also exist in timm, which adapts more families (e.g. timm.create_model("
+            "'vit_base_patch16_clip_224.openai'), 'vit_base_patch16_siglip_224', 'vit_small_patch14_dinov2')"
+        )
     return HFBackbone(model) if is_hf_model(model) else model
 
 

@@ -200,11 +200,14 @@ def anatomy(block: nn.Module, index: int) -> tuple[nn.Module, nn.Module]:
     """(module whose input is x', module whose output is the MLP branch m) of a pre-norm block.
 
     timm's ``Block``: ``norm2`` and ``drop_path2``. Hugging Face's ``ViTLayer`` / ``VideoMAELayer``:
-    ``layernorm_after`` and ``output.dropout`` (its ``output`` adds the residual after that dropout)."""
+    ``layernorm_after`` and ``output.dropout`` (its ``output`` adds the residual after that dropout);
+    ``Dinov2Layer``: ``norm2`` and ``layer_scale2`` (before the drop path, off in a frozen backbone)."""
     name = type(block).__name__
     parts = [getattr(block, n, None) for n in ("norm2", "mlp", "drop_path2")]
     if all(isinstance(p, nn.Module) for p in parts) and name not in UNSUPPORTED_BLOCKS:
         return block.norm2, block.drop_path2
+    if name == "Dinov2Layer":  # its drop_path module serves both branches: the branch ends at layer_scale2
+        return block.norm2, block.layer_scale2
     output = getattr(block, "output", None)
     if isinstance(getattr(block, "layernorm_after", None), nn.Module) and isinstance(
         getattr(output, "dropout", None), nn.Module
@@ -213,7 +216,7 @@ def anatomy(block: nn.Module, index: int) -> tuple[nn.Module, nn.Module]:
     raise AdaptFormerError(
         f"block {index} ({name}) is not a pre-norm ViT block (timm's norm2/mlp/drop_path2 or Hugging Face's "
         "layernorm_after/output); AdaptFormer supports timm's Block (ViT, DeiT, DeiT-III, MAE, augreg, in21k) and "
-        "Hugging Face ViT / VideoMAE layers"
+        "Hugging Face ViT / DINOv2 / VideoMAE layers"
     )
 
 
