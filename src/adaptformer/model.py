@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .backbones.families import family_of
 from .backbones.hf import HFBackbone, wrap_if_hf
 from .backbones.taps import install_taps, is_timm_block, key_value_dim, shared_sites
 from .backbones.timm import check_vit, create_backbone, source_name
@@ -63,6 +64,7 @@ class AdaptedModel(nn.Module):
         backbone.reset_classifier(0)  # every task brings its own head
         if pretrained_fc_norm is not None:
             backbone.fc_norm = nn.Identity()  # ... and its own trainable copy of fc_norm
+        self.family = family_of(backbone)
         install_taps(list(backbone.blocks), self)
         self._sites = shared_sites(list(backbone.blocks))  # what LoRA/BitFit/SSF size their tensors by
         backbone.requires_grad_(False)
@@ -223,7 +225,7 @@ class AdaptedModel(nn.Module):
         router.gather_from = self.gather_from
         self._batch_router = router
         try:
-            pooled = self.backbone.pool(self.backbone.forward_features(self.backbone_input(x)))
+            pooled = self.family.pool(self.backbone, self.backbone.forward_features(self.backbone_input(x)))
             return router.heads(pooled)
         finally:
             self._batch_router = None
@@ -291,6 +293,7 @@ class AdaptedModel(nn.Module):
             device=reference.device,
             dtype=reference.dtype,
             sites=self._sites,
+            no_prompts=self.family.no_prompts and f"{type(self.backbone).__name__}: {self.family.no_prompts}",
         )
 
     # ---- forward -----------------------------------------------------------------------------------------
@@ -314,10 +317,10 @@ class AdaptedModel(nn.Module):
 
     def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
         """What a task's head receives (before the task's own fc_norm)."""
-        return self.backbone.pool(self.forward_features(x))
+        return self.family.pool(self.backbone, self.forward_features(x))
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        pooled = self.backbone.pool(tokens)
+        pooled = self.family.pool(self.backbone, tokens)
         task = self.task
         if pre_logits:
             return task.fc_norm(pooled) if task.fc_norm is not None else pooled

@@ -141,7 +141,7 @@ def block_sites(block: nn.Module) -> dict[str, nn.Module]:
         module = block
         for part in path.split("."):
             module = getattr(module, part, None)
-        if isinstance(module, (nn.Linear, nn.LayerNorm)):
+        if isinstance(module, (nn.Linear, nn.LayerNorm)) and (name != "qkv" or qkv_module_is_called(block)):
             found[name] = module
     return found
 
@@ -182,7 +182,15 @@ def write_key_value_prefix(
 def fused_qkv(block: nn.Module) -> nn.Linear | None:
     """timm's fused attention input projection (out = 3 x key width), or None for other attention layouts."""
     qkv = getattr(getattr(block, "attn", None), "qkv", None)
-    return qkv if isinstance(qkv, nn.Linear) and qkv.out_features % 3 == 0 else None
+    ok = isinstance(qkv, nn.Linear) and qkv.out_features % 3 == 0 and qkv_module_is_called(block)
+    return qkv if ok else None
+
+
+def qkv_module_is_called(block: nn.Module) -> bool:
+    """False where the attention uses ``attn.qkv``'s weight in ``F.linear`` with biases of its own, so hooks on
+    ``attn.qkv`` would never run (what :func:`call_qkv_module` switches off where the attention allows it)."""
+    attn = getattr(block, "attn", None)
+    return getattr(attn, "q_bias", None) is None or bool(getattr(attn, "qkv_bias_separate", False))
 
 
 def key_value_dim(blocks: list[nn.Module]) -> int | None:

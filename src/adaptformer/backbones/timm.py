@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import AdaptFormerError
 from .checkpoints import read_state_dict, to_timm_vit
 from .embedded import EMBEDDED, EmbeddedBackbone, get_embedded
+from .families import family_of
 from .hf import HF_PREFIX
 from .hf import from_pretrained as hf_from_pretrained
 from .video import build_video_vit, inflate_image_vit, is_video_model
@@ -75,15 +76,11 @@ def _download_videomae(name: str) -> Path:
 
 
 def check_vit(model: nn.Module) -> None:
-    """The backbone must look like a timm VisionTransformer (blocks, width, pooling)."""
-    missing = [attr for attr in ("blocks", "embed_dim", "reset_classifier", "pool") if not hasattr(model, attr)]
+    """The backbone is of a supported family (``families.py``) and has what the adapted model uses."""
+    family_of(model)
+    missing = [attr for attr in ("blocks", "embed_dim", "reset_classifier") if not hasattr(model, attr)]
     if missing:
-        raise AdaptFormerError(
-            f"{type(model).__name__} is not a timm VisionTransformer (missing {', '.join(missing)}); "
-            "create the backbone with timm.create_model('vit_...')"
-        )
-    if getattr(model, "head_dist", None) is not None:
-        raise AdaptFormerError("distilled DeiT models (two heads) are not supported; use the non-distilled deit_*")
+        raise AdaptFormerError(f"{type(model).__name__}: not supported: it has no {', '.join(missing)}")
 
 
 def source_name(model: nn.Module) -> str | None:

@@ -81,6 +81,8 @@ class BackboneSpec:
     #: the operations every block has with one shape (``backbones/taps.SITES``: qkv, proj, fc1, fc2, norm1,
     #: norm2), whose outputs a task can change; empty where the blocks cannot be hooked there
     sites: dict[str, Site] = dataclasses.field(default_factory=dict)
+    #: why this backbone cannot take prompt tokens (VPT), or None where it can
+    no_prompts: str | None = None
 
     def require_sites(self, method: str, names: tuple[str, ...] | list[str]) -> dict[str, Site]:
         """The named sites, or one line saying which this backbone's blocks lack."""

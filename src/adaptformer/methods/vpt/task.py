@@ -37,6 +37,8 @@ class VPTTask(Task):
 
     def __init__(self, config: VPTConfig, classes: list[str], backbone: BackboneSpec):
         super().__init__(config, classes, backbone)
+        if backbone.no_prompts:
+            raise AdaptFormerError(f"method vpt: {backbone.no_prompts}; use adaptformer, lora, bitfit or ssf")
         self.num_tokens = config.vpt_tokens
         if config.vpt_mode == "shallow":
             self.prompt_at = {0: 0}
