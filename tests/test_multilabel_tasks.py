@@ -70,8 +70,9 @@ def test_training_reports_map_equal_to_scikit_learn_on_the_tasks_predictions(run
 def test_eval_and_predict_cli_answer_with_the_labels_above_the_threshold(runs, capsys):
     root, data, summary, _ = runs
     task, checkpoint = str(root / "tags" / "last.safetensors"), str(root / "tiny_vit.safetensors")
-    assert (
-        main(
+
+    def run_eval(dataset: str, data_root) -> int:
+        return main(
             [
                 "eval",
                 "--task",
@@ -79,16 +80,16 @@ def test_eval_and_predict_cli_answer_with_the_labels_above_the_threshold(runs, c
                 "--checkpoint",
                 checkpoint,
                 "--dataset",
-                "multilabel",
+                dataset,
                 "--data-root",
-                str(data),
+                str(data_root),
                 "--json",
                 "--workers",
                 "0",
             ]
         )
-        == 0
-    )
+
+    assert run_eval("multilabel", data) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["mAP"] == pytest.approx(summary["mAP"], abs=1e-4)
     image = data / "photos" / "test_006.png"  # red, green and blue
@@ -99,22 +100,8 @@ def test_eval_and_predict_cli_answer_with_the_labels_above_the_threshold(runs, c
     assert "(no label >= 1)" in capsys.readouterr().out
     assert main(["predict", "--task", task, "--checkpoint", checkpoint, str(image), "--threshold", "2"]) == 2
     assert "--threshold: expected a probability in [0, 1], got 2.0" in capsys.readouterr().err
-    code = main(
-        [
-            "eval",
-            "--task",
-            task,
-            "--checkpoint",
-            checkpoint,
-            "--dataset",
-            "imagefolder",
-            "--data-root",
-            str(root / "data"),
-            "--workers",
-            "0",
-        ]
-    )
-    assert code == 2 and "a classification dataset, the task is multilabel" in capsys.readouterr().err
+    assert run_eval("imagefolder", root / "data") == 2
+    assert "a classification dataset, the task is multilabel" in capsys.readouterr().err
 
 
 def test_a_mixed_batch_with_a_single_label_task_equals_each_task_alone(runs):

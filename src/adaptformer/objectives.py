@@ -26,6 +26,8 @@ from .errors import AdaptFormerError
 from .runtime.distributed import all_gather_objects, all_reduce_sum
 
 DEFAULT_THRESHOLD = 0.5  # multi-label answers: every class at least this probable
+#: how a primary metric is named in tables, plots and logs
+METRIC_LABELS = {"top1": "top-1", "mAP": "mAP"}
 
 
 class Scorer:

@@ -28,7 +28,7 @@ import yaml
 
 from ..data.registry import get_dataset
 from ..errors import AdaptFormerError
-from ..objectives import get_objective
+from ..objectives import METRIC_LABELS, get_objective
 from ..runtime.metrics import read_metrics
 from ..train.config import TrainConfig
 from ..utils.atomic import atomic_write_text
@@ -133,7 +133,7 @@ def metric_of(config: dict) -> str:
 def metric_label(rows: list[dict]) -> str:
     """How the rows' score is named in tables and plots: top-1 (%), mAP (%), or score when they differ."""
     metrics = {r.get("metric", "top1") for r in rows}
-    return {"top1": "top-1", "mAP": "mAP"}.get(metrics.pop(), "score") if len(metrics) == 1 else "score"
+    return METRIC_LABELS.get(metrics.pop(), "score") if len(metrics) == 1 else "score"
 
 
 def with_defaults(config: dict) -> dict:

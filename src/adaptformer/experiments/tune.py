@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdaptFormerError
+from ..objectives import METRIC_LABELS
 from ..train.config import TrainConfig, read_yaml_mapping
 from ..train.data import training_labels
 from .sweep import _name, train_run
@@ -201,18 +202,15 @@ def _validation_text(result: dict[str, Any]) -> str:
     return f"{result['validation_split']:g} of the training set, held out (stratified, fixed)"
 
 
-METRIC_NAMES = {"top1": "top-1", "mAP": "mAP"}
-
-
 def metric_name(trials: dict[str, dict[str, Any]]) -> str:
     """How the trials' score is named in the log (top-1, or mAP for a multi-label dataset)."""
     metric = next((t["metric"] for t in trials.values() if t.get("metric")), "top1")
-    return METRIC_NAMES.get(metric, metric)
+    return METRIC_LABELS.get(metric, metric)
 
 
 def tune_markdown(result: dict[str, Any], space: list[tuple[str, list[Any]]]) -> str:
     fields = list(dict.fromkeys(field for field, _ in space))
-    metric = METRIC_NAMES.get(result.get("metric"), "score")
+    metric = METRIC_LABELS.get(result.get("metric"), "score")
     lines = [
         "# Tuning",
         "",

@@ -46,11 +46,3 @@ def require(module: str, feature: str) -> ModuleType:
         if top not in EXTRAS or (error.name and error.name.split(".")[0] != top):
             raise  # a broken installation of something else: not a missing extra
         raise MissingExtra(f"{feature} needs {install_hint(module)}") from None
-
-
-def available(module: str) -> bool:
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
