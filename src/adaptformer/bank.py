@@ -144,7 +144,7 @@ class TaskBank:
     ):
         self.model = model.to(device).eval()
         self.model.enable_any_input_size()  # tasks trained at other input sizes share the backbone
-        self._native = InputSpec.from_model(self.model)  # what the backbone takes: checked for every listed file
+        self._native = self.model.input_spec()  # what the backbone takes: checked for every listed file
         self.device, self.precision, self.check_backbone = device, precision, check_backbone
         self.limits = limits or ResidencyLimits()
         self.task_dir = Path(task_dir) if task_dir is not None else None

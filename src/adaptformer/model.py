@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbones.families import family_of
+from .backbones.families import Family, family_of
 from .backbones.hf import HFBackbone, wrap_if_hf
-from .backbones.taps import install_taps, is_timm_block, key_value_dim, shared_sites
+from .backbones.taps import install_taps, is_timm_block, key_value_dim, sites_per_block
 from .backbones.timm import check_vit, create_backbone, source_name
+from .data.transforms import InputSpec
 from .errors import AdaptFormerError
 from .methods.base import BackboneSpec, MethodConfig, Task
 from .methods.registry import get_method, make_method_config
@@ -59,14 +60,15 @@ class AdaptedModel(nn.Module):
         super().__init__()
         backbone = wrap_if_hf(backbone)
         check_vit(backbone)
-        fc_norm = getattr(backbone, "fc_norm", None)
-        pretrained_fc_norm = fc_norm if fc_norm is not None and any(True for _ in fc_norm.parameters()) else None
+        fc_norm = pretrained_fc_norm(backbone)
         backbone.reset_classifier(0)  # every task brings its own head
-        if pretrained_fc_norm is not None:
+        if fc_norm is not None:
             backbone.fc_norm = nn.Identity()  # ... and its own trainable copy of fc_norm
         self.family = family_of(backbone)
-        install_taps(list(backbone.blocks), self)
-        self._sites = shared_sites(list(backbone.blocks))  # what LoRA/BitFit/SSF size their tensors by
+        blocks = self.family.blocks(backbone)
+        install_taps(blocks, [self.family.anatomy(b, i) for i, b in enumerate(blocks)], self)
+        self._blocks = tuple(blocks)  # a tuple, so the blocks are not registered twice
+        self._sites = sites_per_block(blocks)  # what LoRA/BitFit/SSF size their tensors by
         backbone.requires_grad_(False)
         self.backbone = backbone
         self.tasks = nn.ModuleDict()
@@ -77,16 +79,16 @@ class AdaptedModel(nn.Module):
         self.gather_from = GATHER_FROM_GROUPS
         self._fingerprint: tuple[tuple, str] | None = None  # (state key, hash) of the frozen weights
         #: frames of the clips a video backbone takes (1 for image backbones): images are seen as static clips
-        self.clip_frames = int(getattr(getattr(backbone, "patch_embed", None), "num_frames", 1) or 1)
+        self.clip_frames = self.family.input_spec(backbone).frames
         family = "hf" if isinstance(backbone, HFBackbone) else "timm"
         source = source or BackboneSource(source_name(backbone))
         self.source = dataclasses.replace(source, family=family)
-        self._pretrained_fc_norm = (pretrained_fc_norm,)  # a tuple, so it is not registered as a sub-module
+        self._pretrained_fc_norm = (fc_norm,)  # a tuple, so it is not registered as a sub-module
         self._task_routers[None] = Router.for_task(None, self.depth)  # no task: the plain backbone
         # rotary position embeddings (timm's Eva: EVA-02, RoPE ViTs) rotate every token after the attention's
         # prefix; prompts are prepended, so each block counts them as prefix tokens while they are in the sequence
         rotary = getattr(backbone, "rope", None) is not None
-        self._rotary_attention = [b.attn for b in backbone.blocks if rotary and hasattr(b.attn, "num_prefix_tokens")]
+        self._rotary_attention = [b.attn for b in blocks if rotary and hasattr(b.attn, "num_prefix_tokens")]
         self._prefix_tokens = int(getattr(backbone, "num_prefix_tokens", 0))
         self._plain_tokens = 0  # the sequence length entering block 0 (no prompts yet); set on every forward
         self.train(False)
@@ -237,7 +239,15 @@ class AdaptedModel(nn.Module):
 
     @property
     def depth(self) -> int:
-        return len(self.backbone.blocks)
+        return len(self._blocks)
+
+    def input_spec(self) -> InputSpec:
+        """The preprocessing the backbone takes (size, frames, mean/std, crop: ``families.Family.input_spec``)."""
+        return self.family.input_spec(self.backbone)
+
+    def stages(self) -> list:
+        """The backbone's stages (``families.Stage``: name, width, block indices); one for a plain ViT."""
+        return self.family.stages(self.backbone)
 
     @property
     def backbone_trains(self) -> bool:
@@ -284,17 +294,7 @@ class AdaptedModel(nn.Module):
         return hash_tensors(sorted(state.items()))[:32]
 
     def backbone_spec(self) -> BackboneSpec:
-        reference = next(self.backbone.parameters())
-        return BackboneSpec(
-            dim=int(self.backbone.embed_dim),
-            depth=len(self.backbone.blocks),
-            key_value_dim=key_value_dim(list(self.backbone.blocks)),
-            fc_norm=self._pretrained_fc_norm[0],
-            device=reference.device,
-            dtype=reference.dtype,
-            sites=self._sites,
-            no_prompts=self.family.no_prompts and f"{type(self.backbone).__name__}: {self.family.no_prompts}",
-        )
+        return describe_backbone(self.backbone, self.family, self._pretrained_fc_norm[0], self._sites)
 
     # ---- forward -----------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> AdaptedModel:
@@ -395,6 +395,18 @@ class AdaptedModel(nn.Module):
             self._fingerprint = (key, hash_tensors(state)[:32])
         return self._fingerprint[1]
 
+    def parameters_per_stage(self, name: str | None = None) -> dict[str, int]:
+        """The task's parameters that belong to a block (``blocks.{i}.*``: adapters, LoRA, BitFit, SSF), summed
+        per stage of the backbone (a plain ViT has one stage, ``blocks``)."""
+        task = self._get(name) if name is not None else self.task
+        stage_of = {index: stage.name for stage in self.stages() for index in stage.blocks}
+        counts = dict.fromkeys(stage_of.values(), 0)
+        for key, parameter in task.named_parameters():
+            parts = key.split(".")
+            if parts[0] == "blocks" and len(parts) > 1 and parts[1].isdigit():
+                counts[stage_of[int(parts[1])]] += parameter.numel()
+        return counts
+
     def parameter_report(self, name: str | None = None) -> ParameterReport:
         task = self._get(name) if name is not None else self.task
         backbone = sum(p.numel() for p in self.backbone.parameters())
@@ -421,16 +433,42 @@ class AdaptedModel(nn.Module):
         return self.task.head
 
     @property
-    def blocks(self) -> nn.Module:
-        return self.backbone.blocks
+    def blocks(self) -> list[nn.Module]:
+        """The backbone's blocks in order (a hierarchical model's stages laid end to end)."""
+        return list(self._blocks)
 
     @property
     def embed_dim(self) -> int:
-        return int(self.backbone.embed_dim)
+        return self.family.embed_dim(self.backbone)
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
         return getattr(self.backbone, "pretrained_cfg", None) or {}
+
+
+def describe_backbone(
+    backbone: nn.Module, family: Family, fc_norm: nn.Module | None, sites: tuple | None = None
+) -> BackboneSpec:
+    """What a task is told of ``backbone`` (read through its family; the backbone is not changed)."""
+    blocks = family.blocks(backbone)
+    reference = next(backbone.parameters())
+    return BackboneSpec(
+        dim=family.feature_dim(backbone),
+        depth=len(blocks),
+        key_value_dim=key_value_dim(blocks),
+        fc_norm=fc_norm,
+        device=reference.device,
+        dtype=reference.dtype,
+        sites=sites if sites is not None else sites_per_block(blocks),
+        no_prompts=family.no_prompts and f"{type(backbone).__name__}: {family.no_prompts}",
+        widths=tuple(family.width(block, index) for index, block in enumerate(blocks)),
+    )
+
+
+def pretrained_fc_norm(backbone: nn.Module) -> nn.Module | None:
+    """The backbone's fc_norm where it has trained parameters (each task starts its own copy from it)."""
+    fc_norm = getattr(backbone, "fc_norm", None)
+    return fc_norm if fc_norm is not None and any(True for _ in fc_norm.parameters()) else None
 
 
 def _check_task_name(name: str, tasks: nn.ModuleDict) -> None:
@@ -477,6 +515,9 @@ def adapt(
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise AdaptFormerError(f"num_classes: expected a positive integer, got {num_classes!r}")
         classes = [str(i) for i in range(num_classes)]
+    # the task is built once on a description of the untouched backbone first: a method this family cannot host
+    # is refused before the backbone loses its classifier or gains a hook
+    get_method(config.name).task(config, list(classes), describe_backbone(model, family_of(model), None))
     adapted = AdaptedModel(model, source)
     adapted.add_task(task, config, classes, objective=objective)
     return adapted

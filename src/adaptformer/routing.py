@@ -138,10 +138,20 @@ class Router:
             return self.groups[0].task.site_output(index, site, x, out)
         for group in self.groups:
             if group.task.modulates(index, site):
-                rows = group.rows
+                rows = self._rows_in(group.rows, x.shape[0])
                 part = group.task.site_output(index, site, x.index_select(0, rows), out.index_select(0, rows))
                 out = out.index_copy(0, rows, part)
         return out
+
+    def _rows_in(self, rows: torch.Tensor, leading: int) -> torch.Tensor:
+        """A group's rows in a tensor of ``leading`` rows: the batch's, or k per sample laid out sample-major
+        (Swin's attention runs on the windows of each image, ``window_partition`` keeps them per sample)."""
+        if leading == self.batch:
+            return rows
+        if leading % self.batch:
+            raise AdaptFormerError(f"an operation's input has {leading} rows for a batch of {self.batch} samples")
+        per = leading // self.batch
+        return (rows[:, None] * per + torch.arange(per, device=rows.device)).flatten()
 
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         if self.single:

@@ -159,7 +159,7 @@ def test_hf_dinov2_equals_the_equations_and_starts_as_the_pretrained_model():
             hidden = x_prime + m + model.task.adapter(index)(x_prime)
         expected = model.backbone.model.layernorm(hidden)
         assert (model.forward_features(x) - expected).abs().max() < 1e-10
-    spec = adaptformer.data.transforms.InputSpec.from_model(model)
+    spec = model.input_spec()
     assert spec.size == 224 and spec.mean == (0.485, 0.456, 0.406) and abs(spec.crop_pct - 0.875) < 1e-9
 
 

@@ -11,7 +11,6 @@ import adaptformer
 from adaptformer import AdaptFormerError
 from adaptformer.backbones.video import VideoViT, sinusoid_table
 from adaptformer.cli import main
-from adaptformer.data.transforms import InputSpec
 from conftest import tiny_videomae_config
 
 NAME = "videomae_base_patch16_224"
@@ -137,7 +136,7 @@ def test_every_method_adapts_a_video_vit(tmp_path):
         assert model(x).shape == (2, 5)
     model = adaptformer.adapt(copy.deepcopy(backbone), "adaptformer", num_classes=5, bottleneck=8)
     assert set(model.task_state_dict()) >= {"fc_norm.weight", "blocks.0.adaptmlp.down_proj.weight", "head.1.weight"}
-    assert InputSpec.from_model(model).frames == 4 and InputSpec.from_model(model).input_ndim == 5
+    assert model.input_spec().frames == 4 and model.input_spec().input_ndim == 5
 
 
 def test_params_for_video_names_need_no_weights(capsys):

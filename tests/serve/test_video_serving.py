@@ -14,7 +14,6 @@ from PIL import Image
 import adaptformer
 from adaptformer.bank import TaskBank
 from adaptformer.cli import main
-from adaptformer.data.transforms import InputSpec
 from adaptformer.media import Clip
 from formats import video_frames, write_video
 
@@ -30,7 +29,7 @@ def video(tmp_path_factory):
         adaptformer.save_task(model, root / "tasks" / f"{name}.safetensors")
     torch.manual_seed(2)
     model = adaptformer.create_model(MODEL, "adaptformer", num_classes=2, timm_kwargs={"num_frames": 4})
-    still = InputSpec.from_model(model).replace(frames=1)  # an image task on the video backbone
+    still = model.input_spec().replace(frames=1)  # an image task on the video backbone
     adaptformer.save_task(model, root / "tasks" / "scenes.safetensors", preprocessing=still)
     clip = write_video(root / "clip.mp4", video_frames(20, motion=3))
     image = root / "still.png"

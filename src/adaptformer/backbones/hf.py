@@ -52,15 +52,6 @@ def is_hf_model(model: nn.Module) -> bool:
     return type(model).__name__ in SUPPORTED and is_transformers_model(model)
 
 
-class _PatchGeometry:
-    """What ``InputSpec.from_model`` reads: the input size (and frames) the model was built for."""
-
-    def __init__(self, size: int, frames: int = 1):
-        self.img_size = (size, size)
-        if frames > 1:
-            self.num_frames = frames
-
-
 class HFBackbone(nn.Module):
     def __init__(self, model: nn.Module, name: str | None = None):
         super().__init__()
@@ -79,7 +70,7 @@ class HFBackbone(nn.Module):
         self.head = nn.Identity()
         frames = int(getattr(config, "num_frames", 1)) if self.video else 1
         size = DINOV2_INPUT["size"] if dinov2 else int(config.image_size)
-        self.patch_embed = _PatchGeometry(size, frames)
+        self.img_size, self.num_frames = (size, size), frames  # what families.Family.input_spec reads
         self.pretrained_cfg = {
             "architecture": name or getattr(config, "_name_or_path", None) or kind,
             "input_size": (3, size, size),

@@ -1,13 +1,14 @@
-"""Where a task plugs into a real ViT block (timm's ``Block``, or Hugging Face's ``ViTLayer`` / ``VideoMAELayer``),
-without copying or re-implementing the block.
+"""Where a task plugs into a real transformer block (timm's, or a Hugging Face layer), without copying or
+re-implementing the block.
 
-timm's pre-norm ``Block`` computes ``x' = x + attn-branch`` then ``y = x' + drop_path2(ls2(mlp(norm2(x'))))``
-(Hugging Face: ``y = output.dropout(output.dense(intermediate(layernorm_after(x')))) + x'``, see ``anatomy``).
+timm's pre-norm ``Block`` computes ``x' = x + attn-branch`` then ``y = x' + drop_path2(ls2(mlp(norm2(x'))))``;
+each family declares which of its block's modules take x' and give m (``families.py``: ``BlockAnatomy``).
 Hooks on the block's own modules give a task every point it needs:
 
 * a forward pre-hook on the block: its input (VPT prepends prompts);
-* a forward pre-hook on ``norm2``: x', the post-attention residual (the parallel adapter's input);
-* a forward hook on ``drop_path2``: m, the MLP branch after DropPath (AdaptFormer returns m + a);
+* a forward pre-hook on ``norm2`` (the family's ``residual_at``): x', the post-attention residual (the parallel
+  adapter's input);
+* a forward hook on ``drop_path2`` (``branch_at``): m, the MLP branch after DropPath (AdaptFormer returns m + a);
 * a forward hook on the block: its output (VPT drops the prompts);
 * timm blocks only: a forward hook on ``attn.qkv``, the fused [queries | keys | values] projection, where VPT's
   ``kv`` mode writes learned keys and values over its prefix slots (``write_key_value_prefix``);
@@ -30,8 +31,6 @@ import torch
 from torch import nn
 
 from ..errors import AdaptFormerError
-
-UNSUPPORTED_BLOCKS = {"ResPostBlock", "ParallelScalingBlock", "ParallelThingsBlock"}
 
 
 class TaskRouter(Protocol):
@@ -68,13 +67,16 @@ class AfterBlock(BlockTap):
 
 
 class CaptureResidual(BlockTap):
-    """Pre-hook on the module whose input is x' (``norm2``): keep x' when the MLP branch will need it."""
+    """Pre-hook on the module whose input is x' (``norm2``): keep x' when the MLP branch will need it, and
+    mark that the MLP branch has begun (where one module ends both branches, its next call is the MLP's)."""
 
     def __init__(self, router: TaskRouter, index: int):
         super().__init__(router, index)
         self.residual: torch.Tensor | None = None
+        self.armed = False
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
+        self.armed = True
         if self.router.wants_residual(self.index):
             self.residual = args[0]
 
@@ -82,11 +84,15 @@ class CaptureResidual(BlockTap):
 class AdaptMLPBranch(BlockTap):
     """Forward hook on the module whose output is the MLP branch m (``drop_path2``): m -> the task's branch."""
 
-    def __init__(self, router: TaskRouter, index: int, capture: CaptureResidual):
+    def __init__(self, router: TaskRouter, index: int, capture: CaptureResidual, shared: bool = False):
         super().__init__(router, index)
         self.capture = capture
+        self.shared = shared  # the module also ends the attention branch: act only after x' was seen
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self.shared and not self.capture.armed:
+            return output
+        self.capture.armed = False
         residual = self.capture.residual
         self.capture.residual = None  # release x' at once: nothing keeps activations alive between forwards
         return self.router.mlp_branch(self.index, output, residual)
@@ -146,22 +152,17 @@ def block_sites(block: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
-def shared_sites(blocks: list[nn.Module]) -> dict[str, Site]:
-    """The sites every block has with the same shape (what LoRA, BitFit and SSF can size their tensors by)."""
-    shapes: dict[str, set[Site]] = {}
-    present: dict[str, int] = {}  # blocks that have the site
-    for block in blocks:
-        for name, module in block_sites(block).items():
-            if isinstance(module, nn.Linear):
-                site = Site(name, module.in_features, module.out_features, module.bias is not None)
-            else:
-                width = int(module.normalized_shape[-1])
-                site = Site(name, width, width, getattr(module, "bias", None) is not None)
-            shapes.setdefault(name, set()).add(site)
-            present[name] = present.get(name, 0) + 1
-    return {
-        name: next(iter(found)) for name, found in shapes.items() if len(found) == 1 and present[name] == len(blocks)
-    }
+def sites_per_block(blocks: list[nn.Module]) -> tuple[dict[str, Site], ...]:
+    """Each block's hookable operations with their shapes (what LoRA/BitFit/SSF size their tensors by; the
+    shapes differ between the stages of a hierarchical model)."""
+    return tuple({name: _site(name, module) for name, module in block_sites(block).items()} for block in blocks)
+
+
+def _site(name: str, module: nn.Module) -> Site:
+    if isinstance(module, nn.Linear):
+        return Site(name, module.in_features, module.out_features, module.bias is not None)
+    width = int(module.normalized_shape[-1])
+    return Site(name, width, width, getattr(module, "bias", None) is not None)
 
 
 def write_key_value_prefix(
@@ -187,10 +188,11 @@ def fused_qkv(block: nn.Module) -> nn.Linear | None:
 
 
 def qkv_module_is_called(block: nn.Module) -> bool:
-    """False where the attention uses ``attn.qkv``'s weight in ``F.linear`` with biases of its own, so hooks on
-    ``attn.qkv`` would never run (what :func:`call_qkv_module` switches off where the attention allows it)."""
+    """False where the attention uses ``attn.qkv``'s weight in ``F.linear`` with biases of its own and cannot be
+    told otherwise, so hooks on ``attn.qkv`` would never run (where it can, :func:`call_qkv_module` switches it
+    when the taps are installed)."""
     attn = getattr(block, "attn", None)
-    return getattr(attn, "q_bias", None) is None or bool(getattr(attn, "qkv_bias_separate", False))
+    return getattr(attn, "q_bias", None) is None or hasattr(attn, "qkv_bias_separate")
 
 
 def key_value_dim(blocks: list[nn.Module]) -> int | None:
@@ -202,34 +204,6 @@ def key_value_dim(blocks: list[nn.Module]) -> int | None:
 def is_timm_block(block: nn.Module) -> bool:
     """timm blocks take an ``attn_mask`` keyword (mixed batches of different prompts need it)."""
     return isinstance(getattr(block, "norm2", None), nn.Module) and isinstance(getattr(block, "attn", None), nn.Module)
-
-
-def anatomy(block: nn.Module, index: int) -> tuple[nn.Module, nn.Module]:
-    """(module whose input is x', module whose output is the MLP branch m) of a pre-norm block.
-
-    timm's ``Block``: ``norm2`` and ``drop_path2``. Hugging Face's ``ViTLayer`` / ``VideoMAELayer``:
-    ``layernorm_after`` and ``output.dropout`` (its ``output`` adds the residual after that dropout);
-    ``Dinov2Layer``: ``norm2`` and ``layer_scale2`` (before the drop path, off in a frozen backbone)."""
-    name = type(block).__name__
-    parts = [getattr(block, n, None) for n in ("norm2", "mlp", "drop_path2")]
-    if all(isinstance(p, nn.Module) for p in parts) and name not in UNSUPPORTED_BLOCKS:
-        return block.norm2, block.drop_path2
-    if name == "Dinov2Layer":  # its drop_path module serves both branches: the branch ends at layer_scale2
-        return block.norm2, block.layer_scale2
-    output = getattr(block, "output", None)
-    if isinstance(getattr(block, "layernorm_after", None), nn.Module) and isinstance(
-        getattr(output, "dropout", None), nn.Module
-    ):
-        return block.layernorm_after, output.dropout
-    raise AdaptFormerError(
-        f"block {index} ({name}) is not a pre-norm ViT block (timm's norm2/mlp/drop_path2 or Hugging Face's "
-        "layernorm_after/output); AdaptFormer supports timm's Block (ViT, DeiT, DeiT-III, MAE, augreg, in21k) and "
-        "Hugging Face ViT / DINOv2 / VideoMAE layers"
-    )
-
-
-def check_prenorm_block(block: nn.Module, index: int) -> None:
-    anatomy(block, index)
 
 
 def is_tapped(block: nn.Module) -> bool:
@@ -245,22 +219,21 @@ def call_qkv_module(block: nn.Module) -> None:
         attn.qkv_bias_separate = True
 
 
-def install_taps(blocks: list[nn.Module], router: TaskRouter) -> None:
-    """Hook every block once; a block hooked by another model is refused (it would run two tasks at once)."""
-    for index, block in enumerate(blocks):
-        check_prenorm_block(block, index)
-        if is_tapped(block):
-            raise AdaptFormerError(
-                "this backbone already serves an adapted model; add tasks to that model (add_task) or adapt a "
-                "fresh backbone"
-            )
-    for index, block in enumerate(blocks):
+def install_taps(blocks: list[nn.Module], anatomies: list, router: TaskRouter) -> None:
+    """Hook every block once at the points its family declares (``families.BlockAnatomy``: x' enters
+    ``residual_at``, m leaves ``branch_at``); a block hooked by another model is refused (it would run two tasks
+    at once)."""
+    if any(is_tapped(block) for block in blocks):
+        raise AdaptFormerError(
+            "this backbone already serves an adapted model; add tasks to that model (add_task) or adapt a "
+            "fresh backbone"
+        )
+    for index, (block, anatomy) in enumerate(zip(blocks, anatomies, strict=True)):
         call_qkv_module(block)
-        residual_at, branch_at = anatomy(block, index)
         capture = CaptureResidual(router, index)
         block.register_forward_pre_hook(BeforeBlock(router, index), with_kwargs=True)
-        residual_at.register_forward_pre_hook(capture)
-        branch_at.register_forward_hook(AdaptMLPBranch(router, index, capture))
+        anatomy.residual_at.register_forward_pre_hook(capture)
+        anatomy.branch_at.register_forward_hook(AdaptMLPBranch(router, index, capture, anatomy.shared_branch))
         block.register_forward_hook(AfterBlock(router, index))
         for site, module in block_sites(block).items():  # before the kv prefix, which overwrites its slots
             module.register_forward_hook(SiteOutput(router, index, site))

@@ -77,8 +77,9 @@ def _download_videomae(name: str) -> Path:
 
 def check_vit(model: nn.Module) -> None:
     """The backbone is of a supported family (``families.py``) and has what the adapted model uses."""
-    family_of(model)
-    missing = [attr for attr in ("blocks", "embed_dim", "reset_classifier") if not hasattr(model, attr)]
+    family = family_of(model)
+    wanted = ("reset_classifier", "forward_features", "forward_head" if family.pools_in_head else "pool")
+    missing = [attr for attr in wanted if not hasattr(model, attr)]
     if missing:
         raise AdaptFormerError(f"{type(model).__name__}: not supported: it has no {', '.join(missing)}")
 

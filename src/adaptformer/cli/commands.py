@@ -57,8 +57,12 @@ def run_params(args: argparse.Namespace) -> int:
         args.model, num_classes=args.num_classes, pretrained=False, config=config, timm_kwargs=args.model_kwargs
     )
     report = model.parameter_report()
+    stages = model.stages()
+    per_stage = model.parameters_per_stage()
     if args.json:
-        print(json.dumps({"model": args.model, "method": config.name, **report.to_dict()}))
+        widths = {stage.name: stage.width for stage in stages}
+        by_stage = [{"stage": name, "width": widths[name], "parameters": n} for name, n in per_stage.items()]
+        print(json.dumps({"model": args.model, "method": config.name, **report.to_dict(), "stages": by_stage}))
         return 0
     rows = [
         ("model", args.model),
@@ -72,6 +76,12 @@ def run_params(args: argparse.Namespace) -> int:
         ("  norms", f"{report.norms:,}"),
         ("frozen", f"{report.frozen:,}"),
     ]
+    if len(stages) > 1:  # a hierarchical backbone: where the block tensors sit, stage by stage
+        at = [key for key, _ in rows].index("  adapters") + 1
+        rows[at:at] = [
+            (f"    {stage.name} (width {stage.width}, {len(stage.blocks)} blocks)", f"{per_stage[stage.name]:,}")
+            for stage in stages
+        ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value:>14}")

@@ -84,22 +84,18 @@ class InputSpec:
         )
 
     @classmethod
-    def from_model(cls, model) -> InputSpec:
-        """The backbone's own preprocessing (timm's pretrained_cfg), at the size it was built for."""
-        backbone = getattr(model, "backbone", model)
-        cfg = getattr(backbone, "pretrained_cfg", None) or {}
-        size = int(cfg.get("input_size", (3, 224, 224))[-1])
-        patch_embed = getattr(backbone, "patch_embed", None)
-        if getattr(patch_embed, "img_size", None):  # the size the model was built for (e.g. img_size=16)
-            size = int(patch_embed.img_size[-1])
+    def from_pretrained_cfg(cls, cfg: dict[str, Any], size: int | None = None, frames: int = 1) -> InputSpec:
+        """A backbone's preprocessing from timm's ``pretrained_cfg`` and the input size it was built for (which
+        may differ from the pretrained one: ``img_size=16``). Backbones get theirs through their family
+        (``backbones/families.py``)."""
         interpolation = cfg.get("interpolation", "bicubic")
         return cls(
-            size=size,
+            size=int(size or cfg.get("input_size", (3, 224, 224))[-1]),
             mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
             std=tuple(cfg.get("std", IMAGENET_STD)),
             crop_pct=float(cfg.get("crop_pct", 0.875)),
             interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
-            frames=int(getattr(patch_embed, "num_frames", 1)),
+            frames=int(frames),
         )
 
     def replace(self, **changes: Any) -> InputSpec:

@@ -70,6 +70,7 @@ class MethodConfig:
 class BackboneSpec:
     """What a task needs to know of the backbone it will run on (methods know nothing of timm)."""
 
+    #: width of the pooled features the head receives
     dim: int
     depth: int
     #: width of the keys/values of a block's attention where it can take a key/value prefix (timm's fused
@@ -78,21 +79,29 @@ class BackboneSpec:
     fc_norm: nn.Module | None  # the backbone's pretrained fc_norm (mean-pooled models); each task trains a copy
     device: torch.device
     dtype: torch.dtype
-    #: the operations every block has with one shape (``backbones/taps.SITES``: qkv, proj, fc1, fc2, norm1,
-    #: norm2), whose outputs a task can change; empty where the blocks cannot be hooked there
-    sites: dict[str, Site] = dataclasses.field(default_factory=dict)
+    #: per block, the operations a task can change the outputs of (``backbones/taps.SITES``: qkv, proj, fc1,
+    #: fc2, norm1, norm2) with their shapes; empty where the blocks cannot be hooked there
+    sites: tuple[dict[str, Site], ...] = ()
     #: why this backbone cannot take prompt tokens (VPT), or None where it can
     no_prompts: str | None = None
+    #: per block, the channels at x' (a hierarchical model's stages grow); empty: every block is ``dim`` wide
+    widths: tuple[int, ...] = ()
 
-    def require_sites(self, method: str, names: tuple[str, ...] | list[str]) -> dict[str, Site]:
-        """The named sites, or one line saying which this backbone's blocks lack."""
-        missing = [name for name in names if name not in self.sites]
+    def width(self, index: int) -> int:
+        """Channels of block ``index``'s tokens (what an adapter or a prompt there is sized to)."""
+        return self.widths[index] if self.widths else self.dim
+
+    def require_sites(self, method: str, names: tuple[str, ...] | list[str]) -> list[dict[str, Site]]:
+        """Per block, the named sites; or one line saying which this backbone's blocks lack."""
+        blocks = self.sites or ({},) * self.depth
+        missing = [name for name in names if not all(name in block for block in blocks)]
         if missing:
             raise AdaptFormerError(
                 f"method {method}: the backbone's blocks have no hookable {', '.join(missing)} "
-                "(it needs timm's Block, whose attn.qkv/attn.proj/mlp.fc1/mlp.fc2/norm1/norm2 are plain layers)"
+                "(it needs blocks whose attn.qkv/attn.proj/mlp.fc1/mlp.fc2/norm1/norm2 are plain layers, as in "
+                "timm's Block)"
             )
-        return {name: self.sites[name] for name in names}
+        return [{name: block[name] for name in names} for block in blocks]
 
 
 @dataclass

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backbones.families import family_of
+from ..backbones.hf import wrap_if_hf
 from ..backbones.timm import create_backbone
 from ..data.transforms import InputSpec
 from ..errors import AdaptFormerError
@@ -35,7 +37,7 @@ def task_metadata(
     hashes the frozen weights once); ``preprocessing`` defaults to the backbone's own."""
     name = name or model.active_task
     task = model.tasks[name]
-    spec = preprocessing or InputSpec.from_model(model)
+    spec = preprocessing or model.input_spec()
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -49,7 +51,8 @@ def task_metadata(
             **model.source.to_dict(),
             "fingerprint": fingerprint if fingerprint is not None else model.backbone_fingerprint(),
             "embed_dim": model.embed_dim,
-            "depth": len(model.blocks),
+            "depth": model.depth,
+            "class": type(model.backbone).__name__,  # the family it reloads through
         },
         "preprocessing": spec.to_dict(),
         "extra": extra or {},
@@ -172,7 +175,7 @@ def load_task(
 
 def preprocessing_of(meta: dict[str, Any], model: nn.Module) -> InputSpec:
     """The input spec a task was trained with; what a v1 file did not record comes from the backbone."""
-    spec = InputSpec.from_model(model)
+    spec = model.input_spec()
     recorded = meta.get("preprocessing") or {}
     if "crop_pct" in recorded:
         return InputSpec.from_dict(recorded)
@@ -194,7 +197,7 @@ def _require_adapted(model: nn.Module) -> None:
 def check_fits(model: AdaptedModel, meta: dict[str, Any], path: str | Path, check_backbone: bool = True) -> None:
     """A task file's description fits ``model``: the same architecture and, unless ``check_backbone`` is off,
     the same frozen weights (fingerprints compared as strings; the model hashes its backbone once)."""
-    _check_architecture(model.backbone, meta, path)
+    _check_architecture(model, meta, path)
     expected = meta["backbone"]["fingerprint"]
     shares = method_config_from_dict(meta["method"]).shares_backbone
     if not check_backbone or expected is None or not shares:
@@ -218,9 +221,17 @@ def _describe(config) -> str:
     return ", ".join(f"{k}={data[k]}" for k in keys) or "no options"
 
 
-def _check_architecture(backbone: nn.Module, meta: dict[str, Any], path: str | Path) -> None:
+def _check_architecture(model: nn.Module, meta: dict[str, Any], path: str | Path) -> None:
+    """The file was made for this architecture: its class (where recorded), width and depth."""
     want = meta["backbone"]
-    have = {"embed_dim": int(getattr(backbone, "embed_dim", -1)), "depth": len(getattr(backbone, "blocks", []))}
+    backbone = model.backbone if isinstance(model, AdaptedModel) else wrap_if_hf(model)
+    family = model.family if isinstance(model, AdaptedModel) else family_of(backbone)
+    depth = len(family.blocks(backbone))
+    have = {"class": type(backbone).__name__, "embed_dim": family.embed_dim(backbone), "depth": depth}
+    if want.get("class", have["class"]) != have["class"]:
+        raise AdaptFormerError(
+            f"task file {path}: made for a {want['class']} backbone ({want['name']}), the model is a {have['class']}"
+        )
     if (want["embed_dim"], want["depth"]) != (have["embed_dim"], have["depth"]):
         raise AdaptFormerError(
             f"task file {path}: made for {want['name']} (width {want['embed_dim']}, depth {want['depth']}), "

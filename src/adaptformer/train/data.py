@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backbones.families import input_spec_of
 from ..data.registry import build_split, carve_validation, fold_split, get_dataset, labels_of
 from ..data.transforms import InputSpec, eval_transform, train_transform
 from ..data.video import VideoTransform
@@ -19,7 +20,7 @@ def input_spec(cfg: TrainConfig, backbone: nn.Module, video: bool = False) -> In
     """The backbone's preprocessing with the run's overrides: what the task files record."""
     # the small-image recipe trains on whole resized images: evaluation resizes them the same way (unless told)
     resize_mode = cfg.resize_mode or ("squash" if cfg.train_crop == "pad" else None)
-    spec = InputSpec.from_model(backbone).replace(
+    spec = input_spec_of(backbone).replace(
         crop_pct=cfg.crop_pct, interpolation=cfg.interpolation, resize_mode=resize_mode
     )
     # images on a video backbone stay images: the model shows each as a static clip (AdaptedModel.backbone_input)

@@ -23,7 +23,7 @@ class AdaptFormerTask(Task):
         self.parallel = config.placement == "parallel"
         self.blocks = nn.ModuleDict(
             {
-                str(index): nn.ModuleDict({"adaptmlp": AdaptMLP(backbone.dim, config)})
+                str(index): nn.ModuleDict({"adaptmlp": AdaptMLP(backbone.width(index), config)})
                 for index in resolve_layers(config.layers, backbone.depth)
             }
         )

@@ -32,12 +32,12 @@ class BitFitTask(SiteTask):
 
     def __init__(self, config: BitFitConfig, classes: list[str], backbone: BackboneSpec):
         super().__init__(config, classes, backbone)
-        with_bias = {name: site for name, site in backbone.sites.items() if site.bias}
-        if not with_bias:  # blocks whose operations cannot be hooked: one line naming what they lack
+        with_bias = [{name: site for name, site in block.items() if site.bias} for block in backbone.sites]
+        if not any(with_bias):  # blocks whose operations cannot be hooked: one line naming what they lack
             backbone.require_sites(config.name, list(SITES))
         self.blocks = nn.ModuleDict(
             {
-                str(index): nn.ModuleDict({name: BiasOffset(site.out_features) for name, site in with_bias.items()})
-                for index in range(backbone.depth)
+                str(index): nn.ModuleDict({name: BiasOffset(site.out_features) for name, site in sites.items()})
+                for index, sites in enumerate(with_bias)
             }
         )

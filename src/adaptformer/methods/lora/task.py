@@ -43,7 +43,10 @@ class LoRATask(SiteTask):
         self.blocks = nn.ModuleDict(
             {
                 str(index): nn.ModuleDict(
-                    {name: LoRAUpdate(site.in_features, site.out_features, config) for name, site in sites.items()}
+                    {
+                        name: LoRAUpdate(site.in_features, site.out_features, config)
+                        for name, site in sites[index].items()
+                    }
                 )
                 for index in resolve_layers(config.layers, backbone.depth)
             }

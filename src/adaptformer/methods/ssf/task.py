@@ -42,7 +42,7 @@ class SSFTask(SiteTask):
         self.blocks = nn.ModuleDict(
             {
                 str(index): nn.ModuleDict(
-                    {name: ScaleShift(site.out_features, config.ssf_init) for name, site in sites.items()}
+                    {name: ScaleShift(site.out_features, config.ssf_init) for name, site in sites[index].items()}
                 )
                 for index in range(backbone.depth)
             }
