@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbones.families import Family, family_of
+from .backbones.families import Family, class_name, family_of
 from .backbones.hf import HFBackbone, wrap_if_hf
 from .backbones.taps import install_taps, is_timm_block, key_value_dim, sites_per_block
 from .backbones.timm import check_vit, create_backbone, source_name
@@ -460,7 +460,7 @@ def describe_backbone(
         device=reference.device,
         dtype=reference.dtype,
         sites=sites if sites is not None else sites_per_block(blocks),
-        no_prompts=family.no_prompts and f"{type(backbone).__name__}: {family.no_prompts}",
+        no_prompts=family.no_prompts and f"{class_name(backbone)}: {family.no_prompts}",
         widths=tuple(family.width(block, index) for index, block in enumerate(blocks)),
     )
 

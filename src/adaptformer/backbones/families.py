@@ -88,8 +88,10 @@ def prenorm_anatomy(block: nn.Module, index: int) -> BlockAnatomy:
     output = getattr(block, "output", None)
     if isinstance(getattr(block, "layernorm_after", None), nn.Module) and isinstance(
         getattr(output, "dropout", None), nn.Module
-    ):  # Hugging Face ViT / VideoMAE: output.dense -> output.dropout, then + x'
+    ):  # Hugging Face ViT / VideoMAE / Swin: output.dense -> output.dropout, then + x'
         return BlockAnatomy(block.layernorm_after, output.dropout)
+    if all(isinstance(getattr(block, n, None), nn.Module) for n in ("layer_norm2", "mlp", "self_attn")):
+        return BlockAnatomy(block.layer_norm2, block.mlp)  # Hugging Face CLIP / SigLIP: + x' right after mlp
     raise AdaptFormerError(
         f"block {index} ({name}) is not a pre-norm transformer block (timm's norm2/mlp/drop_path2 or Hugging "
         "Face's layernorm_after/output): no place to put an adapter beside its MLP"
@@ -199,6 +201,7 @@ FAMILIES: dict[str, Family] = {
         "timm PVT v2", no_prompts=PATCH_GRID_ATTENTION, pools_in_head=True, layout="stages"
     ),
     "VideoViT": Family("video ViT (VideoMAE)"),
+    "HFSwinBackbone": Family("Hugging Face Swin", no_prompts=WINDOWED, layout="layers"),
     "HFBackbone": Family("Hugging Face"),
 }
 #: a class of none of these that has timm VisionTransformer's interface (a user's own subclass-alike)
@@ -210,6 +213,11 @@ REFUSED = {
         "x' and the MLP branch have different widths there"
     ),
 }
+
+
+def class_name(backbone: nn.Module) -> str:
+    """The backbone's class as users know it (a wrapped Hugging Face model: its transformers class)."""
+    return getattr(backbone, "kind", None) or type(backbone).__name__
 
 
 def input_spec_of(backbone: nn.Module) -> InputSpec:
@@ -231,5 +239,5 @@ def family_of(model: nn.Module) -> Family:
         reason = "it has no sequence of transformer blocks (timm's blocks)"
     else:
         reason = "its blocks are not known to take an adapter beside their MLP"
-    supported = ", ".join(n for n in FAMILIES if n not in ("HFBackbone", "VideoViT"))
+    supported = ", ".join(n for n in FAMILIES if not n.startswith("HF") and n != "VideoViT")
     raise AdaptFormerError(f"{name}: not supported: {reason} (timm families supported: {supported})")

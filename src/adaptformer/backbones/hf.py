@@ -1,12 +1,12 @@
-"""Hugging Face ``transformers`` ViT and VideoMAE models as backbones, wrapped (not copied).
+"""Hugging Face ``transformers`` vision models as backbones, wrapped (not copied): ViT, DINOv2, VideoMAE,
+CLIP's and SigLIP's vision towers and Swin, each base model and its ``*ForImageClassification``.
 
-``HFBackbone`` gives a ``ViTModel`` / ``ViTForImageClassification`` / ``VideoMAEModel`` /
-``VideoMAEForVideoClassification`` the interface the adapted model uses (``blocks``, ``embed_dim``,
-``forward_features``, ``pool``, ``reset_classifier``). The tasks' hooks go on HF's own layers: x', the
-attention residual, is the input of ``layernorm_after``; the MLP branch is the output of ``output.dropout``
-(``backbones/taps.py``). Image models pool the class token after the final layernorm; VideoMAE averages the
-tokens, and a classification model's ``fc_norm`` is what each task's trainable copy starts from. Clips are
-(B, C, T, H, W) as everywhere in this library and are handed to HF as (B, T, C, H, W).
+``HFBackbone`` gives them the interface the adapted model uses (``blocks``, ``embed_dim``, ``forward_features``,
+``pool``, ``reset_classifier``). The tasks' hooks go on HF's own layers (``families.py`` declares where: x' is
+the input of ``layernorm_after`` / ``norm2`` / ``layer_norm2``, the MLP branch the output of
+``output.dropout`` / ``layer_scale2`` / ``mlp``). Tokens are pooled as each class pools them (``KINDS``);
+VideoMAE averages the tokens, and a classification model's ``fc_norm`` is what each task's trainable copy
+starts from. Clips are (B, C, T, H, W) as everywhere in this library and are handed to HF as (B, T, C, H, W).
 
 ``create_backbone("hf:<folder or hub id>")`` loads one with ``AutoModel.from_pretrained`` (a folder written by
 ``save_pretrained`` works offline).
@@ -14,6 +14,7 @@ tokens, and a classification model's ``fc_norm`` is what each task's trainable c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +26,45 @@ from ..errors import AdaptFormerError
 from ..utils.extras import require
 
 HF_PREFIX = "hf:"
-SUPPORTED = (
-    "ViTModel",
-    "ViTForImageClassification",
-    "Dinov2Model",
-    "Dinov2ForImageClassification",
-    "VideoMAEModel",
-    "VideoMAEForVideoClassification",
-)
-#: the preprocessing of HF's image processors: ViT's [-1, 1] scaling; DINOv2's ImageNet statistics, short side
-#: 256 then a 224 centre crop (its config's image_size, 518, is the pretraining size, not what users run)
-DINOV2_INPUT = {
-    "size": 224,
-    "mean": IMAGENET_MEAN,
-    "std": IMAGENET_STD,
-    "crop_pct": 224 / 256,
-    "interpolation": "bicubic",
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class HFKind:
+    """How one transformers class is used: where its vision tower is, how tokens are pooled (as the class
+    itself pools them for its pooler output or its classifier), and its image processor's defaults."""
+
+    tower: tuple[str, ...]  # attribute holding the base model, tried in order (the model itself when absent)
+    pooling: str  # cls | mean | mean_patches | head (SigLIP's attention-pooling head) | none (Swin: mean)
+    final_norm: str | None  # the base model's final norm, where its last_hidden_state is taken before it
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
+    size: int | None = None  # the size users run (DINOv2's config holds its pretraining size, 518)
+
+
+_VIT = HFKind(("vit",), "cls", None)
+#: DINOv2's processor: ImageNet statistics, short side 256 then a 224 centre crop
+_DINOV2 = HFKind(("dinov2",), "cls", None, IMAGENET_MEAN, IMAGENET_STD, 224 / 256, "bicubic", 224)
+_VIDEOMAE = HFKind(("videomae",), "mean", None, IMAGENET_MEAN, IMAGENET_STD)
+KINDS: dict[str, HFKind] = {
+    "ViTModel": _VIT,
+    "ViTForImageClassification": _VIT,
+    "Dinov2Model": _DINOV2,
+    "Dinov2ForImageClassification": _DINOV2,
+    "VideoMAEModel": _VIDEOMAE,
+    "VideoMAEForVideoClassification": _VIDEOMAE,
+    # CLIP: its pooler output is post_layernorm(class token); its classifier averages the patch tokens unnormed
+    "CLIPVisionModel": HFKind(("vision_model",), "cls", "post_layernorm", CLIP_MEAN, CLIP_STD, 1.0, "bicubic"),
+    "CLIPForImageClassification": HFKind(("vision_model",), "mean_patches", None, CLIP_MEAN, CLIP_STD, 1.0, "bicubic"),
+    # SigLIP: its pooler output is the attention-pooling head; its classifier averages the tokens
+    "SiglipVisionModel": HFKind(("vision_model",), "head", None, interpolation="bicubic"),
+    "SiglipForImageClassification": HFKind(("vision_model",), "mean", None, interpolation="bicubic"),
+    "SwinModel": HFKind(("swin",), "mean", None, IMAGENET_MEAN, IMAGENET_STD, 1.0, "bicubic"),
+    "SwinForImageClassification": HFKind(("swin",), "mean", None, IMAGENET_MEAN, IMAGENET_STD, 1.0, "bicubic"),
 }
+SUPPORTED = tuple(KINDS)
 
 
 def is_transformers_model(model: nn.Module) -> bool:
@@ -53,50 +76,78 @@ def is_hf_model(model: nn.Module) -> bool:
 
 
 class HFBackbone(nn.Module):
+    """A transformers vision model seen through the interface the adapted model uses (``blocks``,
+    ``embed_dim``, ``num_features``, ``forward_features``, ``pool``, ``reset_classifier``, ``pretrained_cfg``)."""
+
     def __init__(self, model: nn.Module, name: str | None = None):
         super().__init__()
         kind = type(model).__name__
-        if kind not in SUPPORTED:
+        if kind not in KINDS:
             raise AdaptFormerError(f"{kind}: not a supported transformers model ({', '.join(SUPPORTED)})")
+        self.kind, spec = kind, KINDS[kind]
         self.video = kind.startswith("VideoMAE")
-        config = model.config
+        config = getattr(model.config, "vision_config", None) or model.config
         pretrained_fc_norm = getattr(model, "fc_norm", None) if kind == "VideoMAEForVideoClassification" else None
-        self.model = next((getattr(model, n) for n in ("videomae", "vit", "dinov2") if hasattr(model, n)), model)
-        dinov2 = kind.startswith("Dinov2")
-        self.embed_dim = self.num_features = int(config.hidden_size)
-        self.num_prefix_tokens = 0 if self.video else 1
+        self.model = next((getattr(model, n) for n in spec.tower if hasattr(model, n)), model)
+        self.pooling, self.final_norm = spec.pooling, spec.final_norm
+        self.embed_dim = int(getattr(config, "embed_dim", None) or config.hidden_size)
+        self.num_features = int(getattr(self.model, "num_features", None) or config.hidden_size)
+        self.num_prefix_tokens = 1 if spec.pooling in ("cls", "mean_patches") else 0
         if self.video:  # mean pooling: tasks train a copy of this norm (the classifier's, or a fresh one)
             self.fc_norm = pretrained_fc_norm or nn.LayerNorm(self.embed_dim, eps=config.layer_norm_eps)
         self.head = nn.Identity()
         frames = int(getattr(config, "num_frames", 1)) if self.video else 1
-        size = DINOV2_INPUT["size"] if dinov2 else int(config.image_size)
+        size = spec.size or int(config.image_size)
         self.img_size, self.num_frames = (size, size), frames  # what families.Family.input_spec reads
         self.pretrained_cfg = {
-            "architecture": name or getattr(config, "_name_or_path", None) or kind,
+            "architecture": name or getattr(model.config, "_name_or_path", None) or kind,
             "input_size": (3, size, size),
-            "mean": IMAGENET_MEAN if self.video else (0.5, 0.5, 0.5),  # the HF image processors' defaults
-            "std": IMAGENET_STD if self.video else (0.5, 0.5, 0.5),
-            "crop_pct": 1.0,
-            "interpolation": "bilinear",
+            "mean": spec.mean,
+            "std": spec.std,
+            "crop_pct": spec.crop_pct,
+            "interpolation": spec.interpolation,
         }
-        if dinov2:
-            self.pretrained_cfg.update({k: DINOV2_INPUT[k] for k in ("mean", "std", "crop_pct", "interpolation")})
 
     @property
-    def blocks(self) -> nn.ModuleList:
-        return self.model.encoder.layer
+    def blocks(self) -> list[nn.Module]:
+        encoder = self.model.encoder
+        if hasattr(encoder, "layer") and not hasattr(encoder.layer[0], "blocks"):
+            return list(encoder.layer)  # ViT, DINOv2, VideoMAE
+        if hasattr(encoder.layers[0], "blocks"):  # Swin: stages of blocks
+            return [block for stage in encoder.layers for block in stage.blocks]
+        return list(encoder.layers)  # CLIP, SigLIP
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        """A hierarchical model's stages, each with its ``blocks`` (Swin)."""
+        return list(self.model.encoder.layers)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.video:
             return self.model(pixel_values=x.permute(0, 2, 1, 3, 4)).last_hidden_state
-        return self.model(pixel_values=x).last_hidden_state  # ViTModel applies its final layernorm
+        tokens = self.model(pixel_values=x).last_hidden_state  # ViT, DINOv2, SigLIP, Swin apply their final norm
+        return getattr(self.model, self.final_norm)(tokens) if self.final_norm else tokens
 
     def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
-        return x.mean(dim=1) if self.video else x[:, 0]
+        if self.pooling == "cls":
+            return x[:, 0]
+        if self.pooling == "mean_patches":
+            return x[:, 1:].mean(dim=1)
+        if self.pooling == "head":
+            return self.model.head(x)
+        return x.mean(dim=1)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if num_classes:
             raise AdaptFormerError("an HF backbone has no classifier of its own; tasks bring their heads")
+
+
+class HFSwinBackbone(HFBackbone):
+    """Hugging Face Swin: stages of growing width (its own family in ``families.py``)."""
+
+
+def wrap(model: nn.Module, name: str | None = None) -> HFBackbone:
+    return (HFSwinBackbone if type(model).__name__.startswith("Swin") else HFBackbone)(model, name=name)
 
 
 def from_pretrained(reference: str, **kwargs: Any) -> HFBackbone:
@@ -112,7 +163,7 @@ def from_pretrained(reference: str, **kwargs: Any) -> HFBackbone:
         raise AdaptFormerError(f"model {reference}: cannot load ({str(error).strip().splitlines()[0][:160]})") from None
     if not is_hf_model(model):
         raise AdaptFormerError(f"model {reference}: a {type(model).__name__}; expected one of {', '.join(SUPPORTED)}")
-    return HFBackbone(model, name=reference)
+    return wrap(model, name=reference)
 
 
 def wrap_if_hf(model: nn.Module) -> nn.Module:
@@ -122,7 +173,7 @@ def wrap_if_hf(model: nn.Module) -> nn.Module:
             "of these weights also exist in timm, which adapts more families (e.g. timm.create_model("
             "'vit_base_patch16_clip_224.openai'), 'vit_base_patch16_siglip_224', 'vit_small_patch14_dinov2')"
         )
-    return HFBackbone(model) if is_hf_model(model) else model
+    return wrap(model) if is_hf_model(model) else model
 
 
 def folder_name(path: str | Path) -> str:

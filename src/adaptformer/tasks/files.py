@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbones.families import family_of
+from ..backbones.families import class_name, family_of
 from ..backbones.hf import wrap_if_hf
 from ..backbones.timm import create_backbone
 from ..data.transforms import InputSpec
@@ -52,7 +52,7 @@ def task_metadata(
             "fingerprint": fingerprint if fingerprint is not None else model.backbone_fingerprint(),
             "embed_dim": model.embed_dim,
             "depth": model.depth,
-            "class": type(model.backbone).__name__,  # the family it reloads through
+            "class": class_name(model.backbone),  # the family it reloads through
         },
         "preprocessing": spec.to_dict(),
         "extra": extra or {},
@@ -227,7 +227,7 @@ def _check_architecture(model: nn.Module, meta: dict[str, Any], path: str | Path
     backbone = model.backbone if isinstance(model, AdaptedModel) else wrap_if_hf(model)
     family = model.family if isinstance(model, AdaptedModel) else family_of(backbone)
     depth = len(family.blocks(backbone))
-    have = {"class": type(backbone).__name__, "embed_dim": family.embed_dim(backbone), "depth": depth}
+    have = {"class": class_name(backbone), "embed_dim": family.embed_dim(backbone), "depth": depth}
     if want.get("class", have["class"]) != have["class"]:
         raise AdaptFormerError(
             f"task file {path}: made for a {want['class']} backbone ({want['name']}), the model is a {have['class']}"
