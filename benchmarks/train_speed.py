@@ -125,9 +125,8 @@ def measure(
     forward = torch.compile(model) if compile else model
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     scaler = make_grad_scaler(precision, device)
-    size = (
-        model.backbone.patch_embed.img_size[0] if system == "ours" else architecture(model_name).patch_embed.img_size[0]
-    )
+    # ours: the size the backbone's family declares (Hiera and others have no patch_embed.img_size)
+    size = model.input_spec().size if system == "ours" else architecture(model_name).patch_embed.img_size[0]
     shape = (batch, 3, frames, size, size) if frames else (batch, 3, size, size)
     images = torch.randn(*shape, device=device)
     labels = torch.randint(0, 100, (batch,), device=device)

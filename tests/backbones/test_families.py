@@ -201,3 +201,13 @@ def test_a_task_file_records_the_family_class_and_is_refused_on_another(tmp_path
         AdaptFormerError, match=r"made for a SwinTransformer backbone .* the model is a SwinTransformerV2"
     ):
         adaptformer.apply_task(make("swinv2_tiny_window8_256"), path)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_the_adapted_model_compiles_in_one_graph_where_the_family_does(name):
+    """Every family here compiles with no graph break on its own (timm); the hooks and the router add none."""
+    torch._dynamo.reset()
+    model = adaptformer.adapt(make(name), "adaptformer", num_classes=3, bottleneck=4).eval()
+    model.add_task("b", "bitfit", classes=2, activate=False)
+    explanation = torch._dynamo.explain(model)(inputs(name, 2))
+    assert explanation.graph_break_count == 0, [str(r.reason) for r in explanation.break_reasons]
