@@ -67,26 +67,30 @@ def _is_flat(blob: dict) -> bool:
 
 def to_timm_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop MAE pretraining-only keys and convert the AdaptFormer reference layout to timm's names."""
-    state = {k: v for k, v in state.items() if not MAE_ONLY.match(k)}
-    if any(".attn.q_proj." in k for k in state):
-        state = _merge_split_qkv(state)
-    renamed = {}
-    for key, value in state.items():
-        key = re.sub(r"^blocks\.(\d+)\.fc([12])\.", r"blocks.\1.mlp.fc\2.", key)
-        renamed[key] = value
-    return renamed
+    state = fuse_split_qkv({k: v for k, v in state.items() if not MAE_ONLY.match(k)})
+    return {re.sub(r"^blocks\.(\d+)\.fc([12])\.", r"blocks.\1.mlp.fc\2.", k): v for k, v in state.items()}
 
 
-def _merge_split_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in state.items():
-        match = re.match(r"^(blocks\.\d+\.attn\.)q_proj\.(weight|bias)$", key)
-        if match:
-            prefix, kind = match.groups()
-            parts = [state.get(f"{prefix}{p}_proj.{kind}") for p in "qkv"]
-            if any(part is None for part in parts):
-                raise AdaptFormerError(f"checkpoint has {key} but not all of q/k/v_proj.{kind}")
-            out[f"{prefix}qkv.{kind}"] = torch.cat(parts, dim=0)
-        elif not re.match(r"^blocks\.\d+\.attn\.[kv]_proj\.", key):
-            out[key] = value
+def fuse_split_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Split attention projections -> timm's fused ``qkv``: ``{q,k,v}_proj.{weight,bias}`` (the AdaptFormer
+    reference layout, VideoMAE) concatenated, and ``q_bias``/``v_bias`` (VideoMAE, BEiT-style) -> ``qkv.bias``
+    with a zero key bias. Used by the image and the video checkpoint readers alike."""
+    out = dict(state)
+    split = re.compile(r"^(blocks\.\d+\.attn\.)(?:[qkv]_proj\.(?:weight|bias)|[qv]_bias)$")
+    for prefix in sorted({m.group(1) for k in state if (m := split.match(k))}):
+        for kind in ("weight", "bias"):
+            parts = [out.pop(f"{prefix}{p}_proj.{kind}", None) for p in "qkv"]
+            if all(part is not None for part in parts):
+                out[f"{prefix}qkv.{kind}"] = torch.cat(parts, dim=0)
+            elif any(part is not None for part in parts):
+                raise AdaptFormerError(f"checkpoint has only some of {prefix}{{q,k,v}}_proj.{kind}")
+        q_bias, v_bias = out.pop(f"{prefix}q_bias", None), out.pop(f"{prefix}v_bias", None)
+        if q_bias is not None and v_bias is not None:
+            out[f"{prefix}qkv.bias"] = torch.cat([q_bias, torch.zeros_like(q_bias), v_bias])
     return out
+
+
+def drop_mismatched_head(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without a classifier the model cannot take (another class count, or none): a head for other
+    classes is of no use to a new task, and everything else is then loaded strictly."""
+    return {k: v for k, v in state.items() if not (k.startswith("head.") and (k not in own or own[k].shape != v.shape))}

@@ -18,12 +18,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import AdaptFormerError
-from .checkpoints import read_state_dict, to_timm_vit
+from .checkpoints import drop_mismatched_head, read_state_dict, to_timm_vit
 from .embedded import EMBEDDED, EmbeddedBackbone, get_embedded
 from .families import family_of
 from .hf import HF_PREFIX
 from .hf import from_pretrained as hf_from_pretrained
-from .video import build_video_vit, inflate_image_vit, is_video_model
+from .timm_registry import EMBEDDED_TIMM_NAMES, VIDEOMAE_HUB
+from .video import inflate_image_vit, is_video_model
 from .video_checkpoints import load_video_weights, read_video_state_dict
 
 ALLOWED_MISSING_PREFIXES = ("head.", "fc_norm.", "head_drop.")
@@ -41,38 +42,27 @@ def create_backbone(
     return _create(name, pretrained, checkpoint, num_classes, timm_kwargs)
 
 
-#: Hugging Face repositories of the official VideoMAE pretraining weights, for users with a network
-VIDEOMAE_HUB = {
-    "videomae_base_patch16_224": "MCG-NJU/videomae-base",
-    "videomae_large_patch16_224": "MCG-NJU/videomae-large",
-}
-
-
 def _create_video(
     name: str, pretrained: bool, checkpoint: str | Path | None, num_classes: int | None, kwargs: dict[str, Any]
 ) -> nn.Module:
-    model = build_video_vit(name, num_classes=num_classes, **kwargs)
-    if checkpoint is None and pretrained:
-        checkpoint = _download_videomae(name)
+    """A registered video ViT through timm (``timm_registry.py``): the Hub's VideoMAE weights when
+    ``pretrained``, a local file (VideoMAE or Hugging Face layout) through the same converter when given."""
+    if checkpoint is None and pretrained and name not in VIDEOMAE_HUB:
+        raise AdaptFormerError(f"model {name}: no public pretraining weights are known; pass --checkpoint FILE")
+    load_hub = checkpoint is None and pretrained
+    try:
+        model = timm.create_model(name, pretrained=load_hub, num_classes=num_classes or 0, **kwargs)
+    except TypeError as error:
+        raise AdaptFormerError(f"model {name}: {error}") from None
+    except (OSError, RuntimeError) as error:  # offline, hub errors: one line, with the way out
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise AdaptFormerError(
+            f"model {name}: cannot fetch {VIDEOMAE_HUB[name]} ({first[:160]}); pass --checkpoint FILE (VideoMAE or "
+            "Hugging Face layout) or --no-pretrained"
+        ) from None
     if checkpoint is not None:
         load_video_weights(model, read_video_state_dict(checkpoint), checkpoint)
     return model
-
-
-def _download_videomae(name: str) -> Path:
-    repo = VIDEOMAE_HUB.get(name)
-    if repo is None:
-        raise AdaptFormerError(f"model {name}: no public pretraining weights are known; pass --checkpoint FILE")
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(repo, "model.safetensors"))
-    except Exception as error:  # offline, hub errors: one line, with the way out
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise AdaptFormerError(
-            f"model {name}: cannot fetch {repo} ({first[:160]}); pass --checkpoint FILE (VideoMAE or Hugging Face "
-            "layout) or --no-pretrained"
-        ) from None
 
 
 def check_vit(model: nn.Module) -> None:
@@ -189,27 +179,18 @@ def _create_embedded(
     num_classes: int | None,
     timm_kwargs: dict[str, Any],
 ) -> nn.Module:
-    kwargs = {**entry.timm_kwargs, **timm_kwargs}
+    kwargs = dict(timm_kwargs)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    model = timm.create_model(entry.timm_name, pretrained=False, **kwargs)
-    size = kwargs["img_size"]
-    model.pretrained_cfg = {
-        **model.pretrained_cfg,
-        "mean": entry.mean,
-        "std": entry.std,
-        "input_size": (3, size, size),
-        "crop_pct": 1.0,
-        "interpolation": "bicubic",
-        "architecture": entry.name,
-    }
-    if pretrained or checkpoint is not None:
-        path = Path(checkpoint) if checkpoint is not None else entry.weights_path()
-        if checkpoint is None and not path.is_file():
-            raise AdaptFormerError(
-                f"model {entry.name}: weights {path} are not installed; reinstall adaptformer or run "
-                "`adaptformer pretrain`"
-            )
+    path = Path(checkpoint) if checkpoint is not None else entry.weights_path()
+    if pretrained and not path.is_file():
+        raise AdaptFormerError(
+            f"model {entry.name}: weights {path} are not installed; reinstall adaptformer or run `adaptformer pretrain`"
+        )
+    # the packaged weights through timm's registry (its ViT filter resamples position embeddings at other sizes)
+    model = timm.create_model(EMBEDDED_TIMM_NAMES[entry.name], pretrained=pretrained, **kwargs)
+    model.pretrained_cfg = {**model.pretrained_cfg, "architecture": entry.name, "tag": None}  # what files record
+    if checkpoint is not None:
         state = load_file(str(path)) if path.suffix == ".safetensors" else read_state_dict(path)
         load_backbone_weights(model, state, path)
     return model
@@ -220,11 +201,7 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], path
     (timm's filter) when the model runs at another image size than the weights were trained at."""
     from timm.models.vision_transformer import checkpoint_filter_fn
 
-    state = checkpoint_filter_fn(state, model)
-    own = model.state_dict()
-    state = {
-        k: v for k, v in state.items() if not (k.startswith("head.") and (k not in own or own[k].shape != v.shape))
-    }
+    state = drop_mismatched_head(checkpoint_filter_fn(state, model), model.state_dict())
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(ALLOWED_MISSING_PREFIXES)]
     if missing or unexpected:

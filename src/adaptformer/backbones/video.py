@@ -99,6 +99,7 @@ class VideoViT(nn.Module):
         norm_eps: float = 1e-6,
         num_classes: int = 0,
         name: str = "videomae",
+        in_chans: int = 3,
     ):
         super().__init__()
         if pos_embed not in POS_EMBEDS:
@@ -107,7 +108,7 @@ class VideoViT(nn.Module):
         self.embed_dim = self.num_features = embed_dim
         self.num_prefix_tokens = 0
         self.global_pool = "avg"
-        self.patch_embed = TubeletEmbed(img_size, patch_size, num_frames, tubelet_size, embed_dim)
+        self.patch_embed = TubeletEmbed(img_size, patch_size, num_frames, tubelet_size, embed_dim, in_chans)
         table = sinusoid_table(self.patch_embed.num_patches, embed_dim)
         if pos_embed == "sinusoid":
             self.register_buffer("pos_embed", table, persistent=False)  # fixed: not in checkpoints
@@ -174,15 +175,6 @@ def _init_weights(module: nn.Module) -> None:
 
 def is_video_model(name: str) -> bool:
     return name in VIDEO_MODELS
-
-
-def build_video_vit(name: str, num_classes: int | None = None, **kwargs: Any) -> VideoViT:
-    """A registered video ViT by name; keyword arguments override its shape (num_frames, img_size, depth, ...)."""
-    shape = {**VIDEO_MODELS[name], **kwargs}
-    try:
-        return VideoViT(num_classes=num_classes or 0, name=name, **shape)
-    except TypeError as error:
-        raise AdaptFormerError(f"model {name}: {error}") from None
 
 
 def inflate_image_vit(image: nn.Module, num_frames: int, tubelet_size: int = 2, name: str | None = None) -> VideoViT:

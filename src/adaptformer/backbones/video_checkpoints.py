@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import AdaptFormerError
-from .checkpoints import read_state_dict
+from .checkpoints import drop_mismatched_head, fuse_split_qkv, read_state_dict
 
 PRETRAINING_ONLY = re.compile(r"^(decoder\..*|decoder_.*|encoder_to_decoder\..*|mask_token|norm\.(weight|bias))$")
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -44,31 +44,18 @@ def read_video_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if found is None:
             raise AdaptFormerError(f"checkpoint {path}: a folder without {' or '.join(HF_FILES)}")
         path = found
-    state = read_state_dict(path)
+    return to_video_vit(read_state_dict(path))
+
+
+def to_video_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A VideoMAE state dict (official encoder or pretraining layout, or Hugging Face's) in this library's keys."""
     if any(re.match(r"^(videomae\.)?(encoder\.layer\.|embeddings\.patch_embeddings\.)", k) for k in state):
         return from_huggingface(state)
     if any(k.startswith("encoder.") for k in state):  # a pretraining checkpoint: keep the encoder
         state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     state = {k: v for k, v in state.items() if not PRETRAINING_ONLY.match(k)}
     state = {re.sub(r"^blocks\.(\d+)\.fc([12])\.", r"blocks.\1.mlp.fc\2.", k): v for k, v in state.items()}
-    return fuse_attention(state)
-
-
-def fuse_attention(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Split q/k/v projections -> ``qkv.weight``; ``q_bias``/``v_bias`` -> ``qkv.bias`` with a zero k bias."""
-    out = dict(state)
-    blocks = sorted({int(m.group(1)) for k in state if (m := re.match(r"^blocks\.(\d+)\.attn\.", k))})
-    for index in blocks:
-        prefix = f"blocks.{index}.attn."
-        split = [out.pop(f"{prefix}{p}_proj.weight", None) for p in "qkv"]
-        if all(w is not None for w in split):
-            out[f"{prefix}qkv.weight"] = torch.cat(split, dim=0)
-        elif any(w is not None for w in split):
-            raise AdaptFormerError(f"checkpoint has only some of {prefix}{{q,k,v}}_proj.weight")
-        q_bias, v_bias = out.pop(f"{prefix}q_bias", None), out.pop(f"{prefix}v_bias", None)
-        if q_bias is not None and v_bias is not None:
-            out[f"{prefix}qkv.bias"] = torch.cat([q_bias, torch.zeros_like(q_bias), v_bias])
-    return out
+    return fuse_split_qkv(state)
 
 
 def from_huggingface(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -86,7 +73,7 @@ def from_huggingface(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             index, rest = match.groups()
             out[f"blocks.{index}.{_hf_layer_key(rest)}"] = value
         # the pretraining decoder, encoder_to_decoder, mask_token and videomae.layernorm are not the encoder's
-    return fuse_attention(out)
+    return fuse_split_qkv(out)
 
 
 def _hf_layer_key(rest: str) -> str:
@@ -104,10 +91,14 @@ def _hf_layer_key(rest: str) -> str:
 def load_video_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Strict load of everything but the head (dropped when its class count differs) and fc_norm (new for
     pretraining checkpoints); wrong widths, tubelets or depths fail in one line."""
+    model.load_state_dict(video_state_for(model, state, path), strict=False)
+
+
+def video_state_for(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> dict[str, torch.Tensor]:
+    """``state`` (already in this library's keys) checked against ``model``: every backbone weight present with
+    its shape, nothing unknown; the head kept only where it fits, a stored sinusoidal table dropped."""
     own = model.state_dict()
-    state = {
-        k: v for k, v in state.items() if not (k.startswith("head.") and (k not in own or own[k].shape != v.shape))
-    }
+    state = drop_mismatched_head(state, own)
     if "pos_embed" in state and "pos_embed" not in own:
         state.pop("pos_embed")  # a stored sinusoidal table: ours is computed for the model's own frames
     wrong = [
@@ -120,9 +111,16 @@ def load_video_weights(model: nn.Module, state: dict[str, torch.Tensor], path: s
             f"checkpoint {path}: does not fit the model ({'; '.join(wrong[:2])}); check the width, depth, "
             "tubelet size and patch size"
         )
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(("head.", "fc_norm."))]
+    missing = [k for k in own if k not in state and not k.startswith(("head.", "fc_norm."))]
+    unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         raise AdaptFormerError(
             f"checkpoint {path}: keys do not match the video model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    return state
+
+
+def video_filter_fn(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """timm-style ``pretrained_filter_fn``: a VideoMAE checkpoint (official or Hugging Face layout) -> this
+    model's keys, checked (``video_state_for``), for ``timm.create_model(..., pretrained=True)``."""
+    return video_state_for(model, to_video_vit(state), "the pretrained weights")
