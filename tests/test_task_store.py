@@ -11,10 +11,10 @@ from PIL import Image
 
 import adaptformer
 from adaptformer import AdaptFormerError
+from adaptformer.adapted.model import BackboneSource
 from adaptformer.backbones.timm import create_backbone
 from adaptformer.bank import ResidencyLimits, TaskBank
 from adaptformer.cli import main
-from adaptformer.model import BackboneSource
 from conftest import tiny_vit
 from training_helpers import TINY_KWARGS, tiny_checkpoint
 
@@ -169,7 +169,7 @@ def test_refresh_lists_new_files_and_drops_vanished_ones(tmp_path):
 
 
 def test_the_backbone_is_hashed_once_for_many_task_files(task_dir, monkeypatch):
-    import adaptformer.model as model_module
+    import adaptformer.adapted.model as model_module
 
     calls = []
     original = model_module.hash_tensors

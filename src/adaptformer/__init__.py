@@ -5,6 +5,7 @@ model = adaptformer.adapt(timm.create_model("vit_base_patch16_224"), "adaptforme
 model.add_task("svhn", adaptformer.AdaptFormerConfig(bottleneck=16), classes=10)
 """
 
+from .adapted.model import AdaptedModel, BackboneSource, adapt, create_model
 from .backbones.timm import create_backbone
 from .errors import AdaptFormerError
 from .methods import (
@@ -19,7 +20,6 @@ from .methods import (
     make_method_config,
     register_method,
 )
-from .model import AdaptedModel, BackboneSource, adapt, create_model
 from .report import ParameterReport, parameter_report
 from .tasks import apply_task, import_reference_checkpoint, load_task, read_task, save_task
 from .version import __version__

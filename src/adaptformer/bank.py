@@ -33,11 +33,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .adapted.model import AdaptedModel, BackboneSource
 from .backbones.timm import create_backbone
 from .data.transforms import InputSpec
 from .errors import AdaptFormerError, UnknownTask
 from .media import Clip, image_tensor
-from .model import AdaptedModel, BackboneSource
 from .objectives import DEFAULT_THRESHOLD, get_objective
 from .runtime.device import pick_device
 from .runtime.precision import autocast, resolve_precision

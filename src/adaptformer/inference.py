@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .adapted.model import AdaptedModel
 from .data.image import IMAGE_SUFFIXES
 from .data.loading import ShardSampler, make_loader
 from .data.registry import build_split, get_dataset
@@ -19,7 +20,6 @@ from .data.video.datasets import VIDEO_SUFFIXES
 from .errors import AdaptFormerError
 from .evaluation import evaluate
 from .media import Clip, decode_image, looks_like_video
-from .model import AdaptedModel
 from .objectives import Objective, get_objective
 from .runtime.device import pick_device
 from .runtime.precision import resolve_precision

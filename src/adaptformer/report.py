@@ -24,5 +24,5 @@ class ParameterReport:
 
 
 def parameter_report(model, task: str | None = None) -> ParameterReport:
-    """Counts for one task of an :class:`~adaptformer.model.AdaptedModel` (the active one by default)."""
+    """Counts for one task of an :class:`~adaptformer.adapted.model.AdaptedModel` (the active one by default)."""
     return model.parameter_report(task)

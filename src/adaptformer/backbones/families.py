@@ -48,6 +48,27 @@ PATCH_GRID = "its blocks reshape the tokens to the patch grid (local patch inter
 UNSUPPORTED_BLOCKS = {"ResPostBlock", "ParallelScalingBlock", "ParallelThingsBlock"}
 
 
+#: the operations of timm's pre-norm ``Block`` a task can modulate, by name -> path inside the block
+SITES = {
+    "norm1": "norm1",
+    "qkv": "attn.qkv",
+    "proj": "attn.proj",
+    "norm2": "norm2",
+    "fc1": "mlp.fc1",
+    "fc2": "mlp.fc2",
+}
+
+
+@dataclass(frozen=True)
+class Site:
+    """One operation every block has, with the same shape in each: (input width, output width, has a bias)."""
+
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool
+
+
 @dataclass(frozen=True)
 class BlockAnatomy:
     """Where a block's MLP branch starts and ends: the input of ``residual_at`` is x', the output of

@@ -48,8 +48,8 @@ def _json_dict(text: str) -> dict:
 
 @command("params", "count total / trainable parameters of a method on a backbone", _params_arguments)
 def run_params(args: argparse.Namespace) -> int:
+    from ..adapted.model import create_model
     from ..methods.registry import make_method_config
-    from ..model import create_model
 
     config = make_method_config(args.method, **given(args, args.method_option_names))
     # counting needs no weights: the architecture is built with random ones (nothing is downloaded)

@@ -2,7 +2,7 @@
 
 A task is one recognition problem on a shared, frozen backbone: its method's modules (adapters, prompts),
 its head (``fc_norm`` when the backbone has one, BatchNorm, Linear) and its class names. The host model
-(``adaptformer.model.AdaptedModel``) routes every block of the backbone through the active task's hook
+(``adaptformer.adapted.model.AdaptedModel``) routes every block of the backbone through the active task's hook
 points, so a method only says what happens at them:
 
 * ``before_block(i, x)``: the input of block i (VPT prepends prompt tokens here);
@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones.heads import TaskHead
-from ..backbones.taps import Site
+from ..backbones.families import Site
 from ..errors import AdaptFormerError
 from ..utils.options import check_bool, option
+from .heads import TaskHead
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class BackboneSpec:
     fc_norm: nn.Module | None  # the backbone's pretrained fc_norm (mean-pooled models); each task trains a copy
     device: torch.device
     dtype: torch.dtype
-    #: per block, the operations a task can change the outputs of (``backbones/taps.SITES``: qkv, proj, fc1,
+    #: per block, the operations a task can change the outputs of (``backbones/families.SITES``: qkv, proj, fc1,
     #: fc2, norm1, norm2) with their shapes; empty where the blocks cannot be hooked there
     sites: tuple[dict[str, Site], ...] = ()
     #: why this backbone cannot take prompt tokens (VPT), or None where it can

@@ -1,6 +1,6 @@
 """What LoRA, BitFit and SSF share: a module per (block, operation) that rewrites the operation's output.
 
-A :class:`SiteTask` keeps them at ``blocks.{i}.{site}`` (``site`` one of ``backbones/taps.SITES``); each is
+A :class:`SiteTask` keeps them at ``blocks.{i}.{site}`` (``site`` one of ``backbones/families.SITES``); each is
 called as ``module(x, out)`` with the operation's input and output and returns the new output. Blocks or sites
 without a module pass their output unchanged.
 """

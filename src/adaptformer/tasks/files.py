@@ -1,6 +1,6 @@
 """Tasks to and from files: the few MB one task trains, saved apart from the backbone they adapt.
 
-``save_task`` writes the active (or named) task of an :class:`~adaptformer.model.AdaptedModel`; ``apply_task``
+``save_task`` writes the active (or named) task of an :class:`~adaptformer.adapted.model.AdaptedModel`; ``apply_task``
 adds a task file's task to a model (wrapping a plain timm backbone first), after checking the architecture, the
 backbone fingerprint (a hash of the frozen weights, so a task trained on other pretrained weights is refused),
 the exact key set and every shape. ``load_task`` also creates the recorded backbone.
@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adapted.model import AdaptedModel, BackboneSource
 from ..backbones.families import class_name, family_of
 from ..backbones.hf import wrap_if_hf
 from ..backbones.timm import create_backbone
 from ..data.transforms import InputSpec
 from ..errors import AdaptFormerError
 from ..methods.registry import method_config_from_dict
-from ..model import AdaptedModel, BackboneSource
 from ..objectives import get_objective
 from ..version import __version__
 from .format import FORMAT, FORMAT_VERSION, read_task_file, write_task

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..adapted.model import AdaptedModel
 from ..backbones.checkpoints import read_state_dict
-from ..model import AdaptedModel
 
 
 def import_reference_checkpoint(model: AdaptedModel, path: str | Path, task: str | None = None) -> list[str]:

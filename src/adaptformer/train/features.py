@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..adapted.model import AdaptedModel
 from ..data.loading import ShardSampler, Unreadable, make_loader
-from ..model import AdaptedModel
 from ..runtime.distributed import DistInfo
 from ..runtime.precision import autocast
 from ..utils.progress import progress_bar

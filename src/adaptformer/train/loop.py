@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..adapted.model import AdaptedModel, BackboneSource, adapt
 from ..backbones.timm import create_backbone
 from ..data.loading import Batch, ResumableSampler, ShardSampler, check_some_readable, make_loader
 from ..data.registry import get_dataset
 from ..errors import AdaptFormerError
 from ..evaluation import evaluate
-from ..model import AdaptedModel, BackboneSource, adapt
 from ..objectives import Objective, get_objective
 from ..runtime.distributed import DistInfo, cleanup_distributed, init_distributed, use_global_batchnorm
 from ..runtime.metrics import MetricsLogger

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...backbones.taps import SITES
+from ...backbones.families import SITES
 from ..base import BackboneSpec
 from ..sites import SiteTask
 from .config import BitFitConfig

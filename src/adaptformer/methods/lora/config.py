@@ -10,7 +10,7 @@ from ...utils.options import check_int, check_number, option
 from ..base import MethodConfig
 from ..layers import LayerSpec, normalize_layer_spec
 
-#: --lora-targets -> the block operations (``backbones/taps.SITES``) that get an update
+#: --lora-targets -> the block operations (``backbones/families.SITES``) that get an update
 TARGET_SITES = {"qkv": ("qkv",), "proj": ("proj",), "mlp": ("fc1", "fc2")}
 
 

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .backbones.taps import write_key_value_prefix
-from .errors import AdaptFormerError
-from .methods.base import PackedBranch, PackedHead, Task
+from ..errors import AdaptFormerError
+from ..methods.base import PackedBranch, PackedHead, Task
+from .taps import write_key_value_prefix
 
 #: groups with an adapter at a block from which the gathered (batched-matmul) path runs instead of one small
 #: matrix product per group. Measured on ViT-B/16, batch 32 (``benchmarks/multitask.py``, README): the gathered

@@ -24,12 +24,12 @@ one model instance runs one forward at a time (as with any module that keeps sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import nn
 
+from ..backbones.families import SITES, Site
 from ..errors import AdaptFormerError
 
 
@@ -114,27 +114,6 @@ class SiteOutput(BlockTap):
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         return self.router.site_output(self.index, self.site, args[0], output)
-
-
-#: the operations of timm's pre-norm ``Block`` a task can modulate, by name -> path inside the block
-SITES = {
-    "norm1": "norm1",
-    "qkv": "attn.qkv",
-    "proj": "attn.proj",
-    "norm2": "norm2",
-    "fc1": "mlp.fc1",
-    "fc2": "mlp.fc2",
-}
-
-
-@dataclass(frozen=True)
-class Site:
-    """One operation every block has, with the same shape in each: (input width, output width, has a bias)."""
-
-    name: str
-    in_features: int
-    out_features: int
-    bias: bool
 
 
 def block_sites(block: nn.Module) -> dict[str, nn.Module]:

@@ -4,7 +4,7 @@
     model.add_task("svhn", AdaptFormerConfig(bottleneck=16), classes=digits)            # a second task
     model.set_task("svhn"); logits = model(images)
 
-:class:`AdaptedModel` owns the backbone (a real timm ViT, hooked once by ``backbones/taps.py``) and a
+:class:`AdaptedModel` owns the backbone (a real timm ViT, hooked once by ``adapted/taps.py``) and a
 ``ModuleDict`` of :class:`~adaptformer.methods.base.Task` objects. Every block routes through the *active*
 task; a task owns everything it trains (its adapters/prompts and head), so saving a task is its
 ``state_dict()`` and removing one is deleting it. The backbone stays frozen and locked in eval mode (its
@@ -24,18 +24,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbones.families import Family, class_name, family_of
-from .backbones.hf import HFBackbone, wrap_if_hf
-from .backbones.taps import install_taps, is_timm_block, key_value_dim, sites_per_block
-from .backbones.timm import check_vit, create_backbone, source_name
-from .data.transforms import InputSpec
-from .errors import AdaptFormerError
-from .methods.base import BackboneSpec, MethodConfig, Task
-from .methods.registry import get_method, make_method_config
-from .objectives import get_objective
-from .report import ParameterReport
+from ..backbones.families import Family, class_name, family_of
+from ..backbones.hf import HFBackbone, wrap_if_hf
+from ..backbones.timm import check_vit, create_backbone, source_name
+from ..data.transforms import InputSpec
+from ..errors import AdaptFormerError
+from ..methods.base import BackboneSpec, MethodConfig, Task
+from ..methods.registry import get_method, make_method_config
+from ..objectives import get_objective
+from ..report import ParameterReport
+from ..utils.hashing import hash_tensors
 from .routing import GATHER_FROM_GROUPS, Router
-from .utils.hashing import hash_tensors
+from .taps import install_taps, is_timm_block, key_value_dim, sites_per_block
 
 DEFAULT_TASK = "default"
 
