@@ -123,3 +123,25 @@ def test_hf_swin_adapters_follow_its_stages_and_prompts_are_refused():
     assert model.head[-1].in_features == 32
     with pytest.raises(adaptformer.AdaptFormerError, match=r"^method vpt: SwinModel: its attention runs in windows"):
         adaptformer.adapt(build("SwinModel"), "vpt", num_classes=3)
+
+
+@pytest.mark.parametrize("kind", ["CLIPModel", "SiglipModel"])
+def test_a_saved_dual_encoder_folder_adapts_through_its_vision_tower_and_reloads(kind, tmp_path):
+    import transformers as t
+
+    torch.manual_seed(0)
+    config = getattr(t, kind.replace("Model", "Config"))(vision_config=SMALL, text_config=TEXT)
+    source = getattr(t, kind)(config).eval()
+    source.save_pretrained(tmp_path / "hub")
+    model = adaptformer.create_model(f"hf:{tmp_path / 'hub'}", "adaptformer", num_classes=3, bottleneck=4).eval()
+    with torch.no_grad():
+        expected = source.vision_model(pixel_values=X).pooler_output
+        assert torch.allclose(model.pooled_features(X), expected, atol=1e-5)
+    assert sum(p.numel() for p in model.backbone.parameters()) == sum(
+        p.numel() for p in source.vision_model.parameters()
+    )  # the text tower is not kept
+    for parameter in model.task.parameters():
+        parameter.data.normal_(0, 0.05)
+    path = adaptformer.save_task(model, tmp_path / "task.safetensors")
+    with torch.no_grad():
+        assert torch.allclose(adaptformer.load_task(path).eval()(X), model(X), atol=1e-6)

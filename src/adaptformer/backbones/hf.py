@@ -60,6 +60,10 @@ KINDS: dict[str, HFKind] = {
     "CLIPForImageClassification": HFKind(("vision_model",), "mean_patches", None, CLIP_MEAN, CLIP_STD, 1.0, "bicubic"),
     # SigLIP: its pooler output is the attention-pooling head; its classifier averages the tokens
     "SiglipVisionModel": HFKind(("vision_model",), "head", None, interpolation="bicubic"),
+    # the dual-encoder checkpoints users name (openai/clip-vit-base-patch16, google/siglip-base-patch16-224):
+    # their vision tower, pooled as its vision model pools; the text tower is not kept
+    "CLIPModel": HFKind(("vision_model",), "cls", "post_layernorm", CLIP_MEAN, CLIP_STD, 1.0, "bicubic"),
+    "SiglipModel": HFKind(("vision_model",), "head", None, interpolation="bicubic"),
     "SiglipForImageClassification": HFKind(("vision_model",), "mean", None, interpolation="bicubic"),
     "SwinModel": HFKind(("swin",), "mean", None, IMAGENET_MEAN, IMAGENET_STD, 1.0, "bicubic"),
     "SwinForImageClassification": HFKind(("swin",), "mean", None, IMAGENET_MEAN, IMAGENET_STD, 1.0, "bicubic"),
