@@ -59,9 +59,8 @@ def check(name: str, device: torch.device) -> str:
 
 def main() -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(
-        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'no GPU'}), torch {torch.__version__}"
-    )
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else "no GPU"
+    print(f"device {device} ({gpu}), torch {torch.__version__}")
     failures = 0
     for name in FAMILIES:
         start = time.perf_counter()
