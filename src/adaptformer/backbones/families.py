@@ -42,6 +42,10 @@ PATCH_GRID_ATTENTION = (
     "its attention and MLP reshape the tokens to the patch grid (spatial-reduction attention, depthwise "
     "convolution), which has no place for prompts"
 )
+POOLED_ATTENTION = (
+    "its attention pools queries, keys and values over the (frames x) height x width grid of the tokens, which "
+    "has no place for prompts"
+)
 NO_MASK = "its attention takes no attention mask, which prompts of different lengths in one batch need"
 PATCH_GRID = "its blocks reshape the tokens to the patch grid (local patch interaction), which has no place for prompts"
 #: timm blocks whose MLP branch is not a residual beside x' (post-norm or parallel branches)
@@ -128,6 +132,18 @@ def shared_drop_path_anatomy(block: nn.Module, index: int) -> BlockAnatomy:
     """CaiT's ``LayerScaleBlock``: ``y = x' + drop_path(gamma_2 * mlp(norm2(x')))`` with the same
     ``drop_path`` module ending the attention branch before it."""
     return BlockAnatomy(block.norm2, block.drop_path, shared_branch=True)
+
+
+def mvit_anatomy(block: nn.Module, index: int) -> BlockAnatomy:
+    """MViTv2's ``MultiScaleBlock``: pre-norm like timm's Block where the widening happens in the attention
+    (``expand_attn``, every timm config); where the MLP widens instead, its shortcut is a projection and x'
+    and m differ in width, which a parallel adapter of one width cannot bridge."""
+    if getattr(block, "shortcut_proj_mlp", None) is not None:
+        raise AdaptFormerError(
+            f"block {index} (MultiScaleBlock): its MLP widens the tokens and its shortcut is a projection, so x' "
+            "and the MLP branch differ in width (build MViTv2 with expand_attn=True, timm's default)"
+        )
+    return prenorm_anatomy(block, index)
 
 
 @dataclass(frozen=True)
@@ -221,19 +237,15 @@ FAMILIES: dict[str, Family] = {
     "PyramidVisionTransformerV2": Family(
         "timm PVT v2", no_prompts=PATCH_GRID_ATTENTION, pools_in_head=True, layout="stages"
     ),
+    "MultiScaleVit": Family(
+        "timm MViTv2", no_prompts=POOLED_ATTENTION, pools_in_head=True, layout="stages", block_anatomy=mvit_anatomy
+    ),
     "VideoViT": Family("video ViT (VideoMAE)"),
     "HFSwinBackbone": Family("Hugging Face Swin", no_prompts=WINDOWED, layout="layers"),
     "HFBackbone": Family("Hugging Face"),
 }
 #: a class of none of these that has timm VisionTransformer's interface (a user's own subclass-alike)
 DUCK_TYPED = Family("VisionTransformer-like")
-#: families that cannot host a parallel adapter through hooks on their own modules, and why
-REFUSED = {
-    "MultiScaleVit": (
-        "the first block of each stage widens the tokens inside its MLP branch and projects its shortcut, so "
-        "x' and the MLP branch have different widths there"
-    ),
-}
 
 
 def class_name(backbone: nn.Module) -> str:
@@ -254,9 +266,7 @@ def family_of(model: nn.Module) -> Family:
     if all(hasattr(model, attr) for attr in ("blocks", "embed_dim", "reset_classifier", "pool")):
         return DUCK_TYPED
     name = type(model).__name__
-    if name in REFUSED:
-        reason = REFUSED[name]
-    elif not isinstance(getattr(model, "blocks", None), nn.Module):
+    if not isinstance(getattr(model, "blocks", None), nn.Module):
         reason = "it has no sequence of transformer blocks (timm's blocks)"
     else:
         reason = "its blocks are not known to take an adapter beside their MLP"
