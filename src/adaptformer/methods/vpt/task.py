@@ -32,13 +32,26 @@ def _prompts(count: int, tokens: int, width: int, device: torch.device) -> nn.Pa
     return prompts
 
 
+def _alternatives(backbone: BackboneSpec) -> str:
+    """The methods this backbone can host instead (LoRA and SSF need a hookable qkv in every block)."""
+    blocks = backbone.sites or ({},)
+    methods = ["adaptformer"]
+    if all("qkv" in block for block in blocks):
+        methods.append("lora")
+    if any(site.bias for block in blocks for site in block.values()):
+        methods.append("bitfit")
+    if all("qkv" in block for block in blocks):
+        methods.append("ssf")
+    return ", ".join(methods[:-1]) + f" or {methods[-1]}" if len(methods) > 1 else methods[0] + " or linear"
+
+
 class VPTTask(Task):
     config: VPTConfig
 
     def __init__(self, config: VPTConfig, classes: list[str], backbone: BackboneSpec):
         super().__init__(config, classes, backbone)
         if backbone.no_prompts:
-            raise AdaptFormerError(f"method vpt: {backbone.no_prompts}; use adaptformer, lora, bitfit or ssf")
+            raise AdaptFormerError(f"method vpt: {backbone.no_prompts}; use {_alternatives(backbone)}")
         self.num_tokens = config.vpt_tokens
         if config.vpt_mode == "shallow":
             self.prompt_at = {0: 0}
