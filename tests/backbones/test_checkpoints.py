@@ -107,3 +107,28 @@ def test_create_model_builds_and_adapts_in_one_call(tmp_path):
         NAME, "adaptformer", num_classes=6, checkpoint=tmp_path / "w.safetensors", timm_kwargs=TINY, bottleneck=8
     )
     assert model.task.adapter(0).down_proj.out_features == 8 and model.num_classes == 6
+
+
+@pytest.mark.parametrize(
+    "name, shape",
+    [
+        ("beit_base_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, num_heads=2, depth=2)),
+        ("eva02_tiny_patch14_224", dict(img_size=28, depth=2)),
+        (
+            "swin_tiny_patch4_window7_224",
+            dict(img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(1, 2)),
+        ),
+    ],
+)
+def test_checkpoints_of_other_families_load_with_their_own_parameters(name, shape, tmp_path):
+    """BEiT and EVA-02 keep separate q/v bias parameters (not fused into a qkv bias, as VideoMAE's are)."""
+    import timm
+
+    torch.manual_seed(5)
+    source = timm.create_model(name, pretrained=False, num_classes=0, **shape)
+    with torch.no_grad():
+        for parameter in source.parameters():
+            parameter.normal_()  # every weight non-constant, so the loader's "all set" check sees each one
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "weights.safetensors"))
+    loaded = adaptformer.create_backbone(name, checkpoint=tmp_path / "weights.safetensors", num_classes=0, **shape)
+    assert_backbone_equals(loaded, source.state_dict())

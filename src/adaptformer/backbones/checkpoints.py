@@ -71,12 +71,17 @@ def to_timm_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {re.sub(r"^blocks\.(\d+)\.fc([12])\.", r"blocks.\1.mlp.fc\2.", k): v for k, v in state.items()}
 
 
-def fuse_split_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def fuse_split_qkv(state: dict[str, torch.Tensor], qv_biases: bool = False) -> dict[str, torch.Tensor]:
     """Split attention projections -> timm's fused ``qkv``: ``{q,k,v}_proj.{weight,bias}`` (the AdaptFormer
-    reference layout, VideoMAE) concatenated, and ``q_bias``/``v_bias`` (VideoMAE, BEiT-style) -> ``qkv.bias``
-    with a zero key bias. Used by the image and the video checkpoint readers alike."""
+    reference layout, VideoMAE) concatenated; with ``qv_biases`` (VideoMAE, whose video ViT has a plain
+    ``qkv.bias``) also ``q_bias``/``v_bias`` -> ``qkv.bias`` with a zero key bias. Image checkpoints keep them:
+    timm's BEiT and EVA models have ``q_bias``/``v_bias`` parameters of their own. Used by both readers."""
     out = dict(state)
-    split = re.compile(r"^(blocks\.\d+\.attn\.)(?:[qkv]_proj\.(?:weight|bias)|[qv]_bias)$")
+    split = re.compile(
+        r"^(blocks\.\d+\.attn\.)(?:[qkv]_proj\.(?:weight|bias)|[qv]_bias)$"
+        if qv_biases
+        else r"^(blocks\.\d+\.attn\.)[qkv]_proj\.(?:weight|bias)$"
+    )
     for prefix in sorted({m.group(1) for k in state if (m := split.match(k))}):
         for kind in ("weight", "bias"):
             parts = [out.pop(f"{prefix}{p}_proj.{kind}", None) for p in "qkv"]
@@ -84,6 +89,8 @@ def fuse_split_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 out[f"{prefix}qkv.{kind}"] = torch.cat(parts, dim=0)
             elif any(part is not None for part in parts):
                 raise AdaptFormerError(f"checkpoint has only some of {prefix}{{q,k,v}}_proj.{kind}")
+        if not qv_biases:
+            continue
         q_bias, v_bias = out.pop(f"{prefix}q_bias", None), out.pop(f"{prefix}v_bias", None)
         if q_bias is not None and v_bias is not None:
             out[f"{prefix}qkv.bias"] = torch.cat([q_bias, torch.zeros_like(q_bias), v_bias])

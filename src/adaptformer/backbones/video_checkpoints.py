@@ -55,7 +55,7 @@ def to_video_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     state = {k: v for k, v in state.items() if not PRETRAINING_ONLY.match(k)}
     state = {re.sub(r"^blocks\.(\d+)\.fc([12])\.", r"blocks.\1.mlp.fc\2.", k): v for k, v in state.items()}
-    return fuse_split_qkv(state)
+    return fuse_split_qkv(state, qv_biases=True)
 
 
 def from_huggingface(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -73,7 +73,7 @@ def from_huggingface(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             index, rest = match.groups()
             out[f"blocks.{index}.{_hf_layer_key(rest)}"] = value
         # the pretraining decoder, encoder_to_decoder, mask_token and videomae.layernorm are not the encoder's
-    return fuse_split_qkv(out)
+    return fuse_split_qkv(out, qv_biases=True)
 
 
 def _hf_layer_key(rest: str) -> str:
