@@ -68,7 +68,9 @@ class AdaptedModel(nn.Module):
         blocks = self.family.blocks(backbone)
         install_taps(blocks, [self.family.anatomy(b, i) for i, b in enumerate(blocks)], self)
         self._blocks = tuple(blocks)  # a tuple, so the blocks are not registered twice
-        self._sites = sites_per_block(blocks)  # what LoRA/BitFit/SSF size their tensors by
+        #: what every task is told of the backbone (widths, sites, ...), derived once; device and dtype are read
+        #: again for each task (the model may have moved)
+        self._spec = describe_backbone(backbone, self.family, fc_norm)
         backbone.requires_grad_(False)
         self.backbone = backbone
         self.tasks = nn.ModuleDict()
@@ -83,7 +85,6 @@ class AdaptedModel(nn.Module):
         family = "hf" if isinstance(backbone, HFBackbone) else "timm"
         source = source or BackboneSource(source_name(backbone))
         self.source = dataclasses.replace(source, family=family)
-        self._pretrained_fc_norm = (fc_norm,)  # a tuple, so it is not registered as a sub-module
         self._task_routers[None] = Router.for_task(None, self.depth)  # no task: the plain backbone
         # rotary position embeddings (timm's Eva: EVA-02, RoPE ViTs) rotate every token after the attention's
         # prefix; prompts are prepended, so each block counts them as prefix tokens while they are in the sequence
@@ -294,7 +295,8 @@ class AdaptedModel(nn.Module):
         return hash_tensors(sorted(state.items()))[:32]
 
     def backbone_spec(self) -> BackboneSpec:
-        return describe_backbone(self.backbone, self.family, self._pretrained_fc_norm[0], self._sites)
+        reference = next(self.backbone.parameters())
+        return dataclasses.replace(self._spec, device=reference.device, dtype=reference.dtype)
 
     # ---- forward -----------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> AdaptedModel:
@@ -446,9 +448,7 @@ class AdaptedModel(nn.Module):
         return getattr(self.backbone, "pretrained_cfg", None) or {}
 
 
-def describe_backbone(
-    backbone: nn.Module, family: Family, fc_norm: nn.Module | None, sites: tuple | None = None
-) -> BackboneSpec:
+def describe_backbone(backbone: nn.Module, family: Family, fc_norm: nn.Module | None) -> BackboneSpec:
     """What a task is told of ``backbone`` (read through its family; the backbone is not changed)."""
     blocks = family.blocks(backbone)
     reference = next(backbone.parameters())
@@ -459,7 +459,7 @@ def describe_backbone(
         fc_norm=fc_norm,
         device=reference.device,
         dtype=reference.dtype,
-        sites=sites if sites is not None else sites_per_block(blocks),
+        sites=sites_per_block(blocks),  # what LoRA/BitFit/SSF size their tensors by
         no_prompts=family.no_prompts and f"{class_name(backbone)}: {family.no_prompts}",
         widths=tuple(family.width(block, index) for index, block in enumerate(blocks)),
     )

@@ -17,6 +17,7 @@ A class of no family is refused in one line naming it and what it lacks (``famil
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -65,7 +66,7 @@ SITES = {
 
 @dataclass(frozen=True)
 class Site:
-    """One operation every block has, with the same shape in each: (input width, output width, has a bias)."""
+    """One operation of a block: (input width, output width, has a bias)."""
 
     name: str
     in_features: int
@@ -168,19 +169,18 @@ class Family:
     def stages(self, backbone: nn.Module) -> list[Stage]:
         """The stages the model declares (Swin's ``layers``), else runs of blocks of one width (Hiera's
         ``blocks``); a plain ViT has one, named ``blocks``."""
-        runs: list[tuple[int, range]] = []
-        start = 0
-        for blocks in self._stage_modules(backbone):
-            for offset, block in enumerate(blocks):
-                width = self.width(block, start + offset)
-                if offset and (self.layout != "blocks" or width == runs[-1][0]):
-                    runs[-1] = (runs[-1][0], range(runs[-1][1].start, start + offset + 1))
-                else:
-                    runs.append((width, range(start + offset, start + offset + 1)))
-            start += len(blocks)
-        if len(runs) == 1:
-            return [Stage("blocks", runs[0][0], runs[0][1])]
-        return [Stage(f"stage {number}", width, blocks) for number, (width, blocks) in enumerate(runs, 1)]
+        widths = [self.width(block, index) for index, block in enumerate(self.blocks(backbone))]
+        if self.layout == "blocks":
+            sizes = [len(list(run)) for _, run in itertools.groupby(widths)]
+        else:
+            sizes = [len(blocks) for blocks in self._stage_modules(backbone) if blocks]
+        starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        if len(sizes) == 1:
+            return [Stage("blocks", widths[0], range(len(widths)))]
+        return [
+            Stage(f"stage {number}", widths[start], range(start, start + size))
+            for number, (start, size) in enumerate(zip(starts, sizes, strict=True), 1)
+        ]
 
     def _stage_modules(self, backbone: nn.Module) -> list[list[nn.Module]]:
         if self.layout != "blocks":  # hierarchical: stages, each with its blocks

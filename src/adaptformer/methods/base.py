@@ -84,12 +84,12 @@ class BackboneSpec:
     sites: tuple[dict[str, Site], ...] = ()
     #: why this backbone cannot take prompt tokens (VPT), or None where it can
     no_prompts: str | None = None
-    #: per block, the channels at x' (a hierarchical model's stages grow); empty: every block is ``dim`` wide
+    #: per block, the channels at x' (a hierarchical model's stages grow)
     widths: tuple[int, ...] = ()
 
     def width(self, index: int) -> int:
         """Channels of block ``index``'s tokens (what an adapter or a prompt there is sized to)."""
-        return self.widths[index] if self.widths else self.dim
+        return self.widths[index]
 
     def require_sites(self, method: str, names: tuple[str, ...] | list[str]) -> list[dict[str, Site]]:
         """Per block, the named sites; or one line saying which this backbone's blocks lack."""
