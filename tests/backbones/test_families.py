@@ -32,8 +32,8 @@ FAMILIES = {
     "pvt_v2_b0": ({"embed_dims": (8, 16, 32, 64), "depths": (1, 1, 1, 1), "num_heads": (1, 1, 2, 2)}, 32),
     "mvitv2_tiny": ({"depths": (1, 2), "embed_dim": 16, "num_heads": 1}, 64),  # pooling attention, stages
 }
-#: families whose blocks have no fused attn.qkv (PVT v2: separate q and kv projections), so no LoRA/SSF on qkv
-NO_QKV = {"pvt_v2_b0"}
+#: families whose blocks have no attention input projection to hook (none of these: PVT v2's q and kv are found)
+NO_QKV: set[str] = set()
 PROMPTS = {"deit_tiny_distilled_patch16_224", "eva02_tiny_patch14_224", "naflexvit_base_patch16_gap"}
 HIERARCHICAL = {
     "swin_tiny_patch4_window7_224",
@@ -152,7 +152,7 @@ def test_each_block_computes_the_adapter_equation_of_its_family(name, placement)
 
     for index, block in enumerate(model.blocks):
         block.mlp.register_forward_pre_hook(lambda m, args, b=block: setattr(b, "mlp_extra_args", args[1:]))
-        model.family.anatomy(block, index).residual_at.register_forward_pre_hook(record(index))
+        model.anatomy.parts[index].residual_at.register_forward_pre_hook(record(index))
         block.register_forward_hook(lambda m, args, out, i=index: seen.__setitem__(("y", i), out))
     with torch.no_grad():
         model.pooled_features(inputs(name, 2))
@@ -194,9 +194,17 @@ def test_prompts_are_refused_where_the_attention_has_no_place_for_them(name, mod
     assert not any(hook for block in backbone.modules() for hook in block._forward_hooks.values())  # no residue
 
 
-def test_lora_on_a_family_without_a_fused_qkv_is_refused_naming_the_site():
-    with pytest.raises(AdaptFormerError, match=r"^method lora: the backbone's blocks have no hookable qkv"):
-        adaptformer.adapt(make("pvt_v2_b0"), "lora", num_classes=3)
+def test_lora_on_a_family_without_an_attention_is_refused_naming_the_site():
+    backbone = timm.create_model("convnext_atto", pretrained=False, conv_mlp=False)
+    with pytest.raises(
+        AdaptFormerError, match=r"^method lora: the backbone's blocks have no hookable qkv \(.*fc1, fc2"
+    ):
+        adaptformer.adapt(backbone, "lora", num_classes=3)
+
+
+def test_lora_on_pvt_v2_updates_its_separate_query_and_key_value_projections():
+    model = adaptformer.adapt(make("pvt_v2_b0"), "lora", num_classes=3, lora_rank=2)
+    assert set(model.task.blocks["0"]) == {"q", "kv"}
 
 
 def test_an_mvit_whose_mlp_widens_the_tokens_is_refused_naming_the_block_before_any_work():

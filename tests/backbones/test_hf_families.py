@@ -81,7 +81,7 @@ def test_clip_and_siglip_layers_compute_the_adapter_equation(name):
         hidden = tower.embeddings(x)
         if hasattr(tower, "pre_layrnorm"):
             hidden = tower.pre_layrnorm(hidden)
-        for index, layer in enumerate(model.backbone.blocks):
+        for index, layer in enumerate(model.blocks):
             x_prime = hidden + layer.self_attn(layer.layer_norm1(hidden))[0]
             mlp = layer.mlp  # its parts, not the module: the module's output is where the hook adds the adapter
             m = mlp.fc2(mlp.activation_fn(mlp.fc1(layer.layer_norm2(x_prime))))
@@ -121,7 +121,7 @@ def test_hf_swin_adapters_follow_its_stages_and_prompts_are_refused():
     assert [(s.name, s.width) for s in model.stages()] == [("stage 1", 16), ("stage 2", 32)]
     assert [model.task.adapter(i).dim for i in range(model.depth)] == [16, 16, 32, 32]
     assert model.head[-1].in_features == 32
-    refused = r"^method vpt: SwinModel: its attention runs in windows.*; use adaptformer or linear$"
+    refused = r"^method vpt: SwinModel: its attention runs in windows.*; use adaptformer, lora, bitfit or ssf$"
     with pytest.raises(adaptformer.AdaptFormerError, match=refused):
         adaptformer.adapt(build("SwinModel"), "vpt", num_classes=3)
 

@@ -139,15 +139,22 @@ def test_deepcopy_rebinds_hooks_to_the_copied_adapters(images):
 
 
 def test_unsupported_models_fail_with_one_line_errors():
-    with pytest.raises(AdaptFormerError, match=r"Linear: not supported: it has no sequence of transformer blocks"):
+    with pytest.raises(AdaptFormerError, match=r"^Linear: not supported: it has no forward_features, reset_classifier"):
         adaptformer.adapt(torch.nn.Linear(3, 3))
     model = adaptformer.adapt(tiny_vit())
     with pytest.raises(AdaptFormerError, match="already adapted"):
         adaptformer.adapt(model)
-    with pytest.raises(AdaptFormerError, match="pre-norm"):
-        adaptformer.adapt(tiny_vit(block_fn=__import__("timm").models.vision_transformer.ResPostBlock))
     with pytest.raises(AdaptFormerError, match="method"):
         adaptformer.adapt(tiny_vit(), "dora")
+
+
+def test_a_post_norm_block_takes_the_adapter_on_the_residual_that_enters_its_mlp():
+    """timm's ResPostBlock: y = x' + drop_path2(norm2(mlp(x'))): x' is the MLP's own input (found, not declared)."""
+    vit = tiny_vit(block_fn=__import__("timm").models.vision_transformer.ResPostBlock)
+    model = adaptformer.adapt(vit, "adaptformer", num_classes=3, bottleneck=4)
+    part = model.anatomy.parts[0]
+    assert part.adapter_input == "residual"
+    assert part.residual_at is vit.blocks[0].mlp and part.branch_at is vit.blocks[0].drop_path2
 
 
 @pytest.mark.parametrize(

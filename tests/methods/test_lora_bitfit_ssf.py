@@ -5,6 +5,7 @@ model, train only their own tensors, round-trip through task files and mix in on
 import copy
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -152,16 +153,29 @@ def test_task_files_round_trip(tmp_path, images, method):
         assert torch.equal(loaded(images), model(images))
 
 
-def test_options_are_checked_and_hf_blocks_refused():
+def test_options_are_checked_and_hugging_face_layers_are_hooked_at_their_own_projections():
     with pytest.raises(AdaptFormerError, match=r"lora_targets: expected some of qkv, proj, mlp, got \['q'\]"):
         make_method_config("lora", lora_targets=("q",))
     with pytest.raises(AdaptFormerError, match="lora_rank: expected an integer >= 1"):
         make_method_config("lora", lora_rank=0)
     with pytest.raises(AdaptFormerError, match="ssf_init: expected one of normal, identity"):
         make_method_config("ssf", ssf_init="zeros")
-    for method in ("lora", "bitfit", "ssf"):
-        with pytest.raises(AdaptFormerError, match=f"method {method}: the backbone's blocks have no hookable"):
-            adaptformer.adapt(tiny_hf_vit(), method, num_classes=3)
+    x = torch.randn(2, 3, 32, 32)
+    for method in ("lora", "bitfit", "ssf"):  # HF ViT: separate query, key and value projections
+        model = adaptformer.adapt(
+            tiny_hf_vit(), method, num_classes=3, **({"ssf_init": "identity"} if method == "ssf" else {})
+        )
+        sites = set(model.task.blocks["0"])
+        assert {"q", "k", "v"} <= sites and ({"proj", "fc1", "fc2"} <= sites or method == "lora")
+        with torch.no_grad():  # zero-initialised: the backbone's own features
+            plain = tiny_hf_vit()(pixel_values=x).last_hidden_state[:, 0]
+            assert torch.allclose(model.eval().pooled_features(x), plain, atol=1e-5)
+        for parameter in model.task.blocks.parameters():
+            parameter.data.normal_(0, 0.1)
+        with torch.no_grad():
+            assert not torch.allclose(model.pooled_features(x), plain, atol=1e-3)
+    with pytest.raises(AdaptFormerError, match="method lora: the backbone's blocks have no hookable qkv"):
+        adaptformer.adapt(timm.create_model("convnext_atto", pretrained=False), "lora", num_classes=3)
 
 
 def test_parameter_counts():

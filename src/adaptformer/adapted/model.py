@@ -24,9 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbones.families import Family, class_name, family_of
+from ..backbones.anatomy import Anatomy, call_projection_modules
+from ..backbones.families import Family, class_name, family_of, stages_of
 from ..backbones.hf import HFBackbone, wrap_if_hf
-from ..backbones.timm import check_vit, create_backbone, source_name
+from ..backbones.timm import create_backbone, source_name
 from ..data.transforms import InputSpec
 from ..errors import AdaptFormerError
 from ..methods.base import BackboneSpec, MethodConfig, Task
@@ -35,7 +36,7 @@ from ..objectives import get_objective
 from ..report import ParameterReport
 from ..utils.hashing import hash_tensors
 from .routing import GATHER_FROM_GROUPS, Router
-from .taps import install_taps, is_timm_block, key_value_dim, sites_per_block
+from .taps import install_taps, key_value_dim, sites_per_block
 
 DEFAULT_TASK = "default"
 
@@ -56,21 +57,23 @@ class BackboneSource:
 class AdaptedModel(nn.Module):
     """A frozen backbone and the named tasks that share it (see the module docstring)."""
 
-    def __init__(self, backbone: nn.Module, source: BackboneSource | None = None):
+    def __init__(self, backbone: nn.Module, source: BackboneSource | None = None, anatomy: Anatomy | None = None):
         super().__init__()
         backbone = wrap_if_hf(backbone)
-        check_vit(backbone)
+        self.family = family_of(backbone)
+        #: the blocks, where each one's MLP branch starts and ends, its operations (``backbones/anatomy.py``):
+        #: found once by a probe forward (``anatomy``: already found for this backbone, as ``adapt`` does)
+        self.anatomy = anatomy or self.family.anatomy(backbone, keep_switches=True)
+        call_projection_modules(backbone)  # the operations' hooks need their modules called
         fc_norm = pretrained_fc_norm(backbone)
         backbone.reset_classifier(0)  # every task brings its own head
         if fc_norm is not None:
             backbone.fc_norm = nn.Identity()  # ... and its own trainable copy of fc_norm
-        self.family = family_of(backbone)
-        blocks = self.family.blocks(backbone)
-        install_taps(blocks, [self.family.anatomy(b, i) for i, b in enumerate(blocks)], self)
-        self._blocks = tuple(blocks)  # a tuple, so the blocks are not registered twice
+        install_taps(self.anatomy, self)
+        self._blocks = self.anatomy.blocks  # a tuple, so the blocks are not registered twice
         #: what every task is told of the backbone (widths, sites, ...), derived once; device and dtype are read
         #: again for each task (the model may have moved)
-        self._spec = describe_backbone(backbone, self.family, fc_norm)
+        self._spec = describe_backbone(backbone, self.family, self.anatomy, fc_norm)
         backbone.requires_grad_(False)
         self.backbone = backbone
         self.tasks = nn.ModuleDict()
@@ -89,7 +92,7 @@ class AdaptedModel(nn.Module):
         # rotary position embeddings (timm's Eva: EVA-02, RoPE ViTs) rotate every token after the attention's
         # prefix; prompts are prepended, so each block counts them as prefix tokens while they are in the sequence
         rotary = getattr(backbone, "rope", None) is not None
-        self._rotary_attention = [b.attn for b in blocks if rotary and hasattr(b.attn, "num_prefix_tokens")]
+        self._rotary_attention = [b.attn for b in self._blocks if rotary and hasattr(b.attn, "num_prefix_tokens")]
         self._prefix_tokens = int(getattr(backbone, "num_prefix_tokens", 0))
         self._plain_tokens = 0  # the sequence length entering block 0 (no prompts yet); set on every forward
         self.train(False)
@@ -190,7 +193,7 @@ class AdaptedModel(nn.Module):
     def before_block(self, index: int, block: nn.Module, args: tuple, kwargs: dict):
         if index == 0:
             self._plain_tokens = args[0].shape[1]
-        x, mask = self.router().before_block(index, args[0], is_timm_block(block))
+        x, mask = self.router().before_block(index, args[0], self.family.attention_mask)
         if self._rotary_attention:
             self._rotary_attention[index].num_prefix_tokens = self._prefix_tokens + x.shape[1] - self._plain_tokens
         return (x, *args[1:]), ({**kwargs, "attn_mask": mask} if mask is not None else kwargs)
@@ -243,12 +246,15 @@ class AdaptedModel(nn.Module):
         return len(self._blocks)
 
     def input_spec(self) -> InputSpec:
-        """The preprocessing the backbone takes (size, frames, mean/std, crop: ``families.Family.input_spec``)."""
-        return self.family.input_spec(self.backbone)
+        """The preprocessing the backbone takes (size, frames, mean/std, crop: ``families.Family.input_spec``), at
+        the size its probe ran (where the model does not run at the size it declares, the first that runs)."""
+        spec = self.family.input_spec(self.backbone)
+        probed = self.anatomy.probe_size
+        return spec if not probed or probed == spec.size else spec.replace(size=probed)
 
     def stages(self) -> list:
         """The backbone's stages (``families.Stage``: name, width, block indices); one for a plain ViT."""
-        return self.family.stages(self.backbone)
+        return stages_of(self.anatomy.widths())
 
     @property
     def backbone_trains(self) -> bool:
@@ -441,28 +447,35 @@ class AdaptedModel(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        return self.family.embed_dim(self.backbone)
+        """Width of the first block's tokens (what task files record as the backbone's width)."""
+        return embed_dim_of(self.backbone, self.anatomy)
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
         return getattr(self.backbone, "pretrained_cfg", None) or {}
 
 
-def describe_backbone(backbone: nn.Module, family: Family, fc_norm: nn.Module | None) -> BackboneSpec:
-    """What a task is told of ``backbone`` (read through its family; the backbone is not changed)."""
-    blocks = family.blocks(backbone)
+def describe_backbone(backbone: nn.Module, family: Family, anatomy: Anatomy, fc_norm: nn.Module | None) -> BackboneSpec:
+    """What a task is told of ``backbone`` (read off its anatomy and family; the backbone is not changed)."""
     reference = next(backbone.parameters())
     return BackboneSpec(
-        dim=family.feature_dim(backbone),
-        depth=len(blocks),
-        key_value_dim=key_value_dim(blocks),
+        dim=anatomy.feature_dim,
+        depth=len(anatomy.blocks),
+        key_value_dim=key_value_dim(anatomy),
         fc_norm=fc_norm,
         device=reference.device,
         dtype=reference.dtype,
-        sites=sites_per_block(blocks),  # what LoRA/BitFit/SSF size their tensors by
+        sites=sites_per_block(anatomy),  # what LoRA/BitFit/SSF size their tensors by
         no_prompts=family.no_prompts and f"{class_name(backbone)}: {family.no_prompts}",
-        widths=tuple(family.width(block, index) for index, block in enumerate(blocks)),
+        widths=anatomy.widths(),
+        branch_widths=anatomy.branch_widths(),
     )
+
+
+def embed_dim_of(backbone: nn.Module, anatomy: Anatomy) -> int:
+    """The backbone's ``embed_dim`` where it declares one, else the width of its first block."""
+    embed_dim = getattr(backbone, "embed_dim", None)
+    return int(embed_dim) if isinstance(embed_dim, int) else anatomy.parts[0].in_width
 
 
 def pretrained_fc_norm(backbone: nn.Module) -> nn.Module | None:
@@ -505,7 +518,7 @@ def adapt(
     if isinstance(model, AdaptedModel):
         raise AdaptFormerError("this model is already adapted; add tasks to it with add_task(...)")
     model = wrap_if_hf(model)
-    check_vit(model)
+    family = family_of(model)
     if config is None:
         config = make_method_config(method or "adaptformer", **options)
     elif options or method not in (None, config.name):
@@ -517,8 +530,9 @@ def adapt(
         classes = [str(i) for i in range(num_classes)]
     # the task is built once on a description of the untouched backbone first: a method this family cannot host
     # is refused before the backbone loses its classifier or gains a hook
-    get_method(config.name).task(config, list(classes), describe_backbone(model, family_of(model), None))
-    adapted = AdaptedModel(model, source)
+    anatomy = family.anatomy(model)
+    get_method(config.name).task(config, list(classes), describe_backbone(model, family, anatomy, None))
+    adapted = AdaptedModel(model, source, anatomy)
     adapted.add_task(task, config, classes, objective=objective)
     return adapted
 

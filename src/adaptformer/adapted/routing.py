@@ -167,6 +167,14 @@ class Router:
     def mlp_branch(self, index: int, m: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         if self.single:
             return self.groups[0].task.mlp_branch(index, m, residual)
+        if (
+            self.groups and m.shape[0] != self.batch
+        ):  # k rows per sample (windows), laid out sample by sample: k·N tokens each
+            if m.shape[0] % self.batch:
+                raise AdaptFormerError(f"an MLP branch has {m.shape[0]} rows for a batch of {self.batch} samples")
+            per_sample = lambda t: t.reshape(self.batch, -1, t.shape[-1])  # noqa: E731
+            out = self.mlp_branch(index, per_sample(m), per_sample(residual) if residual is not None else None)
+            return out.reshape(m.shape)
         packed: dict[int, PackedBranch] = {}
         own: list[_Group] = []
         for k, group in enumerate(self.groups):
@@ -176,7 +184,8 @@ class Router:
             elif branch is not None:
                 packed[k] = branch
         out = m
-        if len(packed) >= self.gather_from and not any(self.groups[k].task.training for k in packed):
+        one_width = residual is None or residual.shape[-1] == m.shape[-1]  # else x' and m cannot share a stack
+        if len(packed) >= self.gather_from and one_width and not any(self.groups[k].task.training for k in packed):
             out = self._gathered(packed, m, residual)
         else:
             own += [self.groups[k] for k in packed]
@@ -194,12 +203,12 @@ class Router:
         width = max(b.down.shape[0] for b in packed.values())
         dtype = m.dtype if not torch.is_autocast_enabled(m.device.type) else torch.get_autocast_dtype(m.device.type)
         padded = {k: b.padded(width, dtype) for k, b in packed.items()}
-        zero = PackedBranch.zeros(m.shape[-1], width, dtype, m.device)
+        source = self._inputs(packed, m, residual)
+        zero = PackedBranch.zeros(source.shape[-1], m.shape[-1], width, dtype, m.device)
         per_sample = [padded.get(g, zero) for g in self.sample_groups]
         down = torch.stack([p.down for p in per_sample])  # (B, r, d)
         down_bias = torch.stack([p.down_bias for p in per_sample])[:, None]  # (B, 1, r)
         up = torch.stack([p.up for p in per_sample])  # (B, d, 1 + r): [s·b | s·W]
-        source = self._inputs(packed, m, residual)
         hidden = torch.relu(torch.baddbmm(down_bias.to(source.dtype), source, down.transpose(1, 2).to(source.dtype)))
         hidden = F.pad(hidden, (1, 0), value=1.0)  # the bias column of Up
         return torch.baddbmm(m, hidden.to(m.dtype), up.transpose(1, 2).to(m.dtype))

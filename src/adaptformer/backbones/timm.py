@@ -20,7 +20,6 @@ from torch import nn
 from ..errors import AdaptFormerError
 from .checkpoints import drop_mismatched_head, read_state_dict, to_timm_vit
 from .embedded import EMBEDDED, EmbeddedBackbone, get_embedded
-from .families import family_of
 from .hf import HF_PREFIX
 from .hf import from_pretrained as hf_from_pretrained
 from .timm_registry import EMBEDDED_TIMM_NAMES, VIDEOMAE_HUB
@@ -63,15 +62,6 @@ def _create_video(
     if checkpoint is not None:
         load_video_weights(model, read_video_state_dict(checkpoint), checkpoint)
     return model
-
-
-def check_vit(model: nn.Module) -> None:
-    """The backbone is of a supported family (``families.py``) and has what the adapted model uses."""
-    family = family_of(model)
-    wanted = ("reset_classifier", "forward_features", "forward_head" if family.pools_in_head else "pool")
-    missing = [attr for attr in wanted if not hasattr(model, attr)]
-    if missing:
-        raise AdaptFormerError(f"{type(model).__name__}: not supported: it has no {', '.join(missing)}")
 
 
 def source_name(model: nn.Module) -> str | None:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones.families import Site
+from ..backbones.anatomy import Site
 from ..errors import AdaptFormerError
 from ..utils.options import check_bool, option
 from .heads import TaskHead
@@ -79,29 +79,36 @@ class BackboneSpec:
     fc_norm: nn.Module | None  # the backbone's pretrained fc_norm (mean-pooled models); each task trains a copy
     device: torch.device
     dtype: torch.dtype
-    #: per block, the operations a task can change the outputs of (``backbones/families.SITES``: qkv, proj, fc1,
-    #: fc2, norm1, norm2) with their shapes; empty where the blocks cannot be hooked there
+    #: per block, the operations a task can change the outputs of (``backbones/anatomy.py``: qkv or q/k/v,
+    #: proj, fc1, fc2, norm1, norm2, ...) with their shapes and roles; empty where none can be hooked
     sites: tuple[dict[str, Site], ...] = ()
     #: why this backbone cannot take prompt tokens (VPT), or None where it can
     no_prompts: str | None = None
-    #: per block, the channels at x' (a hierarchical model's stages grow)
+    #: per block, the channels of the adapter's input (x', or the MLP's input) and of the MLP branch m
     widths: tuple[int, ...] = ()
+    branch_widths: tuple[int, ...] = ()
 
     def width(self, index: int) -> int:
-        """Channels of block ``index``'s tokens (what an adapter or a prompt there is sized to)."""
+        """Channels of block ``index``'s adapter input (what an adapter or a prompt there is sized to)."""
         return self.widths[index]
 
-    def require_sites(self, method: str, names: tuple[str, ...] | list[str]) -> list[dict[str, Site]]:
-        """Per block, the named sites; or one line saying which this backbone's blocks lack."""
+    def branch_width(self, index: int) -> int:
+        """Channels of block ``index``'s MLP branch m (the adapter's output; its input too when sequential)."""
+        return self.branch_widths[index] if self.branch_widths else self.widths[index]
+
+    def sites_by_role(self, method: str, roles: dict[str, tuple[str, ...]]) -> list[dict[str, Site]]:
+        """Per block, the sites whose role is one of ``roles`` (target -> roles), or one line naming the targets
+        some block lacks (and the operations the blocks do have)."""
         blocks = self.sites or ({},) * self.depth
-        missing = [name for name in names if not all(name in block for block in blocks)]
+        chosen = [{n: s for n, s in block.items() if any(s.role in r for r in roles.values())} for block in blocks]
+        missing = [t for t, r in roles.items() if not all(any(s.role in r for s in b.values()) for b in blocks)]
         if missing:
+            have = sorted({name for block in blocks for name in block}) or ["none"]
             raise AdaptFormerError(
-                f"method {method}: the backbone's blocks have no hookable {', '.join(missing)} "
-                "(it needs blocks whose attn.qkv/attn.proj/mlp.fc1/mlp.fc2/norm1/norm2 are plain layers, as in "
-                "timm's Block)"
+                f"method {method}: the backbone's blocks have no hookable {', '.join(missing)} (a plain Linear or "
+                f"LayerNorm the block calls once on channels-last tokens; its blocks have: {', '.join(have)})"
             )
-        return [{name: block[name] for name in names} for block in blocks]
+        return chosen
 
 
 @dataclass
@@ -116,9 +123,9 @@ class PackedBranch:
 
     source: str
     eps: float | None
-    down: torch.Tensor  # (r, d)
+    down: torch.Tensor  # (r, d_in)
     down_bias: torch.Tensor  # (r,)
-    up: torch.Tensor  # (d, 1 + r): [s·b_up | s·W_up], the bias as the first column
+    up: torch.Tensor  # (d_out, 1 + r): [s·b_up | s·W_up], the bias as the first column
 
     @property
     def input_kind(self) -> tuple[str, float | None]:
@@ -136,10 +143,10 @@ class PackedBranch:
         )
 
     @staticmethod
-    def zeros(dim: int, width: int, dtype: torch.dtype, device: torch.device) -> PackedBranch:
+    def zeros(dim_in: int, dim_out: int, width: int, dtype: torch.dtype, device: torch.device) -> PackedBranch:
         """A branch that adds nothing (for samples whose task has no adapter at a block)."""
         zero = partial(torch.zeros, dtype=dtype, device=device)
-        return PackedBranch("branch", None, zero(width, dim), zero(width), zero(dim, 1 + width))
+        return PackedBranch("branch", None, zero(width, dim_in), zero(width), zero(dim_out, 1 + width))
 
 
 @dataclass

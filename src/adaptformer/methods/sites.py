@@ -1,6 +1,6 @@
 """What LoRA, BitFit and SSF share: a module per (block, operation) that rewrites the operation's output.
 
-A :class:`SiteTask` keeps them at ``blocks.{i}.{site}`` (``site`` one of ``backbones/families.SITES``); each is
+A :class:`SiteTask` keeps them at ``blocks.{i}.{site}`` (``site`` a name from ``backbones/anatomy.py``); each is
 called as ``module(x, out)`` with the operation's input and output and returns the new output. Blocks or sites
 without a module pass their output unchanged.
 """
@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 
 from .base import Task
+
+#: every role an operation can have (``backbones/anatomy.Site.role``)
+ALL_ROLES = ("attention_input", "attention_output", "mlp", "norm")
 
 
 class SiteTask(Task):

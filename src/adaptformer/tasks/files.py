@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapted.model import AdaptedModel, BackboneSource
+from ..adapted.model import AdaptedModel, BackboneSource, embed_dim_of
+from ..backbones.anatomy import Anatomy
 from ..backbones.families import class_name, family_of
 from ..backbones.hf import wrap_if_hf
 from ..backbones.timm import create_backbone
@@ -53,6 +54,8 @@ def task_metadata(
             "embed_dim": model.embed_dim,
             "depth": model.depth,
             "class": class_name(model.backbone),  # the family it reloads through
+            "adapter_input": model.anatomy.adapter_input,  # residual (x') or mlp_input (beside the MLP)
+            "anatomy": model.anatomy.signature,  # what discovery found, block by block: must be found again
         },
         "preprocessing": spec.to_dict(),
         "extra": extra or {},
@@ -104,11 +107,12 @@ def apply_task_tensors(
     whose tensors are refused is removed again, so a refused file leaves nothing in the model."""
     config = method_config_from_dict(meta["method"])
     if not isinstance(model, AdaptedModel):
-        _check_architecture(model, meta, path)
+        backbone = wrap_if_hf(model)
+        anatomy = family_of(backbone).anatomy(backbone)
+        _check_architecture(backbone, anatomy, meta, path)
         source = meta["backbone"]
-        model = AdaptedModel(
-            model, BackboneSource(source["name"], source.get("kwargs") or {}, source.get("checkpoint"))
-        )
+        source = BackboneSource(source["name"], source.get("kwargs") or {}, source.get("checkpoint"))
+        model = AdaptedModel(backbone, source, anatomy)
     check_fits(model, meta, path, check_backbone)
     name = name or meta.get("task") or Path(path).stem
     added = name not in model.tasks
@@ -197,7 +201,7 @@ def _require_adapted(model: nn.Module) -> None:
 def check_fits(model: AdaptedModel, meta: dict[str, Any], path: str | Path, check_backbone: bool = True) -> None:
     """A task file's description fits ``model``: the same architecture and, unless ``check_backbone`` is off,
     the same frozen weights (fingerprints compared as strings; the model hashes its backbone once)."""
-    _check_architecture(model, meta, path)
+    _check_architecture(model.backbone, model.anatomy, meta, path)
     expected = meta["backbone"]["fingerprint"]
     shares = method_config_from_dict(meta["method"]).shares_backbone
     if not check_backbone or expected is None or not shares:
@@ -221,13 +225,11 @@ def _describe(config) -> str:
     return ", ".join(f"{k}={data[k]}" for k in keys) or "no options"
 
 
-def _check_architecture(model: nn.Module, meta: dict[str, Any], path: str | Path) -> None:
-    """The file was made for this architecture: its class (where recorded), width and depth."""
+def _check_architecture(backbone: nn.Module, anatomy: Anatomy, meta: dict[str, Any], path: str | Path) -> None:
+    """The file was made for this architecture: its class (where recorded), width, depth, and the anatomy found
+    in its blocks (where recorded: discovery must find the same blocks, points and operations again)."""
     want = meta["backbone"]
-    backbone = model.backbone if isinstance(model, AdaptedModel) else wrap_if_hf(model)
-    family = model.family if isinstance(model, AdaptedModel) else family_of(backbone)
-    depth = len(family.blocks(backbone))
-    have = {"class": class_name(backbone), "embed_dim": family.embed_dim(backbone), "depth": depth}
+    have = {"class": class_name(backbone), "embed_dim": embed_dim_of(backbone, anatomy), "depth": len(anatomy.blocks)}
     if want.get("class", have["class"]) != have["class"]:
         raise AdaptFormerError(
             f"task file {path}: made for a {want['class']} backbone ({want['name']}), the model is a {have['class']}"
@@ -236,4 +238,10 @@ def _check_architecture(model: nn.Module, meta: dict[str, Any], path: str | Path
         raise AdaptFormerError(
             f"task file {path}: made for {want['name']} (width {want['embed_dim']}, depth {want['depth']}), "
             f"the model has width {have['embed_dim']}, depth {have['depth']}"
+        )
+    if want.get("anatomy", anatomy.signature) != anatomy.signature:
+        raise AdaptFormerError(
+            f"task file {path}: its backbone's blocks were found otherwise when it was made (anatomy "
+            f"{want['anatomy']}, adapter input {want.get('adapter_input', '?')}; this model: {anatomy.signature}, "
+            f"{anatomy.adapter_input}): a different model or library version; `adaptformer describe` shows both"
         )

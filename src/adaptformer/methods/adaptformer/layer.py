@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import AdaptFormerError
 from ..base import PackedBranch
 from .config import AdaptFormerConfig
 
@@ -21,16 +22,19 @@ from .config import AdaptFormerConfig
 class AdaptMLP(nn.Module):
     """Down-projection, ReLU, dropout, up-projection, scaling: a residual-free bottleneck branch."""
 
-    def __init__(self, dim: int, config: AdaptFormerConfig | None = None):
+    def __init__(self, dim: int, config: AdaptFormerConfig | None = None, out_dim: int | None = None):
         super().__init__()
         self.config = config = config or AdaptFormerConfig()
         self.dim = dim
+        self.out_dim = out_dim = out_dim or dim  # wider or narrower only beside an MLP that changes the width
+        if config.layernorm == "out" and out_dim != dim:
+            raise AdaptFormerError(f"layernorm out: the adapter maps {dim} to {out_dim} channels; use none or in")
         self.adapter_layer_norm_before = nn.LayerNorm(dim) if config.layernorm != "none" else None
         self.scale = nn.Parameter(torch.ones(1)) if config.learnable_scale else float(config.scale)
         self.down_proj = nn.Linear(dim, config.bottleneck)
         self.non_linear_func = nn.ReLU()
         self.dropout = nn.Dropout(config.dropout)
-        self.up_proj = nn.Linear(config.bottleneck, dim)
+        self.up_proj = nn.Linear(config.bottleneck, out_dim)
         self.norm_in = config.layernorm == "in"
         self.norm_out = config.layernorm == "out"
         self.reset_parameters()
@@ -88,4 +92,5 @@ class AdaptMLP(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"dim={self.dim}, bottleneck={c.bottleneck}, scale={c.scale}, layernorm={c.layernorm}"
+        widths = f"dim={self.dim}" + (f", out_dim={self.out_dim}" if self.out_dim != self.dim else "")
+        return f"{widths}, bottleneck={c.bottleneck}, scale={c.scale}, layernorm={c.layernorm}"

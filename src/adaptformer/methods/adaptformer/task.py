@@ -21,12 +21,13 @@ class AdaptFormerTask(Task):
     def __init__(self, config: AdaptFormerConfig, classes: list[str], backbone: BackboneSpec):
         super().__init__(config, classes, backbone)
         self.parallel = config.placement == "parallel"
-        self.blocks = nn.ModuleDict(
-            {
-                str(index): nn.ModuleDict({"adaptmlp": AdaptMLP(backbone.width(index), config)})
-                for index in resolve_layers(config.layers, backbone.depth)
-            }
-        )
+        layers = resolve_layers(config.layers, backbone.depth)
+        self.blocks = nn.ModuleDict({str(i): nn.ModuleDict({"adaptmlp": self._adapter(backbone, i)}) for i in layers})
+
+    def _adapter(self, backbone: BackboneSpec, index: int) -> AdaptMLP:
+        """x' -> m's width (parallel), or m -> m (sequential); equal wherever the adapter reads the residual."""
+        out = backbone.branch_width(index)
+        return AdaptMLP(backbone.width(index) if self.parallel else out, self.config, out_dim=out)
 
     def adapter(self, index: int) -> AdaptMLP | None:
         key = str(index)

@@ -10,8 +10,10 @@ from ...utils.options import check_int, check_number, option
 from ..base import MethodConfig
 from ..layers import LayerSpec, normalize_layer_spec
 
-#: --lora-targets -> the block operations (``backbones/families.SITES``) that get an update
-TARGET_SITES = {"qkv": ("qkv",), "proj": ("proj",), "mlp": ("fc1", "fc2")}
+#: --lora-targets -> the roles of the block operations that get an update (``backbones/anatomy.py``): qkv is the
+#: attention's input projection(s), fused or not (timm's qkv, or q, k, v; q and kv), proj its output projection,
+#: mlp every projection of the MLP (fc1 and fc2, or a gated MLP's three)
+TARGET_SITES = {"qkv": ("attention_input",), "proj": ("attention_output",), "mlp": ("mlp",)}
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,9 @@ class LoRAConfig(MethodConfig):
         object.__setattr__(self, "layers", normalize_layer_spec(self.layers))
 
     @property
-    def sites(self) -> list[str]:
-        return [site for target in self.lora_targets for site in TARGET_SITES[target]]
+    def roles(self) -> dict[str, tuple[str, ...]]:
+        """Each target and the roles of the operations it updates."""
+        return {target: TARGET_SITES[target] for target in self.lora_targets}
 
     @property
     def scaling(self) -> float:

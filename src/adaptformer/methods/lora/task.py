@@ -39,7 +39,7 @@ class LoRATask(SiteTask):
 
     def __init__(self, config: LoRAConfig, classes: list[str], backbone: BackboneSpec):
         super().__init__(config, classes, backbone)
-        sites = backbone.require_sites(config.name, config.sites)
+        sites = backbone.sites_by_role(config.name, config.roles)
         self.blocks = nn.ModuleDict(
             {
                 str(index): nn.ModuleDict(

@@ -1,8 +1,9 @@
 """An SSF task: ``y = γ ⊙ out + β`` per channel after each operation of every block.
 
 SSF (Lian et al., NeurIPS 2022, "Scaling & Shifting Your Features") follows each operation of the frozen model
-with a learned per-channel scale γ and shift β. Here they follow every block's ``norm1``, ``qkv``, ``proj``,
-``norm2``, ``fc1`` and ``fc2``; the patch embedding and the final norm (outside the blocks) are left as they are.
+with a learned per-channel scale γ and shift β. Here they follow every operation discovery finds in each block:
+timm's ``norm1``, ``qkv``, ``proj``, ``norm2``, ``fc1`` and ``fc2`` (another model's ``q``/``k``/``v``, a gated
+MLP's projections); the patch embedding and the final norm (outside the blocks) are left as they are.
 γ and β start as the SSF code starts them (N(1, 0.02), N(0, 0.02)), or at 1 and 0 (``ssf_init: identity``: the
 pretrained model exactly). After training they can be folded into the preceding layer's weights; they are kept
 apart here so tasks share one backbone. Parameters: ``blocks.{i}.{site}.ssf_scale`` / ``ssf_shift``.
@@ -14,10 +15,8 @@ import torch
 from torch import nn
 
 from ..base import BackboneSpec
-from ..sites import SiteTask
+from ..sites import ALL_ROLES, SiteTask
 from .config import SSFConfig
-
-SSF_SITES = ("norm1", "qkv", "proj", "norm2", "fc1", "fc2")
 
 
 class ScaleShift(nn.Module):
@@ -38,7 +37,7 @@ class SSFTask(SiteTask):
 
     def __init__(self, config: SSFConfig, classes: list[str], backbone: BackboneSpec):
         super().__init__(config, classes, backbone)
-        sites = backbone.require_sites(config.name, SSF_SITES)
+        sites = backbone.sites_by_role(config.name, {"operations": ALL_ROLES})
         self.blocks = nn.ModuleDict(
             {
                 str(index): nn.ModuleDict(

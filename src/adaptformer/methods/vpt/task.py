@@ -35,7 +35,7 @@ def _prompts(count: int, tokens: int, width: int, device: torch.device) -> nn.Pa
 def _alternatives(backbone: BackboneSpec) -> str:
     """The methods this backbone can host instead (LoRA and SSF need a hookable qkv in every block)."""
     blocks = backbone.sites or ({},)
-    qkv = all("qkv" in block for block in blocks)
+    qkv = all(any(site.role == "attention_input" for site in block.values()) for block in blocks)
     bias = any(site.bias for block in blocks for site in block.values())
     methods = ["adaptformer", *(["lora"] if qkv else []), *(["bitfit"] if bias else []), *(["ssf"] if qkv else [])]
     return ", ".join(methods[:-1]) + f" or {methods[-1]}" if len(methods) > 1 else methods[0] + " or linear"
