@@ -6,9 +6,11 @@
 Each measurement runs in its own process so its peak memory is its own (CUDA: max allocated; CPU: peak RSS, and
 its growth during the training steps: activations, gradients, optimizer state). Weights are random (nothing is
 downloaded): speed does not depend on them. ``--compile`` also times our model under ``torch.compile`` (the
-warm-up steps absorb the compilation). ``--peers`` (needs ``pip install -e ".[peers]"``) times, in the same run,
-PEFT's LoRA (r=8 on the attention qkv) on the same timm ViT and AdapterHub's parallel bottleneck adapter of the
-same size (reduction factor d/64) on Hugging Face's ViT-B, and prints our step as a ratio of the fastest peer.
+warm-up steps absorb the compilation). ``--grad-checkpointing`` also times each method with its blocks
+checkpointed (memory and step-time ratios printed). ``--peers`` (needs ``pip install -e ".[peers]"``) times, in
+the same run, PEFT's LoRA (r=8 on the attention qkv) on the same timm ViT and AdapterHub's parallel bottleneck
+adapter of the same size (reduction factor d/64) on Hugging Face's ViT-B, and prints our step as a ratio of the
+fastest peer.
 The CPU's flags are printed with the figures: compare ratios, measured in one run on one machine.
 """
 
@@ -104,6 +106,7 @@ def measure(
     options: dict,
     compile: bool,
     frames: int = 0,
+    checkpointing: bool = False,
 ) -> dict:
     import torch
     import torch.nn.functional as F
@@ -121,6 +124,8 @@ def measure(
     else:
         model = build_adapterhub_parallel(model_name)
     model = model.to(device).train()
+    if checkpointing:
+        model.set_grad_checkpointing(True)
     params = [p for p in model.parameters() if p.requires_grad]
     forward = torch.compile(model) if compile else model
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
@@ -158,7 +163,7 @@ def measure(
     label = method if system == "ours" else system
     return {
         "system": system,
-        "method": label + ("+compile" if compile else ""),
+        "method": label + ("+compile" if compile else "") + ("+ckpt" if checkpointing else ""),
         "precision": precision,
         "device": str(device),
         "step_s": times[len(times) // 2],
@@ -213,6 +218,11 @@ def main() -> int:
         default=0,
         help="video: clips of N frames (e.g. --model videomae_base_patch16_224 --frames 8)",
     )
+    parser.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        help="also time our methods with set_grad_checkpointing(True) (blocks recomputed in the backward pass)",
+    )
     parser.add_argument("--peers", action="store_true", help="also time PEFT LoRA and AdapterHub (if installed)")
     parser.add_argument(
         "--adapter-options", default="{}", help='JSON options for the adaptformer method, e.g. \'{"layers": "top:6"}\''
@@ -223,9 +233,11 @@ def main() -> int:
     plan = []
     for precision in args.precisions.split(","):
         for method in args.methods.split(","):
-            plan.append(("ours", method, precision, False))
+            plan.append(("ours", method, precision, False, False))
             if args.compile:
-                plan.append(("ours", method, precision, True))
+                plan.append(("ours", method, precision, True, False))
+            if args.grad_checkpointing:
+                plan.append(("ours", method, precision, False, True))
         if args.peers:
             missing = {"peft-lora", "adapterhub-parallel"} - set(peers_available())
             if args.frames:
@@ -234,10 +246,10 @@ def main() -> int:
                 print(
                     f"--peers: not installed: {', '.join(sorted(missing))} (pip install -e '.[peers]')", file=sys.stderr
                 )
-            plan += [(peer, "", precision, False) for peer in peers_available() if not args.frames]
+            plan += [(peer, "", precision, False, False) for peer in peers_available() if not args.frames]
     print(f"CPU flags: {cpu_flags()}", flush=True)
     rows = []
-    for system, method, precision, compiled in plan:
+    for system, method, precision, compiled, checkpointing in plan:
         row = run_isolated(
             system=system,
             model_name=args.model,
@@ -250,6 +262,7 @@ def main() -> int:
             options=json.loads(args.adapter_options),
             compile=compiled,
             frames=args.frames,
+            checkpointing=checkpointing,
         )
         if "error" in row:
             print(f"{system} {method} {precision}: {row['error']}", file=sys.stderr)
@@ -290,6 +303,14 @@ def summarize(rows: list[dict], args) -> dict[str, float]:
                 if ours:
                     name = f"adaptformer{suffix} / fastest peer ({fastest['method']}, {fastest['precision']})"
                     ratios[name] = ours["step_s"] / fastest["step_s"]
+    for method in args.methods.split(","):  # what checkpointing saves and costs
+        for precision in precisions:
+            plain, recomputed = by.get((method, precision)), by.get((method + "+ckpt", precision))
+            if plain and recomputed:
+                ratios[f"{method}: checkpointed / plain training memory"] = (
+                    recomputed["training_mb"] / plain["training_mb"]
+                )
+                ratios[f"{method}: checkpointed / plain step time"] = recomputed["step_s"] / plain["step_s"]
     if "auto" in precisions and "fp32" in precisions:
         for method in args.methods.split(","):
             if (method, "fp32") in by and (method, "auto") in by:

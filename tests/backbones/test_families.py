@@ -207,15 +207,27 @@ def test_lora_on_pvt_v2_updates_its_separate_query_and_key_value_projections():
     assert set(model.task.blocks["0"]) == {"q", "kv"}
 
 
-def test_an_mvit_whose_mlp_widens_the_tokens_is_refused_naming_the_block_before_any_work():
+def test_an_mvit_whose_mlp_widens_the_tokens_takes_a_widening_adapter_beside_its_mlp():
+    """MViTv2 built with expand_attn=False: the first block of a stage widens in its MLP, behind a projected
+    shortcut, so y = proj(x_norm) + m has no residual x' of m's width: the adapter reads the MLP's input and maps
+    it to the MLP's output width."""
     from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
 
     config = MultiScaleVitCfg(depths=(1, 1), embed_dim=16, num_heads=1, expand_attn=False)
-    mvit = MultiScaleVit(config, img_size=(64, 64), num_classes=5)
-    with pytest.raises(AdaptFormerError, match=r"^block \d+ \(MultiScaleBlock\): its MLP widens the tokens"):
-        adaptformer.adapt(mvit, "adaptformer", num_classes=3)
-    assert not any(hook for module in mvit.modules() for hook in module._forward_pre_hooks.values())
-    assert mvit.num_classes == 5  # its classifier kept
+    torch.manual_seed(0)
+    mvit = MultiScaleVit(config, img_size=(64, 64), num_classes=0).eval()
+    x = inputs("mvitv2_tiny")
+    with torch.no_grad():
+        plain = mvit.forward_features(x)
+    model = adaptformer.adapt(mvit, "adaptformer", num_classes=3, bottleneck=4).eval()
+    kinds = [p.adapter_input for p in model.anatomy.parts]
+    assert sorted(kinds) == ["mlp_input", "residual"]
+    widening = model.task.adapter(kinds.index("mlp_input"))
+    assert widening.dim < widening.out_dim
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x)[0], plain[0])
+        widening.up_proj.weight.normal_()
+        assert not torch.allclose(model.forward_features(x)[0], plain[0], atol=1e-3)
 
 
 def test_a_task_file_records_the_family_class_and_is_refused_on_another(tmp_path):

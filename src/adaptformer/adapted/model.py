@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbones.anatomy import Anatomy, call_projection_modules
+from ..backbones.anatomy import Anatomy, call_projection_modules, first_tensor
 from ..backbones.families import Family, class_name, family_of, stages_of
 from ..backbones.hf import HFBackbone, wrap_if_hf
 from ..backbones.timm import create_backbone, source_name
@@ -35,6 +35,7 @@ from ..methods.registry import get_method, make_method_config
 from ..objectives import get_objective
 from ..report import ParameterReport
 from ..utils.hashing import hash_tensors
+from .checkpointing import checkpoint_blocks
 from .routing import GATHER_FROM_GROUPS, Router
 from .taps import install_taps, key_value_dim, sites_per_block
 
@@ -69,7 +70,11 @@ class AdaptedModel(nn.Module):
         backbone.reset_classifier(0)  # every task brings its own head
         if fc_norm is not None:
             backbone.fc_norm = nn.Identity()  # ... and its own trainable copy of fc_norm
-        install_taps(self.anatomy, self)
+        # rotary position embeddings (timm's Eva: EVA-02, RoPE ViTs) rotate every token after the attention's
+        # prefix; prompts are prepended, so each block's attention counts them as prefix tokens (taps.py)
+        rotary = getattr(backbone, "rope", None) is not None
+        self.plain_tokens = 0  # the sequence length entering block 0 (no prompts yet); set on every forward
+        install_taps(self.anatomy, self, int(getattr(backbone, "num_prefix_tokens", 0)) if rotary else None)
         self._blocks = self.anatomy.blocks  # a tuple, so the blocks are not registered twice
         #: what every task is told of the backbone (widths, sites, ...), derived once; device and dtype are read
         #: again for each task (the model may have moved)
@@ -89,12 +94,7 @@ class AdaptedModel(nn.Module):
         source = source or BackboneSource(source_name(backbone))
         self.source = dataclasses.replace(source, family=family)
         self._task_routers[None] = Router.for_task(None, self.depth)  # no task: the plain backbone
-        # rotary position embeddings (timm's Eva: EVA-02, RoPE ViTs) rotate every token after the attention's
-        # prefix; prompts are prepended, so each block counts them as prefix tokens while they are in the sequence
-        rotary = getattr(backbone, "rope", None) is not None
-        self._rotary_attention = [b.attn for b in self._blocks if rotary and hasattr(b.attn, "num_prefix_tokens")]
-        self._prefix_tokens = int(getattr(backbone, "num_prefix_tokens", 0))
-        self._plain_tokens = 0  # the sequence length entering block 0 (no prompts yet); set on every forward
+        self.grad_checkpointing = False
         self.train(False)
 
     # ---- tasks -------------------------------------------------------------------------------------------
@@ -191,11 +191,11 @@ class AdaptedModel(nn.Module):
         return self._task_routers[self.active_task]
 
     def before_block(self, index: int, block: nn.Module, args: tuple, kwargs: dict):
+        if not args or not isinstance(args[0], torch.Tensor) or args[0].ndim < 2:
+            return None  # a block that takes a list or a map (found models): prompts never enter it
         if index == 0:
-            self._plain_tokens = args[0].shape[1]
+            self.plain_tokens = args[0].shape[1]
         x, mask = self.router().before_block(index, args[0], self.family.attention_mask)
-        if self._rotary_attention:
-            self._rotary_attention[index].num_prefix_tokens = self._prefix_tokens + x.shape[1] - self._plain_tokens
         return (x, *args[1:]), ({**kwargs, "attn_mask": mask} if mask is not None else kwargs)
 
     def wants_residual(self, index: int) -> bool:
@@ -208,8 +208,6 @@ class AdaptedModel(nn.Module):
         return self.router().attention_qkv(index, qkv)
 
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        if self._rotary_attention:
-            self._rotary_attention[index].num_prefix_tokens = self._prefix_tokens  # the backbone as it was
         return self.router().after_block(index, x)
 
     def site_output(self, index: int, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -453,6 +451,78 @@ class AdaptedModel(nn.Module):
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
         return getattr(self.backbone, "pretrained_cfg", None) or {}
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name for ``pretrained_cfg``."""
+        return self.pretrained_cfg
+
+    @property
+    def num_features(self) -> int:
+        """Width of the pooled features every task's head receives."""
+        return self.anatomy.feature_dim
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: recompute each block's activations in the backward pass instead of storing them, the
+        task's adapters, prompts and updates included (``checkpointing.py``); gradients are unchanged."""
+        checkpoint_blocks(self._blocks, enable)
+        self.grad_checkpointing = bool(enable)
+
+    def get_classifier(self) -> nn.Module:
+        """The active task's classifier (its Linear layer)."""
+        head = self.task.head
+        return head[-1] if isinstance(head, nn.Sequential) else head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """timm's: a new head for the active task with ``num_classes`` classes, named ``"0"``, ``"1"``, ...
+        (``global_pool``: the backbone pools as it was built to; only None is accepted)."""
+        if global_pool is not None:
+            raise AdaptFormerError("reset_classifier: global_pool: the backbone's pooling is fixed; pass None")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise AdaptFormerError(f"num_classes: expected a positive integer, got {num_classes!r}")
+        self.task.reset_head(num_classes)
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | list[int] | None = None, *args: Any, task: str | None = None, **kwargs
+    ):
+        """Features at chosen blocks, through the active task (or ``task``), for dense-prediction necks.
+
+        On a timm backbone this is the backbone's own ``forward_intermediates`` with its signature (``indices``,
+        ``norm``, ``stop_early``, ``output_fmt``, ``intermediates_only``, ...): the same shapes, the adapted
+        values. On others (Hugging Face, found models) it returns the outputs of the blocks at ``indices`` (an
+        int: the last n; a list: those blocks), as ``(final features, [intermediates])`` or, with
+        ``intermediates_only=True``, the list."""
+        name = task or self.active_task
+        if name is not None and self.tasks[name].keeps_prompts_between_blocks():
+            raise AdaptFormerError(
+                f"task {name}: its prompts stay in the sequence from block to block (vpt_mode shallow), so the "
+                "blocks' outputs are not the backbone's tokens; use vpt_mode deep or kv for intermediates"
+            )
+        context = self.using_task(name) if name is not None else contextlib.nullcontext()
+        with context:
+            own = getattr(self.backbone, "forward_intermediates", None)
+            if own is not None and not isinstance(self.backbone, HFBackbone):
+                return own(self.backbone_input(x), indices, *args, **kwargs)
+            return self._block_outputs(x, indices, **kwargs)
+
+    def _block_outputs(self, x: torch.Tensor, indices, intermediates_only: bool = False, **unused: Any):
+        from timm.models._features import feature_take_indices
+
+        if unused:
+            raise AdaptFormerError(f"forward_intermediates: {sorted(unused)} apply to timm backbones only")
+        take, _ = feature_take_indices(self.depth, indices)
+        outputs: dict[int, torch.Tensor] = {}
+        handles = [
+            self._blocks[i].register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, first_tensor(out)))
+            for i in take
+        ]
+        try:
+            final = self.forward_features(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        intermediates = [outputs[i] for i in take]
+        return intermediates if intermediates_only else (final, intermediates)
 
 
 def describe_backbone(backbone: nn.Module, family: Family, anatomy: Anatomy, fc_norm: nn.Module | None) -> BackboneSpec:

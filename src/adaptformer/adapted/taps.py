@@ -38,6 +38,8 @@ from ..errors import AdaptFormerError
 class TaskRouter(Protocol):
     """What the hooks ask (the host model): it runs one task, or a mixed-task batch (``routing.py``)."""
 
+    plain_tokens: int  # the sequence length entering the first block, before any prompt
+
     def before_block(self, index: int, block: nn.Module, args: tuple, kwargs: dict): ...
     def wants_residual(self, index: int) -> bool: ...
     def mlp_branch(self, index: int, m: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor: ...
@@ -55,9 +57,16 @@ class BlockTap:
 
 
 class BeforeBlock(BlockTap):
-    """Pre-hook (with keyword arguments) on the block: its input, and an attention mask when one is needed."""
+    """Pre-hook (with keyword arguments) on the block: its input, and an attention mask when one is needed. It
+    also clears what the block's MLP-branch hooks hold, so a pass that stopped half-way (an exception, a module of
+    the block called on its own) leaves nothing for the next one."""
+
+    def __init__(self, router: TaskRouter, index: int, capture: CaptureResidual):
+        super().__init__(router, index)
+        self.capture = capture
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict):
+        self.capture.armed, self.capture.residual = False, None
         return self.router.before_block(self.index, module, args, kwargs)
 
 
@@ -73,10 +82,11 @@ class CaptureResidual(BlockTap):
     need it, and mark that the MLP branch has begun (where one module ends both branches, its next call is the
     MLP's)."""
 
-    def __init__(self, router: TaskRouter, index: int):
+    def __init__(self, router: TaskRouter, index: int, on_block: bool = False):
         super().__init__(router, index)
         self.residual: torch.Tensor | None = None
         self.armed = False
+        self.reads_block_input = on_block  # a checkpointed block runs it again when it is recomputed
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self.armed = True
@@ -123,6 +133,22 @@ def as_tokens(x: torch.Tensor, axis: int):
 
 def _same(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+class PromptsAsPrefix(BlockTap):
+    """Pre- and forward hook on a rotary attention (timm's Eva: EVA-02, RoPE ViTs), which rotates every token after
+    its ``num_prefix_tokens``: while prompts are in the sequence they count as prefix tokens, and the count is
+    restored after. Inside the block's forward, so a recomputed (checkpointed) block counts them again."""
+
+    def __init__(self, router: TaskRouter, index: int, base: int):
+        super().__init__(router, index)
+        self.base = base
+
+    def before(self, module: nn.Module, args: tuple) -> None:
+        module.num_prefix_tokens = self.base + args[0].shape[1] - self.router.plain_tokens
+
+    def after(self, module: nn.Module, args: tuple, output) -> None:
+        module.num_prefix_tokens = self.base
 
 
 class KeyValuePrefix(BlockTap):
@@ -180,17 +206,18 @@ def is_tapped(block: nn.Module) -> bool:
     return any(isinstance(hook, BlockTap) for hook in block._forward_pre_hooks.values())
 
 
-def install_taps(anatomy: Anatomy, router: TaskRouter) -> None:
+def install_taps(anatomy: Anatomy, router: TaskRouter, rotary_prefix: int | None = None) -> None:
     """Hook every block once at the points its anatomy names (x' enters ``residual_at``, m leaves ``branch_at``,
-    the operations in ``sites``); a block hooked by another model is refused (it would run two tasks at once)."""
+    the operations in ``sites``); a block hooked by another model is refused (it would run two tasks at once).
+    ``rotary_prefix``: the backbone's own prefix tokens, where its attention is rotary and must count prompts."""
     if any(is_tapped(block) for block in anatomy.blocks):
         raise AdaptFormerError(
             "this backbone already serves an adapted model; add tasks to that model (add_task) or adapt a "
             "fresh backbone"
         )
     for index, (block, part) in enumerate(zip(anatomy.blocks, anatomy.parts, strict=True)):
-        capture = CaptureResidual(router, index)
-        block.register_forward_pre_hook(BeforeBlock(router, index), with_kwargs=True)
+        capture = CaptureResidual(router, index, on_block=part.residual_at is block)
+        block.register_forward_pre_hook(BeforeBlock(router, index, capture), with_kwargs=True)
         part.residual_at.register_forward_pre_hook(capture, with_kwargs=True)
         part.branch_at.register_forward_hook(AdaptMLPBranch(router, index, capture, part))
         block.register_forward_hook(AfterBlock(router, index))
@@ -199,3 +226,8 @@ def install_taps(anatomy: Anatomy, router: TaskRouter) -> None:
         qkv = fused_qkv(part)
         if qkv is not None:
             qkv.register_forward_hook(KeyValuePrefix(router, index))
+        attention = getattr(block, "attn", None)
+        if rotary_prefix is not None and hasattr(attention, "num_prefix_tokens"):
+            counter = PromptsAsPrefix(router, index, rotary_prefix)
+            attention.register_forward_pre_hook(counter.before)
+            attention.register_forward_hook(counter.after)

@@ -546,43 +546,78 @@ def _follow(calls: list[_Call], start: _Call, within: nn.Module | None = None) -
 def _residual_anatomy(record: _BlockRecord, entry: _Call, calls: list[_Call], once, y: torch.Tensor, rerun):
     """(anatomy, x', m) where the block's output is exactly ``y = x' + m``, x' the input of a module that feeds
     the MLP (its norm, the MLP itself, or the block), m the output of a module after it; None where none is.
-    A branch that is all zeros (a zero-initialised post-norm) satisfies any such sum, so it must also pass
-    through: the block is run again with a known change at that module, which must reach ``y`` unchanged."""
-    residuals: list[tuple[nn.Module, torch.Tensor]] = []
+
+    The module giving m may also end the attention branch (one DropPath called twice: CaiT, BEiT): then its
+    first call after x' was read is the MLP's (``shared_branch``). A branch that is all zeros (a
+    zero-initialised post-norm) satisfies any such sum, so it must also pass through: the block is run again with
+    a known change at that module, which must reach ``y`` unchanged."""
+    residuals: list[tuple[nn.Module, torch.Tensor, int]] = []
     feeding = [c for c in calls if c.output is entry.input and c.end <= entry.start and once(c)]
     if feeding and feeding[-1].input is not None:
-        residuals.append((feeding[-1].module, feeding[-1].input))
-    residuals.append((entry.module, entry.input))
+        residuals.append((feeding[-1].module, feeding[-1].input, feeding[-1].start))
+    residuals.append((entry.module, entry.input, entry.start))
     if record.input is not None:
-        residuals.append((record.block, record.input))
-    branches = [c for c in calls if c.start >= entry.start and once(c) and isinstance(c.output, torch.Tensor)]
+        residuals.append((record.block, record.input, -1))
+    branches = [c for c in calls if c.start >= entry.start and isinstance(c.output, torch.Tensor)]
     branches.sort(key=lambda c: c.end, reverse=True)  # the branch's last module first (DropPath after layer scale)
     for call in branches:
         m = call.output
         if m.numel() != y.numel() or m.dtype != y.dtype:
             continue
-        for module, x in residuals:
+        for module, x, read_at in residuals:
+            shared = not once(call)
+            if shared and (module is record.block or _called_between(calls, call.module, read_at, call.start)):
+                continue  # the hook could not tell this call from the module's others
             if not (isinstance(x, torch.Tensor) and x.shape == m.shape and _equal_sum(y, x, m)):
                 continue
-            if bool((m != 0).any()) or _passes_through(rerun, call.module, m, y):
-                return BlockAnatomy(module, call.module), x, m
+            if bool((m != 0).any()) or _passes_through(rerun, call.module, m, y, x):
+                return BlockAnatomy(module, call.module, shared_branch=shared), x, m
     return None
 
 
+def _called_between(calls: list[_Call], module: nn.Module, start: int, end: int) -> bool:
+    return any(c.module is module and start < c.start < end for c in calls)
+
+
 def _equal_sum(y: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> bool:
-    """Whether ``y`` is ``x + m`` up to rounding (the block adds them itself, so they agree to a few ulps)."""
-    x, m = x.reshape(y.shape), m.reshape(y.shape)
-    tolerance = 8 * torch.finfo(y.dtype).eps * (x.abs() + m.abs() + torch.finfo(y.dtype).tiny)
-    return bool(((y - (x + m)).abs() <= tolerance).all())
+    """Whether ``y`` is ``x + m`` up to rounding (the block adds them itself, so they agree to a few ulps), in
+    ``y``'s layout: the same elements reshaped, or with the channels moved (tokens -> (B, C, H, W) and back)."""
+    return _arrangement(y, x, m) is not None
 
 
-def _passes_through(rerun, module: nn.Module, m: torch.Tensor, y: torch.Tensor) -> bool:
+def _arrangement(y: torch.Tensor, x: torch.Tensor, m: torch.Tensor):
+    """The rearrangement ``f`` with ``y == f(x) + f(m)`` (see ``_equal_sum``), or None."""
+    total = x + m
+    tiny = torch.finfo(y.dtype).tiny
+    for arrange in _ARRANGEMENTS:
+        try:
+            candidate = arrange(total, y.shape)
+        except RuntimeError:
+            continue
+        if candidate.shape != y.shape:
+            continue
+        tolerance = 8 * torch.finfo(y.dtype).eps * (arrange(x.abs(), y.shape) + arrange(m.abs(), y.shape) + tiny)
+        if bool(((y - candidate).abs() <= tolerance).all()):
+            return arrange
+    return None
+
+
+#: how a block may lay out x' + m before returning it: as it is, or its channels moved to axis 1 / to the end
+_ARRANGEMENTS = (
+    lambda t, shape: t.reshape(shape),
+    lambda t, shape: t.movedim(-1, 1).reshape(shape),
+    lambda t, shape: t.movedim(1, -1).reshape(shape),
+)
+
+
+def _passes_through(rerun, module: nn.Module, m: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> bool:
     """Whether a change added to ``module``'s output reaches the block's output unchanged."""
     delta = torch.randn(m.shape, generator=torch.Generator().manual_seed(1)).to(m.device, m.dtype)
+    arrange = _arrangement(y, x, m)
     changed = rerun(module, delta)
-    if changed is None or changed.shape != y.shape:
+    if arrange is None or changed is None or changed.shape != y.shape:
         return False
-    return _equal_sum(changed, y, delta)
+    return _equal_sum(changed, x, m + delta)
 
 
 def _sites(record: _BlockRecord, mlp: MLP, calls: list[_Call], once, batch: int) -> dict[str, tuple[nn.Module, Site]]:

@@ -6,9 +6,7 @@ width); a family declares only what discovery cannot know:
   found model never takes prompts: whether its attention has room for them is not something a probe can tell);
 * ``attention_mask``: its blocks take an ``attn_mask`` keyword (mixed batches of prompts of different lengths);
 * ``pools_in_head``: its features are pooled by its own ``forward_head(tokens, pre_logits=True)`` (the classifier
-  reset to an identity) rather than by a ``pool`` of timm's VisionTransformer;
-* ``refine``: a block anatomy the family knows better than the probe (CaiT's one DropPath for both branches) or
-  a block it refuses with its reason (MViTv2 with a projected MLP shortcut).
+  reset to an identity) rather than by a ``pool`` of timm's VisionTransformer.
 
 Families are declared with :func:`register_family` under their class names (timm's, or Hugging Face's transformers
 class for a wrapped model); a model of none of them is adapted as found (``FOUND``).
@@ -17,15 +15,14 @@ class for a wrapped model); a model of none of them is adapted as found (``FOUND
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..data.transforms import InputSpec
 from ..errors import AdaptFormerError
-from .anatomy import Anatomy, BlockAnatomy, discover, probe_input
+from .anatomy import Anatomy, discover, probe_input
 
 RELATIVE_BIAS = (
     "its attention adds a relative position bias indexed by the patch grid (and class token), which has no "
@@ -74,8 +71,6 @@ class Family:
     no_prompts: str | None = None
     attention_mask: bool = False
     pools_in_head: bool = True
-    #: (block, index, found anatomy) -> the anatomy to use
-    refine: Callable[[nn.Module, int, BlockAnatomy], BlockAnatomy] | None = None
 
     def anatomy(self, backbone: nn.Module, keep_switches: bool = False) -> Anatomy:
         """The backbone's anatomy, found by one probe forward at its input size (``anatomy.discover``)."""
@@ -83,19 +78,13 @@ class Family:
         reference = next(iter(backbone.parameters()), None)
         if reference is None or reference.is_meta:
             raise AdaptFormerError(f"{class_name(backbone)}: its weights are not materialised (meta device)")
-        found = discover(
+        return discover(
             backbone,
             lambda x: self.pool(backbone, backbone.forward_features(x)),
             [probe_input(size, spec.frames, reference) for size in dict.fromkeys((spec.size, *PROBE_SIZES))],
             keep_switches=keep_switches,
             label=class_name(backbone),
         )
-        if self.refine is None:
-            return found
-        parts = tuple(
-            self.refine(block, i, part) for i, (block, part) in enumerate(zip(found.blocks, found.parts, strict=True))
-        )
-        return replace(found, parts=parts)
 
     def input_spec(self, backbone: nn.Module) -> InputSpec:
         """Size, frames, mean/std, crop and interpolation the backbone takes: timm's ``pretrained_cfg`` at the
@@ -128,26 +117,6 @@ def stages_of(widths: tuple[int, ...]) -> list[Stage]:
     ]
 
 
-def shared_drop_path_anatomy(block: nn.Module, index: int, found: BlockAnatomy) -> BlockAnatomy:
-    """CaiT's ``LayerScaleBlock``: ``y = x' + drop_path(gamma_2 * mlp(norm2(x')))``, the same ``drop_path`` module
-    ending the attention branch before it (the probe, which needs a module called once, would put the adapter
-    beside the MLP, inside the layer scale)."""
-    return replace(
-        found, residual_at=block.norm2, branch_at=block.drop_path, shared_branch=True, adapter_input="residual"
-    )
-
-
-def mvit_anatomy(block: nn.Module, index: int, found: BlockAnatomy) -> BlockAnatomy:
-    """MViTv2's ``MultiScaleBlock`` widens the tokens in its attention (``expand_attn``, every timm config); where
-    the MLP widens instead, its shortcut is a projection and x' and m differ in width."""
-    if getattr(block, "shortcut_proj_mlp", None) is not None:
-        raise AdaptFormerError(
-            f"block {index} (MultiScaleBlock): its MLP widens the tokens and its shortcut is a projection, so x' "
-            "and the MLP branch differ in width (build MViTv2 with expand_attn=True, timm's default)"
-        )
-    return found
-
-
 FAMILIES: dict[str, Family] = {}
 
 
@@ -168,12 +137,12 @@ register_family(Family("video ViT (VideoMAE)", pools_in_head=False, **_PROMPTS),
 register_family(Family("timm BEiT", no_prompts=RELATIVE_BIAS), "Beit")
 register_family(Family("timm ViT relpos", no_prompts=RELATIVE_BIAS), "VisionTransformerRelPos")
 register_family(Family("timm Swin", no_prompts=WINDOWED), "SwinTransformer", "SwinTransformerV2")
-register_family(Family("timm CaiT", no_prompts=NO_MASK, refine=shared_drop_path_anatomy), "Cait")
+register_family(Family("timm CaiT", no_prompts=NO_MASK), "Cait")
 register_family(Family("timm XCiT", no_prompts=PATCH_GRID), "Xcit")
 register_family(Family("timm SAM ViT", no_prompts=WINDOWED_SAM), "VisionTransformerSAM")
 register_family(Family("timm Hiera", no_prompts=MASK_UNITS), "Hiera", "HieraDet")
 register_family(Family("timm PVT v2", no_prompts=PATCH_GRID_ATTENTION), "PyramidVisionTransformerV2")
-register_family(Family("timm MViTv2", no_prompts=POOLED_ATTENTION, refine=mvit_anatomy), "MultiScaleVit")
+register_family(Family("timm MViTv2", no_prompts=POOLED_ATTENTION), "MultiScaleVit")
 # Hugging Face models, wrapped (``hf.py``): declared by their transformers class
 register_family(
     Family("Hugging Face ViT-like", pools_in_head=False),

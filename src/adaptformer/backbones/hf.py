@@ -128,6 +128,7 @@ class HFBackbone(nn.Module):
         self.video = int(getattr(config, "num_frames", 1) or 1) > 1 or self.kind.startswith("VideoMAE")
         self.embed_dim = _width(config)
         self._masking = _masking_noise(self.model)
+        self._patches = "spatial_shapes" in _parameters(self.model)
         if self.video and self.kind.startswith("VideoMAE"):  # mean pooling: tasks train a copy of this norm
             self.fc_norm = pretrained_fc_norm or nn.LayerNorm(self.embed_dim, eps=config.layer_norm_eps)
         self.head = nn.Identity()
@@ -152,9 +153,11 @@ class HFBackbone(nn.Module):
     def _tower_output(self, x: torch.Tensor):
         pixels = x.permute(0, 2, 1, 3, 4) if self.video else x
         if self._masking:  # MAE-style towers: no masking, tokens kept in their order
-            tokens = self.model.embeddings.patch_embeddings.num_patches if hasattr(self.model, "embeddings") else 0
+            tokens = self.model.embeddings.patch_embeddings.num_patches
             noise = torch.arange(tokens, device=x.device, dtype=x.dtype).expand(len(x), -1)
             return self.model(pixel_values=pixels, noise=noise)
+        if self._patches:  # NaFlex towers (SigLIP 2) take patches and the grid each image was cut into
+            return self.model(**as_patches(pixels, int(self.model.config.patch_size)))
         return self.model(pixel_values=pixels)
 
     def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
@@ -206,17 +209,33 @@ def _mean_std(declared: HFKind | None, config, processor: dict[str, Any] | None)
     return MEAN_STD.get(getattr(config, "model_type", ""), (IMAGENET_MEAN, IMAGENET_STD))
 
 
+def _parameters(tower: nn.Module) -> set[str]:
+    try:
+        return set(inspect.signature(tower.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 def _masking_noise(tower: nn.Module) -> bool:
     """MAE-style towers (ViTMAE) mask a random share of the tokens unless told otherwise: mask none, and pass
     ordered noise so the tokens keep their order."""
-    try:
-        takes_noise = "noise" in inspect.signature(tower.forward).parameters
-    except (TypeError, ValueError):
-        return False
-    if takes_noise and hasattr(tower.config, "mask_ratio"):
+    masks = hasattr(getattr(tower, "embeddings", None), "random_masking")
+    if masks and "noise" in _parameters(tower) and hasattr(tower.config, "mask_ratio"):
         tower.config.mask_ratio = 0.0
         return True
     return False
+
+
+def as_patches(pixels: torch.Tensor, patch: int) -> dict[str, torch.Tensor]:
+    """Images (B, C, H, W) as a NaFlex tower takes them: each image's patches in rows, (B, N, p*p*C) with the
+    channels last within a patch (SigLIP 2's processor), every patch valid, and the (H/p, W/p) grid."""
+    b, c, h, w = pixels.shape
+    rows, cols = h // patch, w // patch
+    patches = pixels[:, :, : rows * patch, : cols * patch].reshape(b, c, rows, patch, cols, patch)
+    patches = patches.permute(0, 2, 4, 3, 5, 1).reshape(b, rows * cols, patch * patch * c)
+    mask = torch.ones(b, rows * cols, dtype=torch.long, device=pixels.device)
+    shapes = torch.tensor([[rows, cols]] * b, dtype=torch.long, device=pixels.device)
+    return {"pixel_values": patches, "attention_mask": mask, "spatial_shapes": shapes}
 
 
 def _pool_norm(tower: nn.Module) -> nn.Module:

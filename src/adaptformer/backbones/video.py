@@ -114,7 +114,7 @@ class VideoViT(nn.Module):
             self.register_buffer("pos_embed", table, persistent=False)  # fixed: not in checkpoints
         else:
             self.pos_embed = nn.Parameter(table)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linspace, meta-device safe
         self.blocks = nn.Sequential(
             *[
                 Block(

@@ -62,11 +62,15 @@ def run_params(args: argparse.Namespace) -> int:
     if args.json:
         widths = {stage.name: stage.width for stage in stages}
         by_stage = [{"stage": name, "width": widths[name], "parameters": n} for name, n in per_stage.items()]
-        print(json.dumps({"model": args.model, "method": config.name, **report.to_dict(), "stages": by_stage}))
+        anatomy = {"adapter_input": model.anatomy.adapter_input, "blocks": model.depth}
+        print(
+            json.dumps({"model": args.model, "method": config.name, **report.to_dict(), "stages": by_stage, **anatomy})
+        )
         return 0
     rows = [
         ("model", args.model),
         ("method", config.name),
+        ("adapter input", f"{model.anatomy.adapter_input} ({model.depth} blocks)"),
         ("total", f"{report.total:,}"),
         ("trainable", f"{report.trainable:,}"),
         ("percent", f"{report.percent:.2f} %"),
@@ -85,6 +89,44 @@ def run_params(args: argparse.Namespace) -> int:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value:>14}")
+    return 0
+
+
+# ---- describe ----------------------------------------------------------------------------------------------
+def _describe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="adaptformer/vit-tiny-cifar10", help="timm name, hf:<folder>, or embedded (%(default)s)"
+    )
+    parser.add_argument("--model-kwargs", type=_json_dict, default=None, help="extra timm.create_model keywords (JSON)")
+    parser.add_argument(
+        "--task", default=None, help="a task file: its backbone, and whether its anatomy is found again"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+@command(
+    "describe",
+    "how a backbone is adapted: its blocks, where each adapter reads and writes, what it hosts",
+    _describe_arguments,
+)
+def run_describe(args: argparse.Namespace) -> int:
+    from ..adapted.describe import describe_backbone_text, describe_model
+    from ..adapted.model import AdaptedModel, BackboneSource
+    from ..backbones.timm import create_backbone
+
+    if args.task:
+        from ..tasks.files import recorded_backbone
+        from ..tasks.format import read_task_file
+
+        header, _ = read_task_file(args.task)
+        backbone, source = recorded_backbone(header.meta, args.task, pretrained=False)
+        recorded = header.meta["backbone"]
+    else:
+        kwargs = dict(args.model_kwargs or {})
+        backbone, source, recorded = create_backbone(args.model, pretrained=False, **kwargs), None, None
+        source = BackboneSource(args.model, kwargs)
+    description = describe_model(AdaptedModel(backbone, source), recorded)
+    print(json.dumps(description) if args.json else describe_backbone_text(description))
     return 0
 
 

@@ -62,6 +62,7 @@ IGNORED = {
     "checkpoint_every_steps",
     "device",
     "compile",
+    "grad_checkpointing",
     "download",
     "verify",
     "data_root",

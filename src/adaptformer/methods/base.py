@@ -97,11 +97,12 @@ class BackboneSpec:
         return self.branch_widths[index] if self.branch_widths else self.widths[index]
 
     def sites_by_role(self, method: str, roles: dict[str, tuple[str, ...]]) -> list[dict[str, Site]]:
-        """Per block, the sites whose role is one of ``roles`` (target -> roles), or one line naming the targets
-        some block lacks (and the operations the blocks do have)."""
+        """Per block, the sites whose role is one of ``roles`` (target -> roles): a block without them gets none
+        (a hybrid's convolution stages); one line naming the targets no block has, and what the blocks do have."""
         blocks = self.sites or ({},) * self.depth
-        chosen = [{n: s for n, s in block.items() if any(s.role in r for r in roles.values())} for block in blocks]
-        missing = [t for t, r in roles.items() if not all(any(s.role in r for s in b.values()) for b in blocks)]
+        wanted = {role for group in roles.values() for role in group}
+        chosen = [{n: s for n, s in block.items() if s.role in wanted} for block in blocks]
+        missing = [t for t, r in roles.items() if not any(s.role in r for b in blocks for s in b.values())]
         if missing:
             have = sorted({name for block in blocks for name in block}) or ["none"]
             raise AdaptFormerError(
@@ -192,6 +193,14 @@ class Task(TaskHead):
 
     def mlp_branch(self, index: int, m: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         return m
+
+    def keeps_prompts_between_blocks(self) -> bool:
+        """Whether prompt tokens this task adds stay in the sequence from one block to the next (VPT shallow)."""
+        return False
+
+    def reset_head(self, num_classes: int) -> None:
+        super().reset_head(num_classes)
+        self.classes = [str(i) for i in range(num_classes)]
 
     def modulates(self, index: int, site: str) -> bool:
         """Whether ``site_output`` changes the output of block ``index``'s operation ``site``."""

@@ -34,6 +34,12 @@ class TaskHead(nn.Module):
             self.fc_norm.requires_grad_(True)
         self.head = make_head(dim, num_classes, batchnorm)
 
+    def reset_head(self, num_classes: int) -> None:
+        """A fresh head for ``num_classes`` classes on the same features (same device and dtype, trainable)."""
+        linear = self.head[-1] if isinstance(self.head, nn.Sequential) else self.head
+        batchnorm = isinstance(self.head, nn.Sequential)
+        self.head = make_head(linear.in_features, num_classes, batchnorm).to(linear.weight.device, linear.weight.dtype)
+
     def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
         if self.fc_norm is not None:
             pooled = self.fc_norm(pooled)

@@ -105,6 +105,9 @@ class TrainConfig:
     precision: str = option("auto", "auto | fp32 | bf16 | fp16 (auto: bf16 where the CPU/GPU has it natively)")
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
     compile: bool = option(False, "torch.compile the model (faster steps after a one-off compile)")
+    grad_checkpointing: bool = option(
+        False, "recompute each block's activations in the backward pass (less memory for big models or long clips)"
+    )
     workers: int = option(2, "data-loading worker processes")
     seed: int = option(0, "random seed (initial weights, data order, augmentation)")
     # run directory
@@ -258,6 +261,7 @@ RUN_CONTROL = {
     "download",
     "verify",
     "compile",
+    "grad_checkpointing",
     "device",
 }
 

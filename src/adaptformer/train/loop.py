@@ -207,6 +207,7 @@ class Trainer:
             source=source,
             objective=self.objective.name,
         ).to(info.device)
+        self.model.set_grad_checkpointing(cfg.grad_checkpointing)
         self.plan = plan_steps(cfg, len(self.train_set), info.world_size)
         self.optimizer = make_optimizer(self.model.trainable_parameters(), self.plan.lr, cfg.momentum, cfg.weight_decay)
         self.schedule = make_schedule(self.optimizer, self.plan.total_steps, self.plan.warmup_steps, cfg.min_lr)

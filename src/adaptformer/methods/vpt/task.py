@@ -80,6 +80,9 @@ class VPTTask(Task):
         prompt = self._tokens(position).to(x.dtype).expand(x.shape[0], -1, -1)
         return torch.cat([prompt, x], dim=1)
 
+    def keeps_prompts_between_blocks(self) -> bool:
+        return self.config.vpt_mode == "shallow"
+
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         return x[:, self.num_tokens :] if index in self.drop_after else x
 
