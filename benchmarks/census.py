@@ -36,8 +36,8 @@ import timm
 import torch
 
 import adaptformer
-from adaptformer.backbones.anatomy import HEAD_ATTRIBUTES, MLP_NAME
 from adaptformer.backbones.hf import wrap_if_hf
+from adaptformer.backbones.mlps import HEAD_ATTRIBUTES, MLP_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 #: keywords that shrink a model, tried in order until the constructor accepts one (none fits every family)

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbones.anatomy import Anatomy, call_projection_modules, first_tensor
+from ..backbones.anatomy import Anatomy, first_tensor
+from ..backbones.discovery import call_projection_modules
 from ..backbones.families import Family, class_name, family_of, stages_of
 from ..backbones.hf import HFBackbone, wrap_if_hf
 from ..backbones.timm import create_backbone, source_name

@@ -22,7 +22,8 @@ from torch import nn
 
 from ..data.transforms import InputSpec
 from ..errors import AdaptFormerError
-from .anatomy import Anatomy, discover, probe_input
+from .anatomy import Anatomy
+from .discovery import discover, probe_input
 
 RELATIVE_BIAS = (
     "its attention adds a relative position bias indexed by the patch grid (and class token), which has no "
