@@ -7,7 +7,8 @@ scale is a multiplication (no reachable residual: the adapter sits beside the ML
 
 Each: zero-initialised adapters leave the features unchanged and train only the task; a non-zero one moves them;
 mixed batches equal each task alone; task files round-trip (and a file whose recorded anatomy differs is refused);
-checkpointed gradients equal plain ones; ``forward_intermediates`` equals the plain backbone's at zero init."""
+checkpointed gradients equal plain ones; ``forward_intermediates`` equals the plain backbone's at zero init; the
+adapted model compiles in one graph."""
 
 import copy
 
@@ -202,6 +203,19 @@ def test_forward_intermediates_equal_the_plain_backbones_at_zero_init(name):
             adapter["adaptmlp"].up_proj.weight.normal_()
         moved = model.forward_intermediates(x, indices=2, intermediates_only=True)
         assert (moved[-1] - expected[-1]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", ["convnext", "gmixer", "davit", "hf-aimv2"])
+def test_a_found_family_compiles_in_one_graph_and_matches_eager(name):
+    torch._dynamo.reset()
+    model = adaptformer.adapt(make(name), "adaptformer", num_classes=3, bottleneck=4).eval()
+    for parameter in model.task.parameters():
+        parameter.data.normal_(0, 0.05)
+    x = inputs(name, 2)
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0, [str(r.reason) for r in explanation.break_reasons]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend="aot_eager")(x), model(x), atol=1e-5, rtol=1e-4)
 
 
 def test_the_adapter_beside_an_mlp_computes_its_equation():

@@ -55,3 +55,17 @@ def test_qkv_hooks_fire_on_eva02_whose_attention_adds_separate_q_v_biases(method
     torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 28, 28)), torch.tensor([0, 1, 2, 0])).backward()
     on_qkv = {n: p for n, p in model.tasks["default"].named_parameters() if "qkv" in n}
     assert on_qkv and all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in on_qkv.items() if "lora_A" not in n)
+
+
+def test_a_checkpointed_rotary_backbone_counts_the_prompts_again_when_it_recomputes_a_block():
+    model = adaptformer.adapt(tiny_eva(), "vpt", num_classes=3, vpt_tokens=2)
+    x, labels = torch.randn(3, 3, 28, 28), torch.tensor([0, 1, 2])
+    grads = []
+    for checkpointed in (False, True):
+        model.set_grad_checkpointing(checkpointed)
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model.train()(x), labels).backward()
+        grads.append([p.grad.clone() for p in model.task.parameters()])
+    for plain, recomputed in zip(*grads, strict=True):
+        torch.testing.assert_close(recomputed, plain, atol=1e-6, rtol=1e-5)
+    assert grads[0][0].abs().sum() > 0

@@ -138,6 +138,19 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path):
         torch.testing.assert_close(acc[key], big[key], rtol=1e-4, atol=1e-6)
 
 
+def test_a_checkpointed_run_trains_the_same_tensors_as_a_plain_one(tmp_path):
+    """--grad-checkpointing recomputes the blocks (and the adapters inside them) in the backward pass: one epoch
+    ends at the same weights (dropout off: the recomputed pass draws the same masks anyway)."""
+    common = dict(epochs=1, augment=False, warmup_epochs=0)
+    fit(tiny_train_config(tmp_path / "plain", **common))
+    fit(tiny_train_config(tmp_path / "recomputed", grad_checkpointing=True, **common))
+    plain = load_training_state(tmp_path / "plain" / "run" / "checkpoint.pt")["tuned"]
+    recomputed = load_training_state(tmp_path / "recomputed" / "run" / "checkpoint.pt")["tuned"]
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in plain.items() if "up_proj" in k)
+    for key in plain:
+        torch.testing.assert_close(recomputed[key], plain[key], rtol=1e-4, atol=1e-6)
+
+
 def test_batch_plan_errors(tmp_path):
     with pytest.raises(AdaptFormerError, match="not a multiple"):
         fit(tiny_train_config(tmp_path, batch_size=3, effective_batch=8))

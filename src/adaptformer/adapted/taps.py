@@ -226,8 +226,8 @@ def install_taps(anatomy: Anatomy, router: TaskRouter, rotary_prefix: int | None
         qkv = fused_qkv(part)
         if qkv is not None:
             qkv.register_forward_hook(KeyValuePrefix(router, index))
-        attention = getattr(block, "attn", None)
-        if rotary_prefix is not None and hasattr(attention, "num_prefix_tokens"):
+        attention = next((m for m in block.modules() if m is not block and hasattr(m, "num_prefix_tokens")), None)
+        if rotary_prefix is not None and attention is not None:
             counter = PromptsAsPrefix(router, index, rotary_prefix)
             attention.register_forward_pre_hook(counter.before)
             attention.register_forward_hook(counter.after)

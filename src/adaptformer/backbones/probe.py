@@ -53,8 +53,10 @@ SITE_ALIASES = {
 ATTENTION_INPUTS = ("qkv", "q", "k", "v", "kv")
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: their fields hold tensors
 class _Call:
+    """One call of a module while a block ran: its first input and output tensors, and when it began and ended."""
+
     module: nn.Module
     start: int
     input: Any = None
@@ -62,8 +64,10 @@ class _Call:
     output: Any = None
 
 
-@dataclass
+@dataclass(eq=False)
 class BlockRecord:
+    """A candidate block, its MLPs, what the probe saw it do, and what was read off it."""
+
     block: nn.Module
     mlps: list[MLP]
     calls: list[_Call] = field(default_factory=list)
@@ -186,14 +190,13 @@ def read_block(record: BlockRecord, batch: int, rerun: Callable) -> BlockAnatomy
     mlp, entry = chosen
     once = lambda call: counts[id(call.module)] == 1  # noqa: E731
     exit_call = entry if mlp.output is None else _follow(calls, entry, within=mlp.output)
-    anatomy = _residual_anatomy(record, entry, calls, once, y, rerun)
+    found = _residual_anatomy(record, entry, calls, once, y, rerun)
     width_in, width_out, channels_last = mlp_widths(mlp)
-    if anatomy is None:  # beside the MLP module: its input in, its output out
+    if found is None:  # beside the MLP module: its input in, its output out
         anatomy = BlockAnatomy(mlp.entry, exit_call.module, adapter_input="mlp_input")
         residual, branch = entry.input, exit_call.output
     else:
-        residual, branch = anatomy[1], anatomy[2]
-        anatomy = anatomy[0]
+        anatomy, residual, branch = found
     residual_axis = _channel_axis(residual, width_in, channels_last)
     branch_axis = _channel_axis(branch, width_in if anatomy.adapter_input == "residual" else width_out, channels_last)
     if residual_axis is None or branch_axis is None:
@@ -220,10 +223,10 @@ def _mlp_call_problem(mlp: MLP, entry: list[_Call], record: BlockRecord, batch: 
         return f"its MLP {type(mlp.entry).__name__} does not run on each sample's tokens"
     width_in, _, channels_last = mlp_widths(mlp)
     axis = _channel_axis(x, width_in, channels_last)
-    block_in = record.input
     if axis is None:
         return f"its MLP {type(mlp.entry).__name__} takes no tensor of its width ({width_in})"
     per_sample = x.numel() // (x.shape[axis] * batch)  # positions the MLP sees in each sample
+    block_in = record.input
     if per_sample == 1 and block_in is not None and block_in.numel() // batch > width_in:
         return f"its MLP {type(mlp.entry).__name__} runs on one vector per sample (a pooled or class token)"
     return None
