@@ -596,6 +596,10 @@ def adapt(
         raise AdaptFormerError("pass either config=... or a method name with keyword options, not both")
     if classes is None:
         num_classes = getattr(model, "num_classes", None) if num_classes is None else num_classes
+        if num_classes is None:
+            raise AdaptFormerError(
+                f"num_classes: {class_name(model)} has no class count of its own; pass num_classes (--num-classes)"
+            )
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise AdaptFormerError(f"num_classes: expected a positive integer, got {num_classes!r}")
         classes = [str(i) for i in range(num_classes)]

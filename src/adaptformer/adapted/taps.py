@@ -128,7 +128,8 @@ def as_tokens(x: torch.Tensor, axis: int):
     tokens = moved.reshape(shape[0], -1, shape[-1])
     if axis == -1:
         return tokens, lambda t: t.reshape(shape)
-    return tokens, lambda t: t.reshape(shape).movedim(-1, axis)
+    # back in x's own layout, contiguous as it was: the layers after the block see the memory format they expect
+    return tokens, lambda t: t.reshape(shape).movedim(-1, axis).contiguous()
 
 
 def _same(x: torch.Tensor) -> torch.Tensor:
