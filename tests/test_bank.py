@@ -119,29 +119,28 @@ def test_task_paths_with_equals_signs_are_files(task_files, tmp_path):
     assert parse_task_argument("digits=missing.safetensors") == ("digits", Path("missing.safetensors"))
 
 
-def test_a_found_backbone_serves_adaptformer_and_ssf_task_files_like_each_alone(tmp_path):
-    """A backbone of no declared family (ConvNeXt: (B, C, H, W) blocks, a channels-last MLP, the residual is the
-    block's input) through the task store: files made on it, one mixed batch, each answer its task's own."""
+def serves_like_each_alone(tmp_path, name: str, shape: dict, tasks: tuple) -> list:
+    """Task files made on ``name`` (random weights saved as a checkpoint), one bank answering a mixed batch: each
+    answer equals the task's own model. Returns the models that made the files."""
     from safetensors.torch import save_file
 
-    shape = {"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32], "conv_mlp": False}
-    torch.manual_seed(7)
-    backbone = timm.create_model("convnext_atto", pretrained=False, **shape)
-    checkpoint = tmp_path / "convnext.safetensors"
-    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(checkpoint))
-    files = []
-    for name, method, options in (("a", "adaptformer", {"bottleneck": 4}), ("b", "ssf", {}), ("c", "adaptformer", {})):
-        model = adaptformer.create_model(
-            "convnext_atto", method, num_classes=3, checkpoint=checkpoint, timm_kwargs=shape, task=name, **options
-        )
-        assert model.family.name == "found by its anatomy"
-        for parameter in model.task.parameters():
-            parameter.data.normal_(0, 0.1)
-        files.append(adaptformer.save_task(model, tmp_path / f"{name}.safetensors", task=name))
-    bank = TaskBank.from_files([str(f) for f in files], checkpoint=str(checkpoint), device="cpu", precision="fp32")
-    results = bank.predict_images(images(), top_k=3)
     from adaptformer.data.transforms import eval_transform
 
+    torch.manual_seed(7)  # not the loader's reference seed (0): its check that the file set every weight holds
+    backbone = timm.create_model(name, pretrained=False, **shape)
+    checkpoint = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(checkpoint))
+    files, models = [], []
+    for task, method, options in tasks:
+        model = adaptformer.create_model(
+            name, method, num_classes=3, checkpoint=checkpoint, timm_kwargs=shape, task=task, **options
+        )
+        for parameter in model.task.parameters():
+            parameter.data.normal_(0, 0.1)
+        files.append(adaptformer.save_task(model, tmp_path / f"{task}.safetensors", task=task))
+        models.append(model)
+    bank = TaskBank.from_files([str(f) for f in files], checkpoint=str(checkpoint), device="cpu", precision="fp32")
+    results = bank.predict_images(images(), top_k=3)
     for file in files:
         alone = adaptformer.load_task(file, checkpoint=checkpoint).eval()
         transform = eval_transform(bank.info(file.stem).spec)
@@ -151,43 +150,21 @@ def test_a_found_backbone_serves_adaptformer_and_ssf_task_files_like_each_alone(
         assert len(rows) == len(images())
         for row in rows:
             assert row["top_k"][0]["prob"] == pytest.approx(float(probs[row["index"]].max()), abs=1e-5)
+    return models
+
+
+def test_a_found_backbone_serves_adaptformer_and_ssf_task_files_like_each_alone(tmp_path):
+    """A backbone of no declared family (ConvNeXt: (B, C, H, W) blocks, a channels-last MLP, the residual is the
+    block's input) through the task store: files made on it, one mixed batch, each answer its task's own."""
+    shape = {"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32], "conv_mlp": False}
+    tasks = (("a", "adaptformer", {"bottleneck": 4}), ("b", "ssf", {}), ("c", "adaptformer", {}))
+    models = serves_like_each_alone(tmp_path, "convnext_atto", shape, tasks)
+    assert all(model.family.name == "found by its anatomy" for model in models)
 
 
 def test_a_swin_backbone_serves_several_tasks_from_files_like_each_alone(tmp_path):
     """A hierarchical backbone through the bank: task files made on Swin (AdaptFormer sized per stage, LoRA),
     one mixed batch, each prediction equal to the task's own model."""
-    import timm
-    from safetensors.torch import save_file
-
     shape = {"img_size": 32, "patch_size": 4, "window_size": 4, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2]}
-    torch.manual_seed(7)  # not the loader's reference seed (0): its check that the file set every weight holds
-    backbone = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, **shape)
-    checkpoint = tmp_path / "swin.safetensors"
-    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(checkpoint))
-    files = []
-    for name, method, options in (("a", "adaptformer", {"bottleneck": 4}), ("b", "lora", {})):
-        model = adaptformer.create_model(
-            "swin_tiny_patch4_window7_224",
-            method,
-            num_classes=3,
-            checkpoint=checkpoint,
-            timm_kwargs=shape,
-            task=name,
-            **options,
-        )
-        for parameter in model.task.parameters():
-            parameter.data.normal_(0, 0.1)
-        files.append(adaptformer.save_task(model, tmp_path / f"{name}.safetensors", task=name))
-    bank = TaskBank.from_files([str(f) for f in files], checkpoint=str(checkpoint), device="cpu", precision="fp32")
-    results = bank.predict_images(images(), top_k=3)
-    from adaptformer.data.transforms import eval_transform
-
-    for file in files:
-        alone = adaptformer.load_task(file, checkpoint=checkpoint).eval()
-        transform = eval_transform(bank.info(file.stem).spec)
-        with torch.no_grad():
-            probs = alone(torch.stack([transform(image) for image in images()])).softmax(1)
-        rows = [r for r in results if r["task"] == file.stem]
-        assert len(rows) == len(images())
-        for row in rows:
-            assert row["top_k"][0]["prob"] == pytest.approx(float(probs[row["index"]].max()), abs=1e-5)
+    tasks = (("a", "adaptformer", {"bottleneck": 4}), ("b", "lora", {}))
+    serves_like_each_alone(tmp_path, "swin_tiny_patch4_window7_224", shape, tasks)
