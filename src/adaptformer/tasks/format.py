@@ -9,7 +9,8 @@ Version 2 (written now)::
      "objective": "classification",                        # or "multilabel" (absent: classification)
      "backbone": {"family": "timm", "name": "vit_base_patch16_224.mae", "kwargs": {...}, "checkpoint": "...",
                   "fingerprint": "<sha256 of the frozen backbone, 32 hex>", "embed_dim": 768, "depth": 12,
-                  "class": "VisionTransformer"},                  # the backbone's class (absent: not checked)
+                  "class": "VisionTransformer",                   # the backbone's class (absent: not checked)
+                  "adapter_input": "residual", "anatomy": "<16 hex>"},  # what discovery found (absent: not checked)
      "preprocessing": {"modality": "image", "input_size": [3, 224, 224], "frames": 1, "interpolation": "bicubic",
                        "crop_pct": 0.875, "resize": 256, "mean": [...], "std": [...]},
      "extra": {"dataset": ..., "epoch": ..., "top1": ...}}
