@@ -27,8 +27,37 @@ from torch import nn
 import adaptformer
 from adaptformer import AdaptFormerError
 from adaptformer.adapted.describe import hosted_methods
-from adaptformer.backbones.hf import wrap_if_hf
+from adaptformer.backbones.plain import as_backbone
 from adaptformer.tasks.format import read_task_file, write_task
+
+
+class PlainViT(nn.Module):
+    """A research model written from torch primitives, without timm's interface: its forward returns the tokens."""
+
+    def __init__(self, dim: int = 32, depth: int = 2, patch: int = 8):
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, patch, patch)
+        self.layers = nn.ModuleList(PlainBlock(dim) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+
+class PlainBlock(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.feed_forward = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        h = self.ln_1(x)
+        x = x + self.attention(h, h, h, need_weights=False)[0]
+        return x + self.feed_forward(self.ln_2(x))
 
 
 class ScaledBlock(Block):
@@ -89,6 +118,7 @@ FAMILIES = {
         ),
         32,
     ),
+    "plain-module": (lambda: PlainViT(), 32),
     "hf-aimv2": (lambda: _hf("aimv2"), 32),
     "hf-beit": (lambda: _hf("beit"), 32),
     "hf-dinov2-registers": (lambda: _hf("dinov2_with_registers"), 32),
@@ -107,7 +137,7 @@ def inputs(name: str, count: int = 3) -> torch.Tensor:
 
 
 def features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = wrap_if_hf(backbone).forward_features(x)
+    out = as_backbone(backbone).forward_features(x)
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
@@ -115,6 +145,10 @@ def features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def test_a_found_family_starts_as_its_backbone_trains_only_the_task_and_moves_when_the_adapter_does(name):
     model = adaptformer.adapt(make(name), "adaptformer", num_classes=3, bottleneck=4).eval()
     assert model.family.name == "found by its anatomy" or name == "scaled"
+    if name == "plain-module":  # its own residual found: x' enters ln_2, the branch is feed_forward's output
+        part = model.anatomy.parts[0]
+        assert part.residual_at is model.backbone.model.layers[0].ln_2
+        assert part.branch_at is model.backbone.model.layers[0].feed_forward
     assert model.anatomy.adapter_input == ADAPTER_INPUT.get(name, "residual")
     x = inputs(name)
     with torch.no_grad():

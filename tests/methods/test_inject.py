@@ -139,8 +139,8 @@ def test_deepcopy_rebinds_hooks_to_the_copied_adapters(images):
 
 
 def test_unsupported_models_fail_with_one_line_errors():
-    with pytest.raises(AdaptFormerError, match=r"^Linear: not supported: it has no forward_features, reset_classifier"):
-        adaptformer.adapt(torch.nn.Linear(3, 3))
+    with pytest.raises(AdaptFormerError, match=r"^Linear: not supported: it has no MLP block"):
+        adaptformer.adapt(torch.nn.Linear(3, 3), num_classes=2)
     model = adaptformer.adapt(tiny_vit())
     with pytest.raises(AdaptFormerError, match="already adapted"):
         adaptformer.adapt(model)

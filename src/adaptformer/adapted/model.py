@@ -27,7 +27,8 @@ from torch import nn
 from ..backbones.anatomy import Anatomy, first_tensor
 from ..backbones.discovery import call_projection_modules
 from ..backbones.families import Family, class_name, family_of, stages_of
-from ..backbones.hf import HFBackbone, wrap_if_hf
+from ..backbones.hf import HFBackbone
+from ..backbones.plain import as_backbone
 from ..backbones.timm import create_backbone, source_name
 from ..data.transforms import InputSpec
 from ..errors import AdaptFormerError
@@ -61,7 +62,7 @@ class AdaptedModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, source: BackboneSource | None = None, anatomy: Anatomy | None = None):
         super().__init__()
-        backbone = wrap_if_hf(backbone)
+        backbone = as_backbone(backbone)
         self.family = family_of(backbone)
         #: the blocks, where each one's MLP branch starts and ends, its operations (``backbones/anatomy.py``):
         #: found once by a probe forward (``anatomy``: already found for this backbone, as ``adapt`` does)
@@ -588,7 +589,7 @@ def adapt(
     """
     if isinstance(model, AdaptedModel):
         raise AdaptFormerError("this model is already adapted; add tasks to it with add_task(...)")
-    model = wrap_if_hf(model)
+    model = as_backbone(model)
     family = family_of(model)
     if config is None:
         config = make_method_config(method or "adaptformer", **options)

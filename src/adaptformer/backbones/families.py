@@ -24,6 +24,7 @@ from ..data.transforms import InputSpec
 from ..errors import AdaptFormerError
 from .anatomy import Anatomy
 from .discovery import discover, probe_input
+from .hf import HFBackbone
 
 RELATIVE_BIAS = (
     "its attention adds a relative position bias indexed by the patch grid (and class token), which has no "
@@ -182,8 +183,9 @@ def input_spec_of(backbone: nn.Module) -> InputSpec:
 def family_of(model: nn.Module) -> Family:
     """The declared family of a backbone (a subclass counts as its timm parent), else ``FOUND``; one line naming
     what it lacks when it has not the interface the adapted model calls."""
-    family = FAMILIES.get(class_name(model))
-    if family is None and not hasattr(model, "kind"):
+    if isinstance(model, HFBackbone):  # declared by its transformers class
+        family = FAMILIES.get(model.kind)
+    else:  # a subclass counts as its timm parent
         family = next((FAMILIES[c.__name__] for c in type(model).__mro__ if c.__name__ in FAMILIES), None)
     if family is None:
         family = FOUND

@@ -17,7 +17,7 @@ from torch import nn
 from ..adapted.model import AdaptedModel, BackboneSource, embed_dim_of
 from ..backbones.anatomy import Anatomy
 from ..backbones.families import class_name, family_of
-from ..backbones.hf import wrap_if_hf
+from ..backbones.plain import as_backbone
 from ..backbones.timm import create_backbone
 from ..data.transforms import InputSpec
 from ..errors import AdaptFormerError
@@ -107,7 +107,7 @@ def apply_task_tensors(
     whose tensors are refused is removed again, so a refused file leaves nothing in the model."""
     config = method_config_from_dict(meta["method"])
     if not isinstance(model, AdaptedModel):
-        backbone = wrap_if_hf(model)
+        backbone = as_backbone(model)
         anatomy = family_of(backbone).anatomy(backbone)
         _check_architecture(backbone, anatomy, meta, path)
         source = meta["backbone"]
