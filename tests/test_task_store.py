@@ -168,6 +168,29 @@ def test_refresh_lists_new_files_and_drops_vanished_ones(tmp_path):
     assert bank.tasks == ["t000", "later"] and bank.resident == [] and list(bank.model.tasks) == []
 
 
+def test_reading_the_list_while_the_model_thread_changes_it_sees_a_snapshot(tmp_path, monkeypatch):
+    """The event loop reads the task list (``tasks``, ``infos``, ``stats``) while the model thread lists, loads and
+    evicts. Here the change is made to land in the middle of a read, every time: each row the read builds lists
+    another file (what a concurrent refresh does); the read must finish over the list it began with."""
+    from adaptformer import bank as bank_module
+
+    folder = write_tasks(tmp_path / "tasks", count=3)
+    bank = open_bank(folder)
+    extra = [folder / f"t00{k}.safetensors" for k in range(3)]
+    added = iter(range(100))
+    to_dict = bank_module.TaskInfo.to_dict
+
+    def changing(info):
+        k = next(added)
+        bank.add(f"late{k}={extra[k % 3]}")  # the list grows while it is being read
+        return to_dict(info)
+
+    monkeypatch.setattr(bank_module.TaskInfo, "to_dict", changing)
+    rows = bank.infos()
+    assert [row["name"] for row in rows] == ["t000", "t001", "t002"]
+    assert bank.stats()["listed"] == 6 and len(bank.tasks) == 6
+
+
 def test_the_backbone_is_hashed_once_for_many_task_files(task_dir, monkeypatch):
     import adaptformer.adapted.model as model_module
 

@@ -329,8 +329,9 @@ class TaskBank:
 
     @property
     def tasks(self) -> list[str]:
-        """The usable tasks, resident or not."""
-        return [name for name, entry in self._entries.items() if entry.info is not None]
+        """The usable tasks, resident or not. Like every read here, it iterates a snapshot (``list`` copies a dict
+        while holding the GIL), so the event loop may read while the model thread lists, loads and evicts."""
+        return [name for name, entry in list(self._entries.items()) if entry.info is not None]
 
     def info(self, name: str) -> TaskInfo:
         entry = self._entries.get(name)
@@ -339,6 +340,11 @@ class TaskBank:
             raise UnknownTask(f"task {name!r}: no such usable task{why}")
         return entry.info
 
+    def unusable_reason(self, name: str) -> str | None:
+        """Why a listed task cannot be used (its file's problem), or None (usable, or not listed)."""
+        entry = self._entries.get(name)
+        return entry.error if entry is not None and entry.info is None else None
+
     def has(self, name: str) -> bool:
         entry = self._entries.get(name)
         return entry is not None and entry.info is not None
@@ -346,9 +352,10 @@ class TaskBank:
     def infos(self) -> list[dict[str, Any]]:
         """Every listed task: its description and whether it is resident; unusable ones with their reason."""
         rows = []
-        for name, entry in self._entries.items():
+        resident = set(self._resident)
+        for name, entry in list(self._entries.items()):
             if entry.info is not None:
-                rows.append({**entry.info.to_dict(), "usable": True, "resident": name in self._resident})
+                rows.append({**entry.info.to_dict(), "usable": True, "resident": name in resident})
             else:
                 rows.append({"name": name, "file": str(entry.path), "usable": False, "error": entry.error})
         return rows
@@ -367,11 +374,13 @@ class TaskBank:
     def stats(self) -> dict[str, Any]:
         c = self.counters
         uses = c.hits + c.misses
+        entries, resident = list(self._entries.values()), list(self._resident.values())
+        listed = sum(entry.info is not None for entry in entries)
         return {
-            "listed": len(self.tasks),
-            "unusable": len(self._entries) - len(self.tasks),
-            "resident": len(self._resident),
-            "resident_mb": round(sum(self._resident.values()) / 2**20, 3),
+            "listed": listed,
+            "unusable": len(entries) - listed,
+            "resident": len(resident),
+            "resident_mb": round(sum(resident) / 2**20, 3),
             "max_resident": self.limits.max_resident,
             "max_resident_mb": self.limits.max_resident_mb,
             "loads": c.loads,
@@ -416,12 +425,16 @@ class TaskBank:
             self._evict(victim)
 
     def _read_in(self, name: str) -> None:
+        """Load a listed task's tensors. A file that can no longer be loaded (deleted, changed or broken since it
+        was listed) is listed as unusable with the reason until the next refresh (or an explicit load), so
+        requests for every task leave it out rather than fail; a request naming it gets the reason."""
         entry = self._entries[name]
         try:
             header, tensors = read_task_file(entry.path, expected=entry.header)
             apply_task_tensors(self.model, header.meta, tensors, entry.path, check_backbone=False, name=name)
-        except AdaptFormerError:
+        except AdaptFormerError as error:
             self.counters.refused_loads += 1
+            entry.info, entry.error = None, str(error)
             raise
         task = self.model.tasks[name].eval()
         self._resident[name] = sum(t.numel() * t.element_size() for t in task.state_dict().values())

@@ -19,14 +19,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(arguments: list[str], timeout: float = 120, scheme: str = "http") -> tuple[subprocess.Popen, str]:
-    """``adaptformer serve ARGUMENTS --port P``; returns once /health answers (the test fails otherwise)."""
+def start_server(
+    arguments: list[str], timeout: float = 120, scheme: str = "http", env: dict | None = None
+) -> tuple[subprocess.Popen, str]:
+    """``adaptformer serve ARGUMENTS --port P`` (``env``: more environment variables); returns once /health answers
+    (the test fails otherwise)."""
     port = free_port()
     command = [sys.executable, "-m", "adaptformer", "serve", *arguments, "--port", str(port)]
     # the output goes to a file, not a pipe: a pipe nobody reads fills up with access-log lines and blocks the server
     log = tempfile.NamedTemporaryFile(prefix="adaptformer-serve-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     )
     process.log_path = log.name
     url = f"{scheme}://127.0.0.1:{port}"

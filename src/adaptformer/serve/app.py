@@ -110,7 +110,7 @@ def create_app(bank: TaskBank, task_dir: str | Path | None = None, settings: Ser
     )
     app.state.bank, app.state.batcher, app.state.settings = bank, batcher, settings
     add_offline_docs(app)
-    _add_error_handlers(app, metrics, scrub)
+    reply = _add_error_handlers(app, metrics, scrub)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
@@ -208,18 +208,32 @@ def create_app(bank: TaskBank, task_dir: str | Path | None = None, settings: Ser
         return {"results": await _predict(file, names, top_k, threshold)}
 
     def _known(name: str) -> None:
+        reason = bank.unusable_reason(name) if TASK_NAME.fullmatch(name) else None
+        if reason is not None:
+            raise HTTPException(404, f"task {name!r}: listed but unusable: {reason}")
         if not (TASK_NAME.fullmatch(name) and bank.has(name)):
             shown = ", ".join(bank.tasks[:10]) + (" ..." if len(bank.tasks) > 10 else "")
             raise HTTPException(404, f"task {name[:80]!r}: no such task (loaded: {shown or 'none'})")
 
     async def _predict(file: UploadFile, names: list[str] | None, top_k: int, threshold: float) -> list[dict]:
         """``names`` None: every task of the upload's kind (images to image tasks, clips to video tasks)."""
+        every = names is None
         with pool.admit():
             data = await file.read(settings.max_upload_bytes + 1)
             if len(data) > settings.max_upload_bytes:
                 raise HTTPException(413, f"upload larger than {settings.max_upload_bytes} bytes (--max-upload-mb)")
             names, rows = await pool.run(_rows, data, file.filename or "", names)
-            logits = await batcher.logits(rows, names)
+            while True:
+                try:
+                    logits = await batcher.logits(rows, names)
+                    break
+                except AdaptFormerError:
+                    # a request for every task leaves out a task that became unusable meanwhile (its file
+                    # deleted, changed or broken, or the task removed): the others still answer
+                    keep = [i for i, name in enumerate(names) if bank.has(name)]
+                    if not every or not keep or len(keep) == len(names):
+                        raise
+                    names, rows = [names[i] for i in keep], [rows[i] for i in keep]
         return [bank.answer(name, values, top_k, threshold) for name, values in zip(names, logits, strict=True)]
 
     def _rows(data: bytes, filename: str, names: list[str] | None):
@@ -242,6 +256,7 @@ def create_app(bank: TaskBank, task_dir: str | Path | None = None, settings: Ser
         except AdaptFormerError as error:  # an image for a video task, or the reverse
             raise HTTPException(422, str(error)) from None
 
+    app.add_middleware(_Contained, reply=reply)  # the innermost: every middleware outside it sees its 500s
     app.add_middleware(Admission, settings=settings, on_refusal=lambda kind: metrics.errors.labels(kind).inc())
     if settings.cors_origins:
         app.add_middleware(
@@ -252,6 +267,34 @@ def create_app(bank: TaskBank, task_dir: str | Path | None = None, settings: Ser
         )
     app.add_middleware(_Measured, metrics=metrics)
     return app
+
+
+class _Contained:
+    """An exception that escapes a route becomes one line of JSON (500) here and goes no further. Starlette's
+    outermost handler would send the same 500 and then raise it again, and uvicorn then closes the connection
+    although the response said nothing of it: the client's next request on that keep-alive connection fails."""
+
+    def __init__(self, app, reply):
+        self.app, self.reply = app, reply
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as error:
+            if started:  # half a response is out: only closing the connection can end it
+                raise
+            log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
+            detail = f"internal error ({type(error).__name__}); see the server log"
+            await self.reply(500, detail, "internal")(scope, receive, send)
 
 
 class _Measured:
@@ -280,7 +323,9 @@ def _decode(data: bytes, filename: str, settings: ServeSettings) -> Image.Image 
     return decode_image(data, settings.max_pixels)
 
 
-def _add_error_handlers(app: FastAPI, metrics: ServerMetrics, scrub) -> None:
+def _add_error_handlers(app: FastAPI, metrics: ServerMetrics, scrub):
+    """Each error a route can raise as its status and one line of JSON; returns the function that makes them."""
+
     def reply(status: int, detail: str, kind: str, headers: dict | None = None) -> JSONResponse:
         metrics.errors.labels(kind).inc()
         return JSONResponse({"detail": scrub(detail)}, status_code=status, headers=headers)
@@ -320,10 +365,7 @@ def _add_error_handlers(app: FastAPI, metrics: ServerMetrics, scrub) -> None:
         status = 409 if "changed on disk" in str(error) else 400
         return reply(status, str(error), "task_file" if status == 400 else "changed")
 
-    @app.exception_handler(Exception)
-    async def internal(request: Request, error: Exception):
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        return reply(500, f"internal error ({type(error).__name__}); see the server log", "internal")
+    return reply
 
 
 def _public(row: dict, root: Path | None, scrub) -> dict:

@@ -2,7 +2,8 @@
 in the tests, never share counters).
 
 Counters and histograms are updated as requests pass (a pure ASGI middleware labels each by its route template,
-so ``/predict/{task}`` is one series however many tasks there are); gauges and totals that the bank and the
+so ``/predict/{task}`` is one series however many tasks there are; and by its method, one of the standard ones or
+``OTHER``: nothing from the wire becomes a label); gauges and totals that the bank and the
 batcher already keep are read when Prometheus scrapes.
 """
 
@@ -13,6 +14,9 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+#: the methods a request is counted under; any other (a client may send any token) is counted as OTHER, so no
+#: client can add series to /metrics
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -54,7 +58,8 @@ class ServerMetrics:
                 await app(scope, receive, recording_send)
             finally:
                 route = getattr(scope.get("route"), "path", None) or "unmatched"
-                self.requests.labels(route, scope["method"], str(status["code"])).inc()
+                method = scope["method"] if scope["method"] in METHODS else "OTHER"
+                self.requests.labels(route, method, str(status["code"])).inc()
                 self.latency.labels(route).observe(time.perf_counter() - start)
 
         return measured

@@ -62,7 +62,13 @@ def write_task(path: str | Path, meta: dict[str, Any], tensors: dict[str, torch.
     return path
 
 
-_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
+#: bytes per element of every safetensors dtype
+_DTYPE_BYTES = {
+    **dict.fromkeys(("F64", "I64", "U64"), 8),
+    **dict.fromkeys(("F32", "I32", "U32"), 4),
+    **dict.fromkeys(("F16", "BF16", "I16", "U16"), 2),
+    **dict.fromkeys(("I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2"), 1),
+}
 
 #: a safetensors header larger than this is refused before it is read (the format's own limit is 100 MB)
 MAX_HEADER_BYTES = 100_000_000
@@ -85,7 +91,7 @@ class TaskHeader:
     @property
     def tensor_bytes(self) -> int:
         """Bytes of the tensors (what the task costs in memory once loaded, at the file's precision)."""
-        return sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(shape) for dtype, shape in self.tensors.values())
+        return sum(_DTYPE_BYTES[dtype] * math.prod(shape) for dtype, shape in self.tensors.values())
 
     def changed_since(self, other: TaskHeader) -> bool:
         return (self.size, self.mtime_ns, self.digest) != (other.size, other.mtime_ns, other.digest)
@@ -129,14 +135,36 @@ def _header_from_bytes(path: Path, raw: bytes, size: int, mtime_ns: int) -> Task
     if not isinstance(header, dict):
         raise AdaptFormerError(f"task file {path}: not a readable safetensors file (header is not a mapping)")
     metadata = header.pop("__metadata__", None) or {}
-    tensors = {}
-    for key, entry in header.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("shape"), list):
-            raise AdaptFormerError(f"task file {path}: not a readable safetensors file (tensor {key!r})")
-        tensors[key] = (str(entry.get("dtype")), tuple(entry["shape"]))
+    data_bytes = size - 8 - len(raw)  # what follows the header: every tensor's bytes
+    tensors = {key: _tensor_entry(path, key, entry, data_bytes) for key, entry in header.items()}
     meta = _description(path, metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None)
     digest = hashlib.sha256(raw).hexdigest()
     return TaskHeader(path, meta, tensors, size, mtime_ns, digest)
+
+
+def _tensor_entry(path: Path, key: str, entry: Any, data_bytes: int) -> tuple[str, tuple[int, ...]]:
+    """One tensor of the header, checked as safetensors would check it before any is read: a known dtype, a
+    shape of non-negative integers, and byte offsets inside the file that hold exactly that many elements (a
+    header that is valid JSON but wrong inside is refused here, when the file is listed, not when a request
+    reaches it)."""
+    where = f"task file {path}: not a readable safetensors file (tensor {str(key)[:80]!r}"
+    if not isinstance(entry, dict):
+        raise AdaptFormerError(f"{where}: expected a mapping)")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in _DTYPE_BYTES:
+        raise AdaptFormerError(f"{where}: dtype {str(dtype)[:20]!r} is not a safetensors dtype)")
+    if not isinstance(shape, list) or not all(_natural(n) for n in shape):
+        raise AdaptFormerError(f"{where}: shape {str(shape)[:40]}: expected a list of non-negative integers)")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_natural(n) for n in offsets)):
+        raise AdaptFormerError(f"{where}: data_offsets: expected two non-negative integers)")
+    begin, end = offsets
+    if not begin <= end <= data_bytes or end - begin != math.prod(shape) * _DTYPE_BYTES[dtype]:
+        raise AdaptFormerError(f"{where}: its data_offsets do not hold its shape inside the file)")
+    return dtype, tuple(shape)
+
+
+def _natural(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def read_task_file(path: str | Path, expected: TaskHeader | None = None) -> tuple[TaskHeader, dict[str, torch.Tensor]]:

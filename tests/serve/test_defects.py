@@ -1,0 +1,216 @@
+"""Defects a real client found in ``adaptformer serve``, each checked against the real server (a subprocess on
+127.0.0.1) the way it was found: a task file that is valid JSON outside and wrong inside, a task file deleted
+without a refresh, a keep-alive connection after a 500, reads racing a refresh loop, and invented HTTP methods
+growing the metrics."""
+
+import io
+import json
+import os
+import struct
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from launch import start_server, stop_server
+from PIL import Image
+
+import adaptformer
+
+MODEL = "adaptformer/vit-tiny-cifar10"
+#: imported by the server subprocess at start-up: GET /tasks raises a plain exception while the marker file exists
+FAULT = """
+import os
+import sys
+from adaptformer import bank
+
+sys.setswitchinterval(2e-4)  # threads switch often: a read racing the model thread is caught in seconds
+
+_infos = bank.TaskBank.infos
+
+
+def infos(self):
+    if os.path.exists(os.environ["ADAPTFORMER_TEST_FAULT"]):
+        raise RuntimeError("injected by the test")
+    return _infos(self)
+
+
+bank.TaskBank.infos = infos
+"""
+
+
+def png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save(folder: Path, name: str, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = adaptformer.create_model(MODEL, "adaptformer", num_classes=3, bottleneck=4)
+    return adaptformer.save_task(model, folder / f"{name}.safetensors")
+
+
+def with_header(source: Path, target: Path, change) -> None:
+    """``target``: ``source`` with its safetensors header changed by ``change(header)``, still valid JSON."""
+    data = source.read_bytes()
+    length = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + length])
+    change(header)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    target.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length :])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("defects")
+    tasks, hooks = root / "tasks", root / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(FAULT)
+    for seed, name in enumerate(("one", "two", "three", "spare")):
+        save(tasks, name, seed)
+    marker = root / "fault"
+    env = {"PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]),
+           "ADAPTFORMER_TEST_FAULT": str(marker)}  # fmt: skip
+    process, url = start_server(["--task-dir", str(tasks), "--precision", "fp32", "--max-wait-ms", "5"], env=env)
+    yield url, tasks, marker
+    stop_server(process)
+
+
+def predict(url: str, path: str = "/predict", seed: int = 0) -> httpx.Response:
+    return httpx.post(f"{url}{path}", files={"file": ("x.png", png(seed), "image/png")}, timeout=60)
+
+
+def test_a_header_that_is_json_outside_and_wrong_inside_is_listed_unusable_and_fails_nothing(server):
+    url, tasks, _ = server
+
+    def string_shape(header):
+        key = next(k for k, v in header.items() if k != "__metadata__" and v["shape"])
+        header[key]["shape"] = [str(n) for n in header[key]["shape"]]  # "shape": ["4"]
+
+    with_header(tasks / "one.safetensors", tasks / "hostile.safetensors", string_shape)
+    with_header(tasks / "one.safetensors", tasks / "offsets.safetensors", lambda h: _shift_offsets(h, 4))
+    try:
+        assert httpx.post(f"{url}/tasks/refresh", timeout=60).status_code == 200
+        rows = {row["name"]: row for row in httpx.get(f"{url}/tasks").json()}
+        for name in ("hostile", "offsets"):
+            assert rows[name]["usable"] is False and "not a readable safetensors file" in rows[name]["error"]
+            refused = predict(url, f"/predict/{name}")
+            assert refused.status_code == 404 and "\n" not in refused.json()["detail"]
+        every = predict(url)
+        assert every.status_code == 200
+        assert {r["task"] for r in every.json()["results"]} >= {"one", "two", "three"}
+        assert httpx.get(f"{url}/ready").status_code == 200
+        assert httpx.get(f"{url}/health").json()["status"] == "ok"
+    finally:
+        (tasks / "hostile.safetensors").unlink()
+        (tasks / "offsets.safetensors").unlink()
+        httpx.post(f"{url}/tasks/refresh", timeout=60)
+
+
+def _shift_offsets(header: dict, by: int) -> None:
+    for key, entry in header.items():
+        if key != "__metadata__":
+            entry["data_offsets"] = [entry["data_offsets"][0], entry["data_offsets"][1] + by]
+            return
+
+
+def test_a_task_file_deleted_without_a_refresh_leaves_the_others_answering(server):
+    url, tasks, _ = server
+    late = save(tasks, "late", 7)
+    kept = late.read_bytes()
+    assert httpx.post(f"{url}/tasks/refresh", timeout=60).json()["added"] == ["late"]
+    late.unlink()  # still listed (no refresh yet) and never loaded: its tensors are nowhere now
+    try:
+        every = predict(url, seed=3)
+        assert every.status_code == 200, every.text
+        answered = {r["task"] for r in every.json()["results"]}
+        assert "late" not in answered and {"one", "two", "three"} <= answered
+        alone = predict(url, "/predict/late")
+        assert alone.status_code == 404 and "no such file" in alone.json()["detail"]
+        row = next(r for r in httpx.get(f"{url}/tasks").json() if r["name"] == "late")
+        assert row["usable"] is False and "no such file" in row["error"]
+    finally:
+        late.write_bytes(kept)
+        assert httpx.post(f"{url}/tasks/refresh", timeout=60).json()["changed"] == ["late"]
+    assert predict(url, "/predict/late").status_code == 200  # listed again once the file is back
+    late.unlink()
+    late.with_suffix(".json").unlink()
+    httpx.post(f"{url}/tasks/refresh", timeout=60)
+
+
+def test_a_500_leaves_the_keep_alive_connection_usable(server):
+    url, _, marker = server
+    with httpx.Client(base_url=url, timeout=30) as client:
+        assert client.get("/health").status_code == 200
+        marker.touch()
+        try:
+            failed = client.get("/tasks")
+        finally:
+            marker.unlink()
+        assert failed.status_code == 500
+        assert failed.json()["detail"] == "internal error (RuntimeError); see the server log"
+        statuses = [client.get("/health").status_code for _ in range(20)]  # the same connection, kept alive
+    assert statuses == [200] * 20
+
+
+def test_reads_of_the_task_list_race_a_refresh_loop_without_a_5xx(server):
+    url, tasks, _ = server
+    stop = threading.Event()
+    seen: list[int] = []
+
+    spare = tasks.parent / "spare-files"
+    spare.mkdir(exist_ok=True)
+    sources = [save(spare, f"churn{k}", 10 + k) for k in range(8)]
+    many = [tasks / f"copy{k:03d}.safetensors" for k in range(200)]  # a long list: iterating it takes a while
+    for path in many:
+        path.write_bytes((tasks / "one.safetensors").read_bytes())
+
+    def churn():  # files added and removed, and the directory scanned again, as fast as it goes
+        k = 0
+        while not stop.is_set():
+            source = sources[k % len(sources)]
+            target = tasks / source.name
+            if target.exists():
+                target.unlink()
+            else:
+                target.write_bytes(source.read_bytes())
+            httpx.post(f"{url}/tasks/refresh", timeout=60)
+            k += 1
+
+    def read():
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not stop.is_set():
+                for path in ("/tasks", "/health", "/metrics"):
+                    try:
+                        seen.append(client.get(path).status_code)
+                    except httpx.HTTPError as error:  # a connection dropped after a 500 counts as a failure
+                        seen.append(type(error).__name__)
+
+    threads = [threading.Thread(target=churn), threading.Thread(target=read), threading.Thread(target=read)]
+    for thread in threads:
+        thread.start()
+    time.sleep(8)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    for leftover in [*tasks.glob("churn*"), *many]:
+        leftover.unlink(missing_ok=True)
+    httpx.post(f"{url}/tasks/refresh", timeout=60)
+    assert len(seen) > 100 and set(seen) == {200}, sorted(set(map(str, seen)))
+
+
+def test_invented_http_methods_add_no_series_to_the_metrics(server):
+    url, _, _ = server
+    before = httpx.get(f"{url}/metrics").text.count("adaptformer_requests_total{")
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for k in range(60):
+            client.request(f"INVENTED{k}", "/health")
+    after = httpx.get(f"{url}/metrics").text
+    assert "INVENTED" not in after
+    assert after.count("adaptformer_requests_total{") <= before + 2  # the OTHER series (and /metrics itself)
