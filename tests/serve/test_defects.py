@@ -214,3 +214,45 @@ def test_invented_http_methods_add_no_series_to_the_metrics(server):
     after = httpx.get(f"{url}/metrics").text
     assert "INVENTED" not in after
     assert after.count("adaptformer_requests_total{") <= before + 2  # the OTHER series (and /metrics itself)
+
+
+KEY = "k" * 8 + "-defects-key-0123456789"
+
+
+def test_auth_everything_still_serves_the_page_and_the_docs_which_ask_for_the_key(tmp_path):
+    save(tmp_path / "tasks", "one", 0)
+    arguments = ["--task-dir", str(tmp_path / "tasks"), "--api-key", KEY, "--auth-everything"]
+    process, url = start_server(arguments)
+    try:
+        page = httpx.get(f"{url}/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert 'id="keyrow"' in page.text  # where the page asks for the key after its first 401
+        docs = httpx.get(f"{url}/docs")
+        assert docs.status_code == 200
+        assets = [part.split('"')[0] for part in docs.text.split('"/assets/docs/')[1:]]
+        assert assets and all(httpx.get(f"{url}/assets/docs/{asset}").status_code == 200 for asset in assets)
+        assert httpx.get(f"{url}/openapi.json").status_code == 200
+        for path in ("/tasks", "/health", "/metrics"):  # everything that holds data still needs the key
+            assert httpx.get(f"{url}{path}").status_code == 401
+            assert httpx.get(f"{url}{path}", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    finally:
+        stop_server(process)
+
+
+def test_an_allowed_host_adds_to_loopback_and_a_server_on_every_interface_takes_ip_addresses(tmp_path):
+    save(tmp_path / "tasks", "one", 0)
+    process, url = start_server(["--task-dir", str(tmp_path / "tasks"), "--allowed-host", "vision.example.org"])
+    try:
+        for host, status in (("vision.example.org", 200), ("127.0.0.1", 200), ("localhost", 200), ("[::1]", 200),
+                             ("evil.example.com", 400)):  # fmt: skip
+            assert httpx.get(f"{url}/health", headers={"Host": host}).status_code == status, host
+    finally:
+        stop_server(process)
+    arguments = ["--task-dir", str(tmp_path / "tasks"), "--host", "0.0.0.0", "--api-key", KEY]
+    process, url = start_server(arguments)
+    try:
+        for host, status in (("10.1.2.3", 200), ("[fe80::1]", 200), ("localhost", 200),
+                             ("rebound.attacker.example", 400)):  # fmt: skip
+            assert httpx.get(f"{url}/health", headers={"Host": host}).status_code == status, host
+    finally:
+        stop_server(process)

@@ -21,9 +21,6 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def browser_and_server(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     root = tmp_path_factory.mktemp("page")
     torch.manual_seed(0)
     model = adaptformer.create_model("adaptformer/vit-tiny-cifar10", "linear", num_classes=3)
@@ -33,6 +30,16 @@ def browser_and_server(tmp_path_factory):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "a.png")
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     process, url = start_server(["--task-dir", str(root / "tasks"), "--precision", "fp32", "--max-resident", "64"])
+    driver = chromium()
+    yield driver, url, root
+    driver.quit()
+    stop_server(process)
+
+
+def chromium():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
@@ -48,9 +55,7 @@ def browser_and_server(tmp_path_factory):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_page_load_timeout(60)
-    yield driver, url, root
-    driver.quit()
-    stop_server(process)
+    return driver
 
 
 def wait_for(condition, timeout=60):
@@ -90,3 +95,24 @@ def test_the_page_pages_searches_previews_and_never_shows_stale_answers(browser_
     assert not driver.find_element("id", "busy").is_displayed()
     logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]]
     assert [e for e in logs if "415" not in e["message"]] == []  # no script error; only the refused request
+
+
+def test_with_auth_everything_the_page_loads_asks_for_the_key_and_then_lists_the_tasks(tmp_path):
+    key = "k" * 8 + "-page-key-0123456789"
+    torch.manual_seed(0)
+    model = adaptformer.create_model("adaptformer/vit-tiny-cifar10", "linear", num_classes=3)
+    adaptformer.save_task(model, tmp_path / "tasks" / "only.safetensors")
+    process, url = start_server(["--task-dir", str(tmp_path / "tasks"), "--api-key", key, "--auth-everything"])
+    driver = chromium()
+    try:
+        driver.get(f"{url}/")
+        keyrow = driver.find_element("id", "keyrow")
+        wait_for(keyrow.is_displayed)  # its first call answered 401: it asks
+        assert driver.find_element("id", "error").text.startswith("401: missing or wrong API key")
+        driver.find_element("id", "key").send_keys(key)
+        driver.find_element("id", "usekey").click()
+        wait_for(lambda: driver.find_element("id", "count").text == "1")
+        assert not keyrow.is_displayed() and driver.find_element("id", "error").text == ""
+    finally:
+        driver.quit()
+        stop_server(process)

@@ -2,10 +2,12 @@
 
 A pure ASGI middleware in front of the routes; every refusal is a JSON ``{"detail": ...}``:
 
-* **Host** (400): a Host header outside ``settings.hosts`` is refused, so a page on another site cannot reach a
-  loopback server through DNS rebinding.
+* **Host** (400): a Host header the settings do not allow (``ServeSettings.host_allowed``: the loopback names,
+  ``--host``, ``--allowed-host``; on 0.0.0.0 also IP literals and the machine's name) is refused, so a page on
+  another site cannot reach the server through DNS rebinding.
 * **API key** (401): with a key set, state-changing endpoints (loading, refreshing and removing tasks) need
-  ``Authorization: Bearer KEY``; with ``auth_everything`` every endpoint but ``/ready`` does. Keys are compared
+  ``Authorization: Bearer KEY``; with ``auth_everything`` every endpoint does but ``/ready`` and the pages that
+  hold no data (``/``, which then asks for the key, and the API docs). Keys are compared
   in constant time.
 * **Body size** (413): a ``Content-Length`` over the limit is refused before a byte of the body is read; a body
   sent without one (chunked) is counted while it streams and cut off at the limit, so nothing over the limit is
@@ -27,7 +29,10 @@ from .settings import ServeSettings
 
 # An unread body would otherwise still be received (and thrown away) to its end: closing stops the sender.
 CLOSE = {"connection": "close"}
-OPEN_PATHS = ("/ready",)  # orchestrators' probes carry no key
+#: reachable without a key even with --auth-everything: orchestrators' probes, and pages that hold no data (the
+#: page asks for the key and sends it with every call it makes; the API docs and their assets)
+OPEN_PATHS = ("/ready", "/", "/docs", "/redoc", "/openapi.json", "/favicon.ico")
+OPEN_PREFIXES = ("/assets/docs/",)
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around an upload of the full allowed size
 STATE_CHANGING = ("/tasks",)  # POST /tasks, POST /tasks/refresh, DELETE /tasks/{name}
 
@@ -44,7 +49,6 @@ class Admission:
     def __init__(self, app, settings: ServeSettings, on_refusal=None):
         self.app, self.settings = app, settings
         self.on_refusal = on_refusal or (lambda kind: None)
-        self._hosts = {h.lower() for h in settings.hosts}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -59,7 +63,7 @@ class Admission:
 
     def _refusal(self, scope, headers: dict[str, str]) -> Refusal | None:
         host = _host_name(headers.get("host", ""))
-        if "*" not in self._hosts and host.lower() not in self._hosts:
+        if not self.settings.host_allowed(host):
             return Refusal(400, f"Host {host[:100]!r}: not an allowed host (--allowed-host)", "host")
         if self._needs_key(scope) and not self._key_ok(headers.get("authorization", "")):
             challenge = {"www-authenticate": 'Bearer realm="adaptformer"'}
@@ -77,7 +81,8 @@ class Admission:
         if self.settings.api_key is None or scope["method"] == "OPTIONS":
             return False
         if self.settings.auth_everything:
-            return scope["path"] not in OPEN_PATHS
+            path = scope["path"]
+            return path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES)
         return scope["method"] not in ("GET", "HEAD") and scope["path"].startswith(STATE_CHANGING)
 
     def _key_ok(self, authorization: str) -> bool:

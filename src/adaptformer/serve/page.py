@@ -86,6 +86,7 @@ function renderPaging() {
 async function loadTasks() {
   try {
     const rows = await call("/tasks");
+    $("error").textContent = "";  // an earlier failure (a missing key) is over
     tasks = rows.filter((t) => t.usable);
     $("count").textContent = tasks.length;
     shown = filtered();

@@ -8,16 +8,19 @@ everything.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import AdaptFormerError
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+ANY_INTERFACE = ("0.0.0.0", "::", "")
 API_KEY_ENV = "ADAPTFORMER_API_KEY"
 
 
@@ -106,13 +109,36 @@ class ServeSettings:
 
     @property
     def hosts(self) -> list[str]:
-        """Host header values accepted (without the port). By default the loopback names and --host; a server
-        on every interface (0.0.0.0) accepts any unless --allowed-host names them."""
-        if self.allowed_hosts:
-            return list(self.allowed_hosts)
-        if self.host in ("0.0.0.0", "::", ""):
-            return ["*"]
-        return [*LOOPBACK_NAMES, self.host]
+        """Host header names accepted (without the port): the loopback names always (the machine's own health
+        checks), --host, and every --allowed-host."""
+        return list(dict.fromkeys(name.lower() for name in (*LOOPBACK_NAMES, self.host, *self.allowed_hosts) if name))
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether a request's Host header (without the port) may reach the server. DNS rebinding needs a domain
+        name that resolves to the server: a name is accepted only when it is one of ``hosts``; a server on every
+        interface (0.0.0.0 / ::) also accepts an IP address literal (any of its addresses: no rebinding through
+        one) and the machine's own host name."""
+        host = host.lower()
+        if host in self.hosts:
+            return True
+        if self.host not in ANY_INTERFACE:
+            return False
+        return _is_ip_literal(host) or host in _machine_names()
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _machine_names() -> set[str]:
+    names = {socket.gethostname().lower()}
+    with contextlib.suppress(OSError):
+        names.add(socket.getfqdn().lower())
+    return names
 
 
 def read_api_key(key: str | None, key_file: str | None) -> str | None:
