@@ -6,6 +6,7 @@ growing the metrics."""
 import io
 import json
 import os
+import socket
 import struct
 import threading
 import time
@@ -39,7 +40,31 @@ def infos(self):
 
 
 bank.TaskBank.infos = infos
+
+_logits = bank.TaskBank.logits
+
+
+def logits(self, *args, **kwargs):
+    slow = os.environ.get("ADAPTFORMER_TEST_SLOW")
+    if slow and os.path.exists(slow):
+        import time
+
+        time.sleep(6)
+    return _logits(self, *args, **kwargs)
+
+
+bank.TaskBank.logits = logits
 """
+
+
+def fault_hooks(folder: Path, **markers: Path) -> dict:
+    """Environment for a server that imports the fault hooks above (``markers``: their marker files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(FAULT)
+    env = {"PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
+    env["ADAPTFORMER_TEST_FAULT"] = str(markers.get("fault", folder / "no-fault"))
+    env["ADAPTFORMER_TEST_SLOW"] = str(markers.get("slow", folder / "no-slow"))
+    return env
 
 
 def png(seed: int) -> bytes:
@@ -69,14 +94,11 @@ def with_header(source: Path, target: Path, change) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("defects")
-    tasks, hooks = root / "tasks", root / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(FAULT)
+    tasks = root / "tasks"
     for seed, name in enumerate(("one", "two", "three", "spare")):
         save(tasks, name, seed)
     marker = root / "fault"
-    env = {"PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]),
-           "ADAPTFORMER_TEST_FAULT": str(marker)}  # fmt: skip
+    env = fault_hooks(root / "hooks", fault=marker)
     process, url = start_server(["--task-dir", str(tasks), "--precision", "fp32", "--max-wait-ms", "5"], env=env)
     yield url, tasks, marker
     stop_server(process)
@@ -256,3 +278,68 @@ def test_an_allowed_host_adds_to_loopback_and_a_server_on_every_interface_takes_
             assert httpx.get(f"{url}/health", headers={"Host": host}).status_code == status, host
     finally:
         stop_server(process)
+
+
+def raw_exchange(url: str, request: bytes) -> tuple[int, dict, bytes]:
+    """Send ``request`` bytes on a fresh connection; the status, headers and body of what comes back."""
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(request)
+        data = b""
+        while chunk := connection.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -1\r\n\r\n",
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: +5\r\n\r\nhello",
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"\x16\x03\x01 not HTTP at all\r\n\r\n",
+    ],
+)
+def test_a_request_uvicorn_cannot_parse_gets_one_line_of_json(server, request_bytes):
+    url, _, _ = server
+    status, headers, body = raw_exchange(url, request_bytes)
+    assert status == 400 and headers["content-type"] == "application/json" and headers["connection"] == "close"
+    assert json.loads(body)["detail"].startswith("malformed HTTP request")
+
+
+def test_a_connection_beyond_the_limit_gets_json_and_retry_after(tmp_path):
+    save(tmp_path / "tasks", "one", 0)
+    process, url = start_server(["--task-dir", str(tmp_path / "tasks"), "--max-connections", "2"])
+    host, port = url.split("//")[1].split(":")
+    held = [socket.create_connection((host, int(port))) for _ in range(2)]  # open and idle: they count
+    try:
+        time.sleep(0.3)
+        answer = httpx.get(f"{url}/health", timeout=10)
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+        assert answer.json()["detail"].startswith("too many open connections")
+    finally:
+        for connection in held:
+            connection.close()
+        stop_server(process)
+
+
+def test_a_request_still_running_when_the_grace_ends_gets_a_json_503(tmp_path):
+    save(tmp_path / "tasks", "one", 0)
+    slow = tmp_path / "slow"
+    env = fault_hooks(tmp_path / "hooks", slow=slow)
+    process, url = start_server(["--task-dir", str(tmp_path / "tasks"), "--shutdown-grace", "1"], env=env)
+    answers = []
+    slow.touch()  # the model takes 6 s from now on
+    thread = threading.Thread(target=lambda: answers.append(predict(url, "/predict/one")))
+    thread.start()
+    time.sleep(1.5)
+    process.terminate()  # SIGTERM: 1 s of grace, then the request is cut
+    thread.join(timeout=30)
+    process.wait(timeout=30)
+    (answer,) = answers
+    assert answer.status_code == 503 and answer.headers["content-type"] == "application/json"
+    assert answer.json()["detail"] == "the server is shutting down; try again"

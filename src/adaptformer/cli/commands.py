@@ -478,6 +478,12 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--header-timeout", type=float, default=10.0, help="seconds to send request headers")
     net.add_argument("--body-timeout", type=float, default=30.0, help="seconds between body chunks")
     net.add_argument("--keep-alive", type=int, default=5, help="seconds an idle connection stays open")
+    net.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        help="at SIGTERM, seconds requests in progress may still finish; then they get a JSON 503 (%(default)s)",
+    )
     net.add_argument("--ssl-keyfile", default=None, help="serve HTTPS with this key (and --ssl-certfile)")
     net.add_argument("--ssl-certfile", default=None)
     net.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log each request")
@@ -525,6 +531,7 @@ def serve_settings_from_args(args: argparse.Namespace):
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
         keep_alive_s=args.keep_alive,
+        shutdown_grace_s=args.shutdown_grace,
         api_key=read_api_key(args.api_key, args.api_key_file),
         auth_everything=args.auth_everything,
         insecure=args.insecure,

@@ -25,6 +25,7 @@ paths: files are named relative to the task directory. The schema is at ``/opena
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import re
@@ -289,6 +290,13 @@ class _Contained:
 
         try:
             await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:  # the server stops (SIGTERM) and the grace period is over
+            if not started:
+                headers = {"Retry-After": "1", "Connection": "close"}
+                await self.reply(503, "the server is shutting down; try again", "shutdown", headers)(
+                    scope, receive, send
+                )
+            raise
         except Exception as error:
             if started:  # half a response is out: only closing the connection can end it
                 raise

@@ -24,7 +24,7 @@ def uvicorn_config(app, settings: ServeSettings) -> uvicorn.Config:
         http=with_header_timeout(settings.header_timeout_s),
         limit_concurrency=settings.max_connections,  # more open connections than this: 503
         timeout_keep_alive=settings.keep_alive_s,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # then requests still running get a JSON 503
         h11_max_incomplete_event_size=64 * 1024,  # request line + headers
         ssl_keyfile=settings.ssl_keyfile,
         ssl_certfile=settings.ssl_certfile,

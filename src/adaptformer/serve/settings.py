@@ -48,6 +48,7 @@ class ServeSettings:
     keep_alive_s: int = 5
     # security
     api_key: str | None = None
+    shutdown_grace_s: float = 10.0  # at SIGTERM, how long requests in progress may still finish
     auth_everything: bool = False  # the key is needed for every endpoint, not only state-changing ones
     insecure: bool = False
     allowed_hosts: list[str] = field(default_factory=list)  # empty: loopback names and --host
@@ -72,6 +73,7 @@ class ServeSettings:
         _positive("--header-timeout", self.header_timeout_s)
         _positive("--body-timeout", self.body_timeout_s)
         _positive_int("--keep-alive", self.keep_alive_s)
+        _non_negative("--shutdown-grace", self.shutdown_grace_s)
         if self.api_key is not None and len(self.api_key) < 16:
             raise AdaptFormerError("--api-key: expected at least 16 characters (a random token)")
         if self.auth_everything and self.api_key is None:
