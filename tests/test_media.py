@@ -62,3 +62,41 @@ def test_a_clip_in_memory_is_sampled_as_the_task_says(tmp_path):
     assert bool((red[1:] > red[:-1]).all())
     with pytest.raises(MediaTooLarge, match="frames"):
         Clip(path.read_bytes(), max_frames=10).tensor(spec)
+
+
+def matroska_clip(frames: int, side: int = 32) -> bytes:
+    """An MKV of ``frames`` frames: Matroska states no frame count, so a reader must find it out."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="matroska") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv420p"
+        for k in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((side, side, 3), k % 255, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def test_a_clip_over_the_frame_limit_is_refused_from_its_packets_without_decoding_them(monkeypatch):
+    import av
+
+    from adaptformer.data.video import decode
+
+    data = matroska_clip(2000)
+    decoded = []
+    original = av.container.InputContainer.decode
+
+    def counting(container, *args, **kwargs):
+        decoded.append(1)
+        return original(container, *args, **kwargs)
+
+    monkeypatch.setattr(av.container.InputContainer, "decode", counting)
+    assert decode.probe(io.BytesIO(data), max_frames=100).frames == 101  # counting stopped past the limit
+    with pytest.raises(MediaTooLarge, match=r"^a clip of more than 100 frames \(--max-clip-frames\)$"):
+        Clip(data, "x.mkv", max_frames=100).frames  # noqa: B018
+    assert decoded == []  # nothing was decoded to refuse it
+    within = Clip(matroska_clip(40), "y.mkv", max_frames=100)
+    assert within.frames == 40 and decoded  # within the limit the count is exact (decoded)

@@ -102,13 +102,13 @@ class Clip:
     def frames(self) -> int:
         if self._frames is None:
             try:
-                self._frames = probe(io.BytesIO(self.data)).frames
+                self._frames = probe(io.BytesIO(self.data), self.max_frames).frames
             except MissingExtra:
                 raise
             except (UnreadableVideo, OSError, ValueError, RuntimeError) as error:
                 raise UnreadableMedia(f"not a readable video ({_short(error)})") from None
             if self._frames > self.max_frames:
-                raise MediaTooLarge(f"a clip of {self._frames} frames; at most {self.max_frames}")
+                raise MediaTooLarge(f"a clip of more than {self.max_frames} frames (--max-clip-frames)")
         return self._frames
 
     def tensor(self, spec: InputSpec) -> torch.Tensor:

@@ -343,3 +343,19 @@ def test_a_request_still_running_when_the_grace_ends_gets_a_json_503(tmp_path):
     (answer,) = answers
     assert answer.status_code == 503 and answer.headers["content-type"] == "application/json"
     assert answer.json()["detail"] == "the server is shutting down; try again"
+
+
+def test_a_long_clip_is_refused_by_its_frame_limit_before_it_is_decoded(tmp_path):
+    from test_media import matroska_clip
+
+    save(tmp_path / "tasks", "one", 0)
+    process, url = start_server(["--task-dir", str(tmp_path / "tasks"), "--max-clip-frames", "100"])
+    try:
+        started = time.perf_counter()
+        files = {"file": ("long.mkv", matroska_clip(3000, side=64), "video/x-matroska")}
+        answer = httpx.post(f"{url}/predict", files=files, timeout=60)
+        assert answer.status_code == 413
+        assert answer.json()["detail"] == "a clip of more than 100 frames (--max-clip-frames)"
+        assert time.perf_counter() - started < 5
+    finally:
+        stop_server(process)

@@ -35,24 +35,42 @@ def _av():
     return require("av", "decoding video")
 
 
-def probe(path: str | Path) -> VideoInfo:
-    """Frame count (from the container, else counted by decoding), rate and size of the first video stream."""
+def probe(path: str | Path, max_frames: int | None = None) -> VideoInfo:
+    """Frame count (from the container, else counted by decoding), rate and size of the first video stream.
+    With ``max_frames``, a clip whose container states no count is first measured by its packets (demuxed, not
+    decoded), and counting stops past the limit: the count returned is then ``max_frames + 1`` at most, and a
+    clip of twenty thousand frames is refused in milliseconds rather than after decoding them all."""
     try:
-        return _probe(path)
+        return _probe(path, max_frames)
     except _av().FFmpegError as error:
         raise UnreadableVideo(f"{path}: {type(error).__name__}: {str(error)[:100]}") from None
 
 
-def _probe(path: str | Path) -> VideoInfo:
+def _probe(path: str | Path, max_frames: int | None) -> VideoInfo:
     with _open(path) as container:
         stream = _video_stream(container, path)
         fps = float(stream.average_rate) if stream.average_rate else None
         frames = int(stream.frames or 0)
+        if frames <= 0 and max_frames is not None:
+            frames = _count_packets(container, stream, max_frames + 1)
+            if frames <= max_frames:
+                container.seek(0)
+                frames = 0  # within the limit: counted exactly, by decoding, as below
         if frames <= 0:
             frames = sum(1 for _ in container.decode(stream))
         if frames <= 0:
             raise UnreadableVideo(f"{path}: no frames")
         return VideoInfo(frames, fps, stream.codec_context.width, stream.codec_context.height)
+
+
+def _count_packets(container, stream, stop: int) -> int:
+    """The stream's packets that carry data (one per frame for video), counted up to ``stop``."""
+    count = 0
+    for packet in container.demux(stream):
+        count += packet.size > 0
+        if count >= stop:
+            break
+    return count
 
 
 def read_clip(path: str | Path, indices: list[int], short_side: int | None = None) -> np.ndarray:
