@@ -84,6 +84,7 @@ class _Entry:
     info: TaskInfo | None = None
     error: str | None = None
     from_directory: bool = False  # found by scanning the task directory (``refresh`` may drop it)
+    stat: tuple[int, int] | None = None  # (size, mtime_ns) when listed: a refresh re-lists only a changed file
 
 
 @dataclass
@@ -112,6 +113,23 @@ def directory_files(task_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         raise AdaptFormerError(f"--task-dir {task_dir}: not a directory")
     return sorted(p for p in root.glob("*.safetensors") if p.is_file())
+
+
+def outside(path: Path, root: Path) -> bool:
+    """Whether ``path`` (a symbolic link, or a name with ``..``) leads out of the directory ``root``."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return True
+    return False
+
+
+def file_stat(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 @dataclass
@@ -149,6 +167,8 @@ class TaskBank:
         self.limits = limits or ResidencyLimits()
         self.task_dir = Path(task_dir) if task_dir is not None else None
         self._entries: dict[str, _Entry] = {}
+        #: directory files removed by ``remove`` -> their stat then: a refresh lists them again only once changed
+        self._removed: dict[Path, tuple[int, int] | None] = {}
         self._resident: OrderedDict[str, int] = OrderedDict()  # name -> bytes, least recently used first
         self.counters = BankCounters()
         self._element_size = next(self.model.backbone.parameters()).element_size()
@@ -259,6 +279,9 @@ class TaskBank:
         if self.task_dir is None:
             return changes
         on_disk = {path.stem: path for path in directory_files(self.task_dir)}
+        for path, stat in list(self._removed.items()):
+            if path.stem not in on_disk or file_stat(path) != stat:  # gone or changed: forgotten as removed
+                del self._removed[path]
         for name, entry in list(self._entries.items()):
             if not entry.from_directory:
                 continue
@@ -267,10 +290,10 @@ class TaskBank:
                 changes["removed"].append(name)
         for name, path in on_disk.items():
             entry = self._entries.get(name)
-            if entry is not None and not entry.from_directory:
-                continue  # a name given explicitly wins over a directory file of the same stem
-            if entry is not None and entry.header is not None and not _changed(path, entry.header):
-                continue
+            if path in self._removed or entry is not None and not entry.from_directory:
+                continue  # removed on purpose and unchanged; or a name given explicitly wins over the file
+            if entry is not None and entry.stat is not None and entry.stat == file_stat(path):
+                continue  # unchanged, usable or not: nothing to say
             fresh = self._list(name, path)
             fresh.from_directory = True
             if entry is not None:
@@ -282,8 +305,15 @@ class TaskBank:
         return changes
 
     def _list(self, name: str, path: Path) -> _Entry:
+        entry = self._listed(name, path)
+        entry.stat = file_stat(path)
+        return entry
+
+    def _listed(self, name: str, path: Path) -> _Entry:
         if not TASK_NAME.fullmatch(name):
             return _Entry(name, path, None, error=f"task name {name[:80]!r}: expected {TASK_NAME_RULE}")
+        if self.task_dir is not None and path.parent == self.task_dir and outside(path, self.task_dir):
+            return _Entry(name, path, None, error=f"task file {path}: a link to a file outside the task directory")
         try:
             header = read_task_header(path)
         except AdaptFormerError as error:
@@ -318,10 +348,16 @@ class TaskBank:
                 f"task file {path}: input_size {spec.size}; the backbone takes {native.size}-px inputs only"
             )
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str) -> bool:
+        """Drop a task. A file of the task directory stays dropped until it changes on disk (a refresh would
+        otherwise list it again at once); returns whether it was one."""
         if name not in self._entries:
             raise UnknownTask(f"task {name!r}: no such task (the bank has {self._names()})")
+        entry = self._entries[name]
+        if entry.from_directory:
+            self._removed[entry.path] = file_stat(entry.path)
         self._forget(name)
+        return entry.from_directory
 
     def _forget(self, name: str) -> None:
         self._evict(name)
@@ -560,14 +596,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == task_path(b).resolve() or a.resolve() == b.resolve()
     except OSError:
         return False
-
-
-def _changed(path: Path, header: TaskHeader) -> bool:
-    try:
-        stat = path.stat()
-    except OSError:
-        return True
-    return (stat.st_size, stat.st_mtime_ns) != (header.size, header.mtime_ns)
 
 
 def _first_description(tasks: list[str], files: list[Path]) -> TaskHeader | None:

@@ -359,3 +359,30 @@ def test_a_long_clip_is_refused_by_its_frame_limit_before_it_is_decoded(tmp_path
         assert time.perf_counter() - started < 5
     finally:
         stop_server(process)
+
+
+def test_refresh_says_nothing_of_unchanged_unusable_files_follows_no_link_out_and_keeps_a_delete(tmp_path):
+    tasks = tmp_path / "tasks"
+    save(tasks, "one", 0)
+    save(tasks, "two", 1)
+    (tasks / "noise.safetensors").write_bytes(os.urandom(4096))  # random bytes
+    (tasks / "system.safetensors").symlink_to("/etc/hostname")  # a link to a file outside the directory
+    outside = save(tmp_path / "elsewhere", "valid", 2)
+    (tasks / "escape.safetensors").symlink_to(outside)  # a valid task file, but outside the directory
+    process, url = start_server(["--task-dir", str(tasks)])
+    try:
+        rows = {row["name"]: row for row in httpx.get(f"{url}/tasks").json()}
+        assert rows["escape"]["usable"] is False and "outside the task directory" in rows["escape"]["error"]
+        assert rows["system"]["usable"] is False and rows["noise"]["usable"] is False
+        assert predict(url, "/predict/escape").status_code == 404  # never served
+        nothing = {"added": [], "removed": [], "changed": []}
+        assert httpx.post(f"{url}/tasks/refresh", timeout=60).json() == nothing  # twice: still nothing
+        assert httpx.post(f"{url}/tasks/refresh", timeout=60).json() == nothing
+        removed = httpx.delete(f"{url}/tasks/two", timeout=30).json()
+        assert removed["removed"] == "two" and "listed again once it changes" in removed["note"]
+        assert httpx.post(f"{url}/tasks/refresh", timeout=60).json() == nothing  # the DELETE holds
+        assert "two" not in {row["name"] for row in httpx.get(f"{url}/tasks").json()}
+        save(tasks, "two", 5)  # a new version of the file
+        assert httpx.post(f"{url}/tasks/refresh", timeout=60).json()["added"] == ["two"]
+    finally:
+        stop_server(process)

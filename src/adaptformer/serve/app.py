@@ -173,9 +173,11 @@ def create_app(bank: TaskBank, task_dir: str | Path | None = None, settings: Ser
     async def remove_task(name: str) -> dict:
         _known(name)
         try:
-            await batcher.on_model_thread(bank.remove, name)
+            from_directory = await batcher.on_model_thread(bank.remove, name)
         except UnknownTask:  # removed by a concurrent DELETE
             raise HTTPException(404, f"task {name[:80]!r}: no such task") from None
+        if from_directory:  # its file stays: say when it comes back
+            return {"removed": name, "note": "its file stays in the task directory: listed again once it changes"}
         return {"removed": name}
 
     @app.post("/predict/{task}", responses=_responses(*COMMON, 404, 409, 415, 422, 503))
