@@ -526,7 +526,10 @@ class TaskBank:
         for name in tasks:
             if self.info(name).spec.modality != kind:
                 wanted = "a video clip, not an image" if kind == "image" else "an image, not a video clip"
-                raise AdaptFormerError(f"task {name!r}: a {self.info(name).spec.modality} task; send it {wanted}")
+                modality = self.info(name).spec.modality
+                raise AdaptFormerError(
+                    f"task {name!r}: {'an' if modality == 'image' else 'a'} {modality} task; send it {wanted}"
+                )
         done: dict[InputSpec, torch.Tensor] = {}
         rows = []
         for name in tasks:

@@ -14,6 +14,7 @@ Shared by ``adaptformer predict`` and the server, so both see the same pixels:
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,11 +51,18 @@ def decode_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXEL
             image.load()
             return to_rgb(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError as error:  # Pillow's own limit, met while reading the header
-        raise MediaTooLarge(f"image too large to decode ({error})") from None
+        raise MediaTooLarge(bomb_message(error, max_pixels)) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
         if isinstance(error, AdaptFormerError):
             raise
         raise UnreadableMedia(f"not a readable image ({type(error).__name__})") from None
+
+
+def bomb_message(error: Exception, max_pixels: int) -> str:
+    """Pillow's decompression-bomb refusal said with this library's limit (the image's size where Pillow gives it)."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"of {int(found.group(1))} pixels" if found else "too large to decode"
+    return f"image {size}; at most {max_pixels}"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -386,3 +386,38 @@ def test_refresh_says_nothing_of_unchanged_unusable_files_follows_no_link_out_an
         assert httpx.post(f"{url}/tasks/refresh", timeout=60).json()["added"] == ["two"]
     finally:
         stop_server(process)
+
+
+def test_messages_keep_routes_articles_and_the_servers_own_pixel_limit(server, tmp_path):
+    from test_media import matroska_clip
+
+    url, tasks, _ = server
+    version = save(tasks, "moving", 20)
+    assert httpx.post(f"{url}/tasks/refresh", timeout=60).json()["added"] == ["moving"]
+    version.write_bytes(save(tmp_path, "other", 21).read_bytes())  # a new version, not yet refreshed
+    try:
+        changed = predict(url, "/predict/moving")
+        assert changed.status_code == 409 and "POST /tasks/refresh" in changed.json()["detail"]
+    finally:
+        version.unlink()
+        version.with_suffix(".json").unlink()
+        httpx.post(f"{url}/tasks/refresh", timeout=60)
+    clip = httpx.post(f"{url}/predict/one", files={"file": ("c.mkv", matroska_clip(8), "video/x-matroska")})
+    assert clip.status_code == 422 and "'one': an image task; send it an image" in clip.json()["detail"]
+    buffer = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buffer, format="PNG")  # 400 megapixels in a few kilobytes
+    bomb = httpx.post(f"{url}/predict/one", files={"file": ("b.png", buffer.getvalue(), "image/png")}, timeout=60)
+    assert bomb.status_code == 413
+    assert bomb.json()["detail"] == "image of 400000000 pixels; at most 40000000"
+
+
+def test_a_page_of_another_site_can_neither_refresh_nor_run_the_model(server):
+    url, _, _ = server
+    port = url.rsplit(":", 1)[1]
+    evil = {"Origin": "http://evil.example"}
+    for path in ("/tasks/refresh", "/predict"):
+        refused = httpx.post(f"{url}{path}", headers=evil, files={"file": ("x.png", png(0), "image/png")})
+        assert refused.status_code == 403 and refused.json()["detail"].startswith("Origin 'http://evil.example'")
+    own = {"Origin": f"http://127.0.0.1:{port}"}  # the server's own page
+    assert httpx.post(f"{url}/tasks/refresh", headers=own, timeout=60).status_code == 200
+    assert httpx.get(f"{url}/tasks", headers=evil).status_code == 200  # reading is not refused (no CORS: unreadable)

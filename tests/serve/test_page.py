@@ -1,6 +1,7 @@
 """The page at ``/`` in a real headless Chromium (Debian's chromium + chromium-driver, which ``.ci/run`` installs):
 the chosen image is shown, a busy line appears, answers come a page of 50 tasks at a time out of 120, the search
-box filters, and a failed request shows its one-line error with no answer left over from the previous file."""
+box filters the answers it has without running the model again, a failed request shows its one-line error with no
+answer left over from the previous file, and with --auth-everything the page loads and asks for the key."""
 
 import shutil
 import time
@@ -68,6 +69,17 @@ def wait_for(condition, timeout=60):
     raise AssertionError("the page did not get there in time")
 
 
+def predict_requests(url: str) -> float:
+    """POST /predict requests the server has answered (from its /metrics)."""
+    import httpx
+
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("adaptformer_requests_total{") and 'route="/predict"' in line and 'method="POST"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def rows(driver):
     return driver.find_elements("css selector", "#results tbody tr")
 
@@ -86,8 +98,11 @@ def test_the_page_pages_searches_previews_and_never_shows_stale_answers(browser_
     wait_for(lambda: len(rows(driver)) == 50 and rows(driver)[0].text.startswith("t050"))
     driver.find_element("id", "next").click()
     wait_for(lambda: len(rows(driver)) == 20 and text("pageinfo") == "tasks 101-120 of 120")
-    driver.find_element("id", "search").send_keys("t11")
+    runs = predict_requests(url)
+    driver.find_element("id", "search").send_keys("t11")  # three keystrokes, tasks all answered already
     wait_for(lambda: len(rows(driver)) == 10 and text("pageinfo") == "tasks 1-10 of 10")
+    time.sleep(0.5)  # past the search's debounce
+    assert predict_requests(url) == runs  # the search filtered the answers it had: the model did not run again
     driver.find_element("id", "file").send_keys(str(root / "broken.png"))  # the same input, a new file
     error = wait_for(lambda: text("error"))
     assert error.startswith("415: ") and "not a readable image" in error and "object" not in error

@@ -5,6 +5,9 @@ A pure ASGI middleware in front of the routes; every refusal is a JSON ``{"detai
 * **Host** (400): a Host header the settings do not allow (``ServeSettings.host_allowed``: the loopback names,
   ``--host``, ``--allowed-host``; on 0.0.0.0 also IP literals and the machine's name) is refused, so a page on
   another site cannot reach the server through DNS rebinding.
+* **Origin** (403): a request that runs or changes something (any method but GET, HEAD and OPTIONS) sent by a
+  page of another site (its ``Origin`` names neither this server nor a ``--cors-origin``) is refused: a browser
+  sends a cross-site form POST without asking first, key or no key.
 * **API key** (401): with a key set, state-changing endpoints (loading, refreshing and removing tasks) need
   ``Authorization: Bearer KEY``; with ``auth_everything`` every endpoint does but ``/ready`` and the pages that
   hold no data (``/``, which then asks for the key, and the API docs). Keys are compared
@@ -35,6 +38,7 @@ OPEN_PATHS = ("/ready", "/", "/docs", "/redoc", "/openapi.json", "/favicon.ico")
 OPEN_PREFIXES = ("/assets/docs/",)
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around an upload of the full allowed size
 STATE_CHANGING = ("/tasks",)  # POST /tasks, POST /tasks/refresh, DELETE /tasks/{name}
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 @dataclass
@@ -65,6 +69,12 @@ class Admission:
         host = _host_name(headers.get("host", ""))
         if not self.settings.host_allowed(host):
             return Refusal(400, f"Host {host[:100]!r}: not an allowed host (--allowed-host)", "host")
+        origin = headers.get("origin")
+        if origin is not None and scope["method"] not in SAFE_METHODS and not self._origin_ok(origin, host):
+            detail = (
+                f"Origin {origin[:100]!r}: a page of another site may not run or change anything here (--cors-origin)"
+            )
+            return Refusal(403, detail, "origin")
         if self._needs_key(scope) and not self._key_ok(headers.get("authorization", "")):
             challenge = {"www-authenticate": 'Bearer realm="adaptformer"'}
             return Refusal(401, "missing or wrong API key: send Authorization: Bearer KEY", "auth", challenge)
@@ -76,6 +86,12 @@ class Admission:
             if int(length) > limit:
                 return Refusal(413, f"request body of {int(length)} bytes; at most {limit}", "too_large", CLOSE)
         return None
+
+    def _origin_ok(self, origin: str, host: str) -> bool:
+        """A browser names the page that sent a request in ``Origin``: this server's own page, or one that
+        ``--cors-origin`` lists."""
+        allowed = self.settings.cors_origins
+        return "*" in allowed or origin in allowed or _host_name(origin.split("://", 1)[-1]).lower() == host.lower()
 
     def _needs_key(self, scope) -> bool:
         if self.settings.api_key is None or scope["method"] == "OPTIONS":

@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..bank import TASK_NAME, TASK_NAME_RULE, TaskBank
 from ..errors import AdaptFormerError, BusyError, UnknownTask
-from ..media import Clip, MediaTooLarge, UnreadableMedia, decode_image
+from ..media import Clip, MediaTooLarge, UnreadableMedia, bomb_message, decode_image
 from ..objectives import DEFAULT_THRESHOLD
 from .admission import Admission
 from .batcher import Batcher
@@ -322,7 +322,7 @@ def _decode(data: bytes, filename: str, settings: ServeSettings) -> Image.Image 
     try:
         Image.open(io.BytesIO(data)).close()  # identify only: the header, no pixels
     except Image.DecompressionBombError as error:
-        raise MediaTooLarge(f"image too large to decode ({error})") from None
+        raise MediaTooLarge(bomb_message(error, settings.max_pixels)) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         clip = Clip(data, filename or "upload", max_frames=settings.max_clip_frames)
         try:
@@ -391,7 +391,11 @@ def _public(row: dict, root: Path | None, scrub) -> dict:
     return out
 
 
-_ABSOLUTE = re.compile(r"(?<![\w.])/(?:[^/\s:'\"()]+/)+(?=[^/\s:'\"()]+)")
+#: an absolute path's directories (kept: its last part); the server's own routes are not paths
+_ABSOLUTE = re.compile(
+    r"(?<![\w.])/(?!(?:tasks|predict|docs|redoc|ready|health|metrics|assets|v2)(?:/|\b))(?:[^/\s:'\"()]+/)+"
+    r"(?=[^/\s:'\"()]+)"
+)
 
 
 def _path_scrubber(root: Path | None):

@@ -94,43 +94,63 @@ async function loadTasks() {
   } catch (error) { $("error").textContent = error.message; }
 }
 
+let answers = new Map();  // task -> its answer for the current file: paging and search re-use them
+
+function render(names) {
+  const rows = document.querySelector("#results tbody");
+  rows.innerHTML = "";
+  for (const name of names) {
+    const result = answers.get(name);
+    if (!result) { continue; }
+    const row = document.createElement("tr");
+    const shownLabels = result.labels || result.top_k;  // a multi-label task: the labels above its threshold
+    const labels = shownLabels.map((t) => `${t.label} ${(100 * t.prob).toFixed(1)} %`).join(", ")
+      || `no label >= ${result.threshold}`;
+    for (const text of [result.task, labels]) {
+      const cell = document.createElement("td");
+      cell.textContent = text;  // labels come from task files: text, never markup
+      row.appendChild(cell);
+    }
+    rows.appendChild(row);
+  }
+}
+
 async function predict() {
-  clearResults();
-  if (!file) { return; }
+  $("error").textContent = "";
+  if (!file) { clearResults(); return; }
   const isVideo = file.type.startsWith("video/");
   const names = shown.slice(page * PAGE_SIZE, (page + 1) * PAGE_SIZE)
     .filter((t) => (t.modality === "video") === isVideo).map((t) => t.name);
-  if (!names.length) { $("error").textContent = `no ${isVideo ? "video" : "image"} task on this page`; return; }
+  if (!names.length) {
+    clearResults();
+    $("error").textContent = `no ${isVideo ? "video" : "image"} task on this page`;
+    return;
+  }
+  render(names);  // what is known already shows at once
+  const missing = names.filter((name) => !answers.has(name));
+  if (!missing.length) { return; }  // nothing to run: a search or a page already answered
   const mine = ++generation;  // answers to an older choice are dropped, never shown under the new file
   const body = new FormData();
   body.append("file", file);
   $("busy").hidden = false;
   try {
-    const data = await call(`/predict?top_k=3&tasks=${encodeURIComponent(names.join(","))}`,
+    const data = await call(`/predict?top_k=3&tasks=${encodeURIComponent(missing.join(","))}`,
                             { method: "POST", body });
     if (mine !== generation) { return; }
-    const rows = document.querySelector("#results tbody");
-    for (const result of data.results) {
-      const row = document.createElement("tr");
-      const shownLabels = result.labels || result.top_k;  // a multi-label task: the labels above its threshold
-      const labels = shownLabels.map((t) => `${t.label} ${(100 * t.prob).toFixed(1)} %`).join(", ")
-        || `no label >= ${result.threshold}`;
-      for (const text of [result.task, labels]) {
-        const cell = document.createElement("td");
-        cell.textContent = text;  // labels come from task files: text, never markup
-        row.appendChild(cell);
-      }
-      rows.appendChild(row);
-    }
+    for (const result of data.results) { answers.set(result.task, result); }
+    render(names);
   } catch (error) {
-    if (mine === generation) { $("error").textContent = error.message; }
+    if (mine === generation) { clearResults(); $("error").textContent = error.message; }
   } finally {
     if (mine === generation) { $("busy").hidden = true; }
   }
 }
 
+let searchTimer = null;
 $("file").addEventListener("change", (event) => {
   file = event.target.files[0] || null;
+  answers = new Map();
+  generation += 1;  // a request for the previous file is answered into nothing
   clearResults();
   const preview = $("preview");
   if (preview.src) { URL.revokeObjectURL(preview.src); }
@@ -143,7 +163,11 @@ $("file").addEventListener("change", (event) => {
   }
   predict();
 });
-$("search").addEventListener("input", () => { shown = filtered(); page = 0; renderPaging(); predict(); });
+$("search").addEventListener("input", () => {  // filters at once; runs the model only for tasks not yet answered
+  shown = filtered(); page = 0; renderPaging();
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(predict, 250);
+});
 $("prev").addEventListener("click", () => { page -= 1; renderPaging(); predict(); });
 $("next").addEventListener("click", () => { page += 1; renderPaging(); predict(); });
 $("usekey").addEventListener("click", () => {
