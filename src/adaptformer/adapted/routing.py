@@ -243,6 +243,10 @@ class Router:
         return self._gathered_heads(pooled, heads)
 
     def _gathered_heads(self, pooled: torch.Tensor, heads: list[PackedHead]) -> list[torch.Tensor]:
+        with torch.autocast(pooled.device.type, enabled=False):  # in the heads' precision, as a task alone
+            return self._stacked_heads(pooled.to(heads[0].weight.dtype), heads)
+
+    def _stacked_heads(self, pooled: torch.Tensor, heads: list[PackedHead]) -> list[torch.Tensor]:
         classes = max(h.weight.shape[0] for h in heads)
         index = torch.tensor(self.sample_groups, device=pooled.device)
         x = pooled

@@ -41,6 +41,15 @@ class TaskHead(nn.Module):
         self.head = make_head(linear.in_features, num_classes, batchnorm).to(linear.weight.device, linear.weight.dtype)
 
     def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
-        if self.fc_norm is not None:
-            pooled = self.fc_norm(pooled)
-        return self.head(pooled)
+        # the head runs in its weights' precision (fp32) even under bf16 autocast: its few operations cost
+        # nothing, and an answer then moves with the batch it ran in only as much as the backbone's features do
+        with torch.autocast(pooled.device.type, enabled=False):
+            pooled = pooled.to(self.head_dtype)
+            if self.fc_norm is not None:
+                pooled = self.fc_norm(pooled)
+            return self.head(pooled)
+
+    @property
+    def head_dtype(self) -> torch.dtype:
+        linear = self.head[-1] if isinstance(self.head, nn.Sequential) else self.head
+        return linear.weight.dtype
