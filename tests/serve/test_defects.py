@@ -49,7 +49,7 @@ def logits(self, *args, **kwargs):
     if slow and os.path.exists(slow):
         import time
 
-        time.sleep(6)
+        time.sleep(4)
     return _logits(self, *args, **kwargs)
 
 
@@ -217,7 +217,7 @@ def test_reads_of_the_task_list_race_a_refresh_loop_without_a_5xx(server):
     threads = [threading.Thread(target=churn), threading.Thread(target=read), threading.Thread(target=read)]
     for thread in threads:
         thread.start()
-    time.sleep(8)
+    time.sleep(4)
     stop.set()
     for thread in threads:
         thread.join()
@@ -333,7 +333,7 @@ def test_a_request_still_running_when_the_grace_ends_gets_a_json_503(tmp_path):
     env = fault_hooks(tmp_path / "hooks", slow=slow)
     process, url = start_server(["--task-dir", str(tmp_path / "tasks"), "--shutdown-grace", "1"], env=env)
     answers = []
-    slow.touch()  # the model takes 6 s from now on
+    slow.touch()  # the model takes 4 s from now on
     thread = threading.Thread(target=lambda: answers.append(predict(url, "/predict/one")))
     thread.start()
     time.sleep(1.5)
