@@ -114,7 +114,7 @@ def test_gathered_and_grouped_paths_agree(task_dir, gather_from):
 
 
 def test_lru_bound_holds_under_a_random_request_stream(task_dir):
-    per_task = open_bank(task_dir)._estimate_bytes("t000")
+    per_task = open_bank(task_dir).residency.estimate_bytes("t000")
     bank = open_bank(task_dir, max_resident=6, max_resident_mb=40 * per_task / 2**20)
     largest = []
     bank.model.backbone.patch_embed.register_forward_pre_hook(lambda *_: largest.append(len(bank.model.tasks)))
@@ -124,7 +124,7 @@ def test_lru_bound_holds_under_a_random_request_stream(task_dir):
         chosen = [rng.choice(names) for _ in range(rng.randint(1, 10))]  # up to 10 tasks: above the bound
         out = bank.logits(inputs(len(chosen), seed=rng.randint(0, 99)), chosen)
         assert len(out) == len(chosen)
-        assert len(bank.resident) <= 6 and sum(bank._resident.values()) <= 40 * per_task
+        assert len(bank.resident) <= 6 and sum(bank.residency.sizes()) <= 40 * per_task
         assert set(bank.resident) == set(bank.model.tasks)
     assert max(largest) <= 6
     stats = bank.stats()

@@ -1,0 +1,134 @@
+"""Residency: which listed tasks have their tensors in the model now, bounded by count and by megabytes.
+
+A task's tensors are read (once) on first use and kept in an LRU of resident tasks bounded by ``max_resident``
+and ``max_resident_mb``. A batch that needs more tasks than fit runs in chunks that do (``chunks``), so the bound
+is never exceeded. A file that changed on disk since it was listed (size, mtime or header) is refused; a file that
+can no longer be loaded (deleted, changed or broken since it was listed) is marked unusable in the catalogue with
+the reason, so requests for every task leave it out rather than fail. Evicting and reloading a task gives
+bit-identical outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ..adapted.model import AdaptedModel
+from ..errors import AdaptFormerError
+from ..tasks.files import apply_task_tensors
+from ..tasks.format import read_task_file
+from .catalogue import Catalogue
+
+
+@dataclass
+class ResidencyLimits:
+    """How many tasks may have their tensors in memory at once (None: no bound)."""
+
+    max_resident: int | None = None
+    max_resident_mb: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_resident is not None and (isinstance(self.max_resident, bool) or self.max_resident < 1):
+            raise AdaptFormerError(f"--max-resident: expected a positive number of tasks, got {self.max_resident}")
+        if self.max_resident_mb is not None and not (self.max_resident_mb > 0 and math.isfinite(self.max_resident_mb)):
+            raise AdaptFormerError(f"--max-resident-mb: expected a positive number, got {self.max_resident_mb}")
+
+    @property
+    def max_bytes(self) -> float:
+        return self.max_resident_mb * 2**20 if self.max_resident_mb is not None else math.inf
+
+
+@dataclass
+class ResidencyCounters:
+    loads: int = 0
+    evictions: int = 0
+    hits: int = 0
+    misses: int = 0
+    refused_loads: int = 0
+
+
+class Residency:
+    """The resident tasks of one model (see the module docstring)."""
+
+    def __init__(self, model: AdaptedModel, catalogue: Catalogue, limits: ResidencyLimits | None = None):
+        self.model, self.catalogue = model, catalogue
+        self.limits = limits or ResidencyLimits()
+        self.counters = ResidencyCounters()
+        self._resident: OrderedDict[str, int] = OrderedDict()  # name -> bytes, least recently used first
+        self._element_size = next(model.backbone.parameters()).element_size()
+
+    @property
+    def names(self) -> list[str]:
+        """Tasks whose tensors are in memory, least recently used first."""
+        return list(self._resident)
+
+    def sizes(self) -> list[int]:
+        """Bytes of each resident task's tensors (a snapshot)."""
+        return list(self._resident.values())
+
+    def estimate_bytes(self, name: str) -> int:
+        """Memory the task's tensors take once loaded (their element count at the model's precision)."""
+        header = self.catalogue.listing(name).header
+        return sum(math.prod(shape) for _, shape in header.tensors.values()) * self._element_size
+
+    def make_resident(self, names: list[str]) -> None:
+        """Load the tasks of ``names`` that are not resident, evicting least recently used others to fit."""
+        for name in names:
+            if name in self._resident:
+                self.counters.hits += 1
+                self._resident.move_to_end(name)
+                continue
+            self.counters.misses += 1
+            self._fit(self.estimate_bytes(name), keep=set(names))
+            self._read_in(name)
+
+    def _fit(self, incoming: int, keep: set[str]) -> None:
+        limits = self.limits
+        if incoming > limits.max_bytes:
+            raise AdaptFormerError(
+                f"a task of {incoming / 2**20:.1f} MB does not fit in --max-resident-mb {limits.max_resident_mb}"
+            )
+
+        def full() -> bool:
+            count = limits.max_resident is not None and len(self._resident) + 1 > limits.max_resident
+            return count or sum(self._resident.values()) + incoming > limits.max_bytes
+
+        while full():
+            victim = next((name for name in self._resident if name not in keep), None)
+            if victim is None:
+                raise AdaptFormerError("the tasks of one batch do not fit the residency limits together")
+            self.evict(victim)
+
+    def _read_in(self, name: str) -> None:
+        """Load a listed task's tensors (see the module docstring for a file that can no longer be loaded)."""
+        listing = self.catalogue.listing(name)
+        try:
+            header, tensors = read_task_file(listing.path, expected=listing.header)
+            apply_task_tensors(self.model, header.meta, tensors, listing.path, check_backbone=False, name=name)
+        except AdaptFormerError as error:
+            self.counters.refused_loads += 1
+            self.catalogue.mark_unusable(name, str(error))
+            raise
+        task = self.model.tasks[name].eval()
+        self._resident[name] = sum(t.numel() * t.element_size() for t in task.state_dict().values())
+        self.counters.loads += 1
+
+    def evict(self, name: str) -> None:
+        if self._resident.pop(name, None) is not None:
+            self.model.remove_task(name)
+            self.counters.evictions += 1
+
+    def chunks(self, names: list[str]) -> list[list[str]]:
+        """``names`` in consecutive groups that each fit the residency limits."""
+        chunks: list[list[str]] = [[]]
+        size = 0
+        for name in names:
+            need = self.estimate_bytes(name)
+            count_full = self.limits.max_resident is not None and len(chunks[-1]) >= self.limits.max_resident
+            if chunks[-1] and (count_full or size + need > self.limits.max_bytes):
+                chunks.append([])
+                size = 0
+            chunks[-1].append(name)
+            size += need
+        return chunks
