@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import AdaptFormerError
-from .options import add_dataclass_options, add_method_options, given
+from .options import add_dataclass_options, add_grouped_options, add_method_options, given
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -471,40 +471,10 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-check-backbone", dest="check_backbone", action="store_false")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
-    net = parser.add_argument_group("network")
-    net.add_argument("--host", default="127.0.0.1", help="%(default)s; any other needs an API key or --insecure")
-    net.add_argument("--port", type=int, default=8000, help="%(default)s")
-    net.add_argument("--max-connections", type=int, default=256, help="open connections at once (%(default)s)")
-    net.add_argument("--header-timeout", type=float, default=10.0, help="seconds to send request headers")
-    net.add_argument("--body-timeout", type=float, default=30.0, help="seconds between body chunks")
-    net.add_argument("--keep-alive", type=int, default=5, help="seconds an idle connection stays open")
-    net.add_argument(
-        "--shutdown-grace",
-        type=float,
-        default=10.0,
-        help="at SIGTERM, seconds requests in progress may still finish; then they get a JSON 503 (%(default)s)",
-    )
-    net.add_argument("--ssl-keyfile", default=None, help="serve HTTPS with this key (and --ssl-certfile)")
-    net.add_argument("--ssl-certfile", default=None)
-    net.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log each request")
-    sec = parser.add_argument_group("security")
-    sec.add_argument("--api-key", default=None, help="Bearer key for state-changing endpoints (or ADAPTFORMER_API_KEY)")
-    sec.add_argument("--api-key-file", default=None, help="read the key from the first line of this file")
-    sec.add_argument("--auth-everything", action="store_true", help="require the key on every endpoint but /ready")
-    sec.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without an API key")
-    sec.add_argument("--allowed-host", action="append", default=[], help="accepted Host header; repeat")
-    sec.add_argument("--cors-origin", action="append", default=[], help="origin allowed by CORS; repeat (none)")
-    lim = parser.add_argument_group("batching and limits")
-    lim.add_argument("--max-batch", type=int, default=32, help="rows per mixed-task batch (%(default)s)")
-    lim.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (%(default)s)")
-    lim.add_argument("--no-batching", dest="batching", action="store_false", help="one request per batch")
-    lim.add_argument("--max-upload-mb", type=float, default=16.0, help="%(default)s")
-    lim.add_argument("--max-json-kb", type=float, default=64.0, help="JSON request bodies (%(default)s)")
-    lim.add_argument("--max-pixels", type=int, default=40_000_000, help="decompression-bomb limit (%(default)s)")
-    lim.add_argument("--max-clip-frames", type=int, default=100_000, help="longest clip accepted (%(default)s)")
-    lim.add_argument("--max-tasks-per-request", type=int, default=None, help="(no limit)")
-    lim.add_argument("--decode-workers", type=int, default=2, help="threads decoding uploads (%(default)s)")
-    lim.add_argument("--max-queue", type=int, default=64, help="requests in progress before 503 (%(default)s)")
+    from ..serve.settings import ServeSettings
+
+    parser.set_defaults(serve_settings=add_grouped_options(parser, ServeSettings))
+    parser.add_argument("--api-key-file", default=None, help="read the API key from the first line of this file")
     ray = parser.add_argument_group("scale-out (pip install 'adaptformer[ray]')")
     ray.add_argument("--ray", action="store_true", help="serve through Ray Serve replicas of one backbone each")
     ray.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (%(default)s)")
@@ -512,35 +482,13 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def serve_settings_from_args(args: argparse.Namespace):
+    """The settings the command line gave (every other one at its default), the key read as ``read_api_key``
+    says."""
     from ..serve.settings import ServeSettings, read_api_key
 
-    return ServeSettings(
-        host=args.host,
-        port=args.port,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        batching=args.batching,
-        max_upload_mb=args.max_upload_mb,
-        max_json_kb=args.max_json_kb,
-        max_pixels=args.max_pixels,
-        max_clip_frames=args.max_clip_frames,
-        max_tasks_per_request=args.max_tasks_per_request,
-        decode_workers=args.decode_workers,
-        max_queue=args.max_queue,
-        max_connections=args.max_connections,
-        header_timeout_s=args.header_timeout,
-        body_timeout_s=args.body_timeout,
-        keep_alive_s=args.keep_alive,
-        shutdown_grace_s=args.shutdown_grace,
-        api_key=read_api_key(args.api_key, args.api_key_file),
-        auth_everything=args.auth_everything,
-        insecure=args.insecure,
-        allowed_hosts=args.allowed_host,
-        cors_origins=args.cors_origin,
-        ssl_keyfile=args.ssl_keyfile,
-        ssl_certfile=args.ssl_certfile,
-        access_log=args.access_log,
-    )
+    options = given(args, args.serve_settings)
+    options["api_key"] = read_api_key(options.get("api_key"), args.api_key_file)
+    return ServeSettings(**options)
 
 
 SERVE_MODULES = ("fastapi", "uvicorn", "multipart", "prometheus_client", "fastapi_offline")

@@ -115,14 +115,17 @@ def add_field_option(group, field: dataclasses.Field, tp: Any, default_text: str
             else f"default: {default}"
         )
     text = f"{help_of(field)} ({default_text})".strip()
+    name = field.metadata.get("flag") or flag(field.name)
     if tp is bool:
-        group.add_argument(
-            flag(field.name), dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=text
-        )
+        group.add_argument(name, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        return
+    if field.metadata.get("repeat"):  # a list given item by item
+        item = typing.get_args(tp)[0] if typing.get_args(tp) else str
+        group.add_argument(name, dest=field.name, action="append", type=value_parser(item), default=None, help=text)
         return
     choices = list(typing.get_args(tp)) if typing.get_origin(tp) is Literal else None
     group.add_argument(
-        flag(field.name),
+        name,
         dest=field.name,
         type=value_parser(tp),
         choices=choices,
@@ -130,6 +133,18 @@ def add_field_option(group, field: dataclasses.Field, tp: Any, default_text: str
         help=text,
         metavar=None if choices else _metavar(tp),
     )
+
+
+def add_grouped_options(parser: argparse.ArgumentParser, cls: type) -> list[str]:
+    """One option per field of ``cls``, under the ``group`` its ``option()`` names; returns the field names."""
+    hints = typing.get_type_hints(cls)
+    groups: dict[str | None, Any] = {}
+    for f in dataclasses.fields(cls):
+        title = f.metadata.get("group")
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title) if title else parser
+        add_field_option(groups[title], f, hints[f.name])
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 def add_dataclass_options(group, cls: type, skip: Iterable[str] = (), only: Iterable[str] | None = None) -> list[str]:

@@ -14,48 +14,62 @@ import math
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AdaptFormerError
+from ..utils.options import option
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 ANY_INTERFACE = ("0.0.0.0", "::", "")
 API_KEY_ENV = "ADAPTFORMER_API_KEY"
 
 
+NETWORK, SECURITY, LIMITS = "network", "security", "batching and limits"
+
+
 @dataclass
 class ServeSettings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    # batching
-    max_batch: int = 32
-    max_wait_ms: float = 5.0
-    batching: bool = True
-    # what one request may bring
-    max_upload_mb: float = 16.0
-    max_json_kb: float = 64.0
-    max_pixels: int = 40_000_000
-    max_clip_frames: int = 100_000
-    max_tasks_per_request: int | None = None  # None: any number (a backbone holds any number of tasks)
-    # admission: decoding pool and queue
-    decode_workers: int = 2
-    max_queue: int = 64  # requests decoding or waiting for the model; beyond it: 503 + Retry-After
-    # connections (uvicorn)
-    max_connections: int = 256
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
-    keep_alive_s: int = 5
-    # security
-    api_key: str | None = None
-    shutdown_grace_s: float = 10.0  # at SIGTERM, how long requests in progress may still finish
-    auth_everything: bool = False  # the key is needed for every endpoint, not only state-changing ones
-    insecure: bool = False
-    allowed_hosts: list[str] = field(default_factory=list)  # empty: loopback names and --host
-    cors_origins: list[str] = field(default_factory=list)
-    ssl_keyfile: str | None = None
-    ssl_certfile: str | None = None
-    access_log: bool = True
+    """Every option of ``adaptformer serve`` but the task store's: the command line is derived from these fields
+    (``cli/options.add_grouped_options``), so an option and its default are written once, here."""
+
+    host: str = option("127.0.0.1", "interface to listen on; any but loopback needs an API key or --insecure",
+                       group=NETWORK)  # fmt: skip
+    port: int = option(8000, "port", group=NETWORK)
+    max_connections: int = option(256, "open connections at once; beyond: 503", group=NETWORK)
+    header_timeout_s: float = option(10.0, "seconds to send request headers", flag="--header-timeout", group=NETWORK)
+    body_timeout_s: float = option(30.0, "seconds between body chunks", flag="--body-timeout", group=NETWORK)
+    keep_alive_s: int = option(5, "seconds an idle connection stays open", flag="--keep-alive", group=NETWORK)
+    shutdown_grace_s: float = option(
+        10.0, "at SIGTERM, seconds requests in progress may still finish; then a JSON 503", flag="--shutdown-grace",
+        group=NETWORK,
+    )  # fmt: skip
+    ssl_keyfile: str | None = option(None, "serve HTTPS with this key (and --ssl-certfile)", group=NETWORK)
+    ssl_certfile: str | None = option(None, "the certificate for --ssl-keyfile", group=NETWORK)
+    access_log: bool = option(True, "log each request", group=NETWORK)
+    api_key: str | None = option(
+        None, f"Bearer key for state-changing endpoints (or --api-key-file, or {API_KEY_ENV})", group=SECURITY
+    )
+    auth_everything: bool = option(False, "require the key on every endpoint that holds data", group=SECURITY)
+    insecure: bool = option(False, "allow a non-loopback --host without an API key", group=SECURITY)
+    allowed_hosts: list[str] = option(
+        help="a Host header accepted beside the loopback names and --host; repeat", factory=list,
+        flag="--allowed-host", repeat=True, group=SECURITY,
+    )  # fmt: skip
+    cors_origins: list[str] = option(
+        help="an origin allowed by CORS; repeat (none)", factory=list, flag="--cors-origin", repeat=True,
+        group=SECURITY,
+    )  # fmt: skip
+    max_batch: int = option(32, "rows per mixed-task batch", group=LIMITS)
+    max_wait_ms: float = option(5.0, "how long a batch waits to fill", group=LIMITS)
+    batching: bool = option(True, "batch concurrent requests (--no-batching: one request per batch)", group=LIMITS)
+    max_upload_mb: float = option(16.0, "largest upload", group=LIMITS)
+    max_json_kb: float = option(64.0, "largest JSON request body", group=LIMITS)
+    max_pixels: int = option(40_000_000, "largest image (decompression-bomb limit)", group=LIMITS)
+    max_clip_frames: int = option(100_000, "longest clip accepted", group=LIMITS)
+    max_tasks_per_request: int | None = option(None, "tasks one request may name (none: any)", group=LIMITS)
+    decode_workers: int = option(2, "threads decoding uploads", group=LIMITS)
+    max_queue: int = option(64, "requests decoding or waiting for the model; beyond: 503 + Retry-After", group=LIMITS)
 
     def __post_init__(self) -> None:
         _port(self.port)
@@ -85,9 +99,9 @@ class ServeSettings:
             )
         if (self.ssl_keyfile is None) != (self.ssl_certfile is None):
             raise AdaptFormerError("--ssl-keyfile and --ssl-certfile: give both or neither")
-        for option, value in (("--ssl-keyfile", self.ssl_keyfile), ("--ssl-certfile", self.ssl_certfile)):
+        for name, value in (("--ssl-keyfile", self.ssl_keyfile), ("--ssl-certfile", self.ssl_certfile)):
             if value is not None and not Path(value).is_file():
-                raise AdaptFormerError(f"{option} {value}: no such file")
+                raise AdaptFormerError(f"{name} {value}: no such file")
         for origin in self.cors_origins:
             if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
                 raise AdaptFormerError(f"--cors-origin {origin!r}: expected scheme://host[:port] or *")

@@ -15,11 +15,22 @@ from typing import Any
 from ..errors import AdaptFormerError
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None):
-    """A dataclass field carrying its help text (``factory`` for mutable defaults)."""
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    factory: Callable[[], Any] | None = None,
+    flag: str | None = None,
+    repeat: bool = False,
+    group: str | None = None,
+):
+    """A dataclass field carrying its help text (``factory`` for mutable defaults). For the command line: ``flag``
+    names it where its field name would not (``--header-timeout`` for ``header_timeout_s``), ``repeat`` makes a
+    list option given once per item (``--allowed-host a --allowed-host b``), ``group`` heads it in ``--help``."""
+    metadata = {"help": help, "flag": flag, "repeat": repeat, "group": group}
     if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def help_of(field: dataclasses.Field) -> str:

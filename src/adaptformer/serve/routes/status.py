@@ -1,0 +1,44 @@
+"""``GET /`` (the page), ``/health``, ``/ready`` (for orchestrators) and ``/metrics`` (Prometheus)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..context import Server
+from ..errors import responses
+from ..page import PAGE
+
+
+def router(server: Server) -> APIRouter:
+    routes = APIRouter()
+    bank, batcher, pool = server.bank, server.batcher, server.pool
+
+    @routes.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return PAGE
+
+    @routes.get("/health", responses=responses(401))
+    async def health() -> dict:
+        stats = batcher.stats
+        return {
+            "status": "degraded" if stats.failing or not batcher.running else "ok",
+            "tasks": len(bank.tasks),
+            "device": str(bank.device),
+            "precision": bank.precision,
+            "bank": bank.stats(),
+            "batching": stats.to_dict(),
+            "admission": {"in_progress": pool.admitted, "max_queue": pool.max_queue, "refused": pool.refused},
+        }
+
+    @routes.get("/ready", responses=responses(503))
+    async def ready() -> JSONResponse:
+        ok = batcher.running and not batcher.stats.failing
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @routes.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return routes
