@@ -3,6 +3,7 @@ the chosen image is shown, a busy line appears, answers come a page of 50 tasks 
 box filters the answers it has without running the model again, a failed request shows its one-line error with no
 answer left over from the previous file, and with --auth-everything the page loads and asks for the key."""
 
+import base64
 import shutil
 import time
 
@@ -131,3 +132,77 @@ def test_with_auth_everything_the_page_loads_asks_for_the_key_and_then_lists_the
     finally:
         driver.quit()
         stop_server(process)
+
+
+@pytest.fixture(scope="module")
+def mixed_page(tmp_path_factory):
+    """A server with an image task and a multi-label task, and a browser."""
+    root = tmp_path_factory.mktemp("page-kinds")
+    torch.manual_seed(0)
+    model = adaptformer.create_model("adaptformer/vit-tiny-cifar10", "linear", num_classes=3)
+    adaptformer.save_task(model, root / "tasks" / "colour.safetensors", classes=["red", "green", "blue"])
+    tags = adaptformer.create_model("adaptformer/vit-tiny-cifar10", "linear", classes=["sky", "sea", "sand"],
+                                    objective="multilabel")  # fmt: skip
+    adaptformer.save_task(tags, root / "tasks" / "tags.safetensors")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "a.png")
+    from formats import write_video
+
+    write_video(root / "clip.webm", np.random.default_rng(2).integers(0, 255, (12, 32, 32, 3), dtype=np.uint8))
+    process, url = start_server(["--task-dir", str(root / "tasks"), "--precision", "fp32"])
+    driver = chromium()
+    yield driver, url, root
+    driver.quit()
+    stop_server(process)
+
+
+def test_a_dropped_image_is_previewed_at_a_readable_size_and_answered_with_bars(mixed_page):
+    driver, url, root = mixed_page
+    driver.set_window_size(1280, 900)
+    driver.get(f"{url}/")
+    wait_for(lambda: driver.find_element("id", "count").text == "2")
+    data = base64.b64encode((root / "a.png").read_bytes()).decode()
+    driver.execute_script(
+        """const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "a.png", { type: "image/png" }));
+        const drop = new DragEvent("drop", { dataTransfer: transfer, bubbles: true });
+        document.getElementById("drop").dispatchEvent(drop);""",
+        data,
+    )  # a file dropped on the drop zone, as a user's drag ends
+    assert wait_for(lambda: len(rows(driver)) == 2)
+    preview = driver.find_element("id", "preview")
+    assert "small" in preview.get_attribute("class") and preview.size["width"] >= 200  # 32 px, shown scaled up
+    colour, tags = rows(driver)
+    assert colour.text.startswith("colour") and len(colour.find_elements("css selector", ".bar i")) == 3
+    widths = [
+        float(bar.value_of_css_property("width").rstrip("px")) for bar in colour.find_elements("css selector", ".bar i")
+    ]
+    assert widths == sorted(widths, reverse=True) and widths[0] > 0  # the most probable label has the longest bar
+    assert "multi-label, threshold 0.5" in tags.text
+    assert tags.find_elements("css selector", ".label") or "none above 0.5" in tags.text
+    assert driver.find_element("id", "filename").text == "a.png"
+
+
+def test_a_clip_shows_a_strip_of_its_frames(mixed_page):
+    driver, url, root = mixed_page
+    driver.get(f"{url}/")
+    wait_for(lambda: driver.find_element("id", "count").text == "2")
+    driver.find_element("id", "file").send_keys(str(root / "clip.webm"))
+    wait_for(lambda: len(driver.find_elements("css selector", "#frames canvas")) == 4)
+    assert driver.find_element("id", "error").text == "no video task on this page"  # the tasks take images
+
+
+def test_the_page_fits_a_phone_sized_window(mixed_page):
+    driver, url, root = mixed_page
+    driver.set_window_size(375, 740)
+    try:
+        driver.get(f"{url}/")
+        wait_for(lambda: driver.find_element("id", "count").text == "2")
+        driver.find_element("id", "file").send_keys(str(root / "a.png"))
+        wait_for(lambda: len(rows(driver)) == 2)
+        overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0  # nothing wider than the screen
+        drop, results = driver.find_element("id", "drop"), driver.find_element("id", "results")
+        assert results.location["y"] > drop.location["y"]  # one column: the answers below the input
+    finally:
+        driver.set_window_size(1280, 900)

@@ -1,14 +1,20 @@
-"""The page served at ``/``: upload an image or a clip, see the top labels of every task (plain HTML + fetch).
+"""The page served at ``/``: drop or choose an image or a clip, see every task's answer (one static file: HTML,
+CSS and plain JavaScript, no build step, nothing fetched from elsewhere).
 
 What it guarantees (tested in a real headless Chromium, ``tests/serve/test_page.py``):
 
-* the chosen image is shown beside the answers, and a busy line is visible while the request runs;
-* answers are cleared the moment a new file is chosen, so a failed request never leaves the previous file's
-  answers on screen; every error is shown as its one-line ``detail`` (or the HTTP status when the body is not
-  JSON), never ``[object Object]``;
-* any number of tasks: a search box filters them and the answers come a page of 50 tasks at a time (the page
-  sends ``tasks=`` for the tasks on screen), so a backbone with thousands of tasks stays usable;
-* with ``--auth-everything`` the server answers 401 and the page asks for the key (kept for the tab's session).
+* a file is dropped on the drop zone or chosen with its button; an image is previewed at a readable size (a
+  small one scaled up without blur), a clip as a strip of frames taken from it in the browser;
+* each task's answer is a row: its name, and its top labels with confidence bars; a multi-label task shows the
+  labels above its threshold, and says the threshold (and "none above" when none is);
+* a busy line is visible while the request runs; answers are cleared the moment a new file is chosen, so a
+  failed request never leaves the previous file's answers on screen; every error is shown as its one-line
+  ``detail`` (or the HTTP status when the body is not JSON), never ``[object Object]``;
+* any number of tasks: the search box filters the answers it has at once and runs the model only for tasks not
+  yet answered (after a pause in typing); answers come a page of 50 tasks at a time (the page sends ``tasks=``
+  for the tasks on screen), so a backbone with thousands of tasks stays usable;
+* with ``--auth-everything`` the server answers 401 and the page asks for the key (kept for the tab's session);
+* it fits a phone-sized window (one column below 40 rem).
 """
 
 PAGE_SIZE = 50
@@ -18,33 +24,87 @@ PAGE = """<!doctype html>
 <head><meta charset="utf-8"><title>adaptformer</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
-body { font-family: system-ui, sans-serif; max-width: 56rem; margin: 2rem auto; padding: 0 1rem; }
-table { border-collapse: collapse; width: 100%; margin-top: 1rem; }
-td, th { border-bottom: 1px solid #ddd; padding: .3rem .5rem; text-align: left; vertical-align: top; }
-#error { color: #b00; white-space: pre-wrap; }
-#busy { color: #555; }
-#preview { max-width: 16rem; max-height: 16rem; display: none; margin-top: 1rem; }
-#controls > * { margin-right: .5rem; }
+:root { --ink: #1d2330; --muted: #5b6475; --line: #e3e6ec; --accent: #2f6fdf; --bad: #b3261e; --soft: #f4f6fa; }
+* { box-sizing: border-box; }
+body { font: 16px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--ink); margin: 0;
+       background: #fff; }
+header { padding: 1rem 1.25rem; border-bottom: 1px solid var(--line); display: flex; align-items: baseline;
+         gap: .75rem; flex-wrap: wrap; }
+header h1 { font-size: 1.25rem; margin: 0; }
+header p { margin: 0; color: var(--muted); }
+main { max-width: 64rem; margin: 0 auto; padding: 1.25rem; display: grid; gap: 1.25rem;
+       grid-template-columns: minmax(14rem, 20rem) 1fr; align-items: start; }
+#drop { border: 2px dashed #b8c0cf; border-radius: .75rem; padding: 1rem; text-align: center; background: var(--soft);
+        cursor: pointer; display: block; }
+#drop.over { border-color: var(--accent); background: #e8f0fe; }
+#drop strong { display: block; margin-bottom: .25rem; }
+#drop span { color: var(--muted); font-size: .9rem; }
+#file { position: absolute; width: 1px; height: 1px; opacity: 0; }
+#preview { display: none; width: 100%; max-height: 22rem; object-fit: contain; margin-top: .75rem;
+           border-radius: .5rem; background: var(--soft); }
+#preview.small { image-rendering: pixelated; }
+#frames { display: none; grid-template-columns: repeat(4, 1fr); gap: .25rem; margin-top: .75rem; }
+#frames canvas { width: 100%; border-radius: .25rem; background: var(--soft); }
+#filename { color: var(--muted); font-size: .9rem; margin-top: .5rem; word-break: break-all; }
+#controls { display: flex; gap: .5rem; flex-wrap: wrap; align-items: center; }
+#search { flex: 1 1 12rem; padding: .45rem .6rem; border: 1px solid #c7cdd8; border-radius: .4rem; font: inherit; }
+button { font: inherit; padding: .4rem .8rem; border: 1px solid #c7cdd8; border-radius: .4rem; background: #fff;
+         cursor: pointer; }
+button:disabled { opacity: .45; cursor: default; }
+#pageinfo { color: var(--muted); font-size: .9rem; }
+#keyrow { background: #fff6e5; border: 1px solid #f1d08a; border-radius: .5rem; padding: .6rem .8rem; }
+#keyrow input { font: inherit; padding: .3rem .5rem; }
+#busy { color: var(--muted); }
+#error { color: var(--bad); white-space: pre-wrap; }
+#error:empty { display: none; }
+table { border-collapse: collapse; width: 100%; }
+td { border-bottom: 1px solid var(--line); padding: .55rem .4rem; vertical-align: top; }
+td.task { font-weight: 600; width: 30%; word-break: break-word; }
+td.task small { display: block; font-weight: 400; color: var(--muted); }
+.label { display: grid; grid-template-columns: minmax(5rem, 10rem) 1fr 3.5rem; gap: .5rem; align-items: center;
+         font-size: .92rem; }
+.label + .label { margin-top: .2rem; }
+.bar { height: .55rem; border-radius: 1rem; background: var(--line); overflow: hidden; }
+.bar i { display: block; height: 100%; background: var(--accent); border-radius: 1rem; }
+.pct { text-align: right; font-variant-numeric: tabular-nums; color: var(--muted); }
+.none { color: var(--muted); font-size: .92rem; }
+@media (max-width: 40rem) {
+  main { grid-template-columns: 1fr; padding: .75rem; }
+  #preview { max-height: 11rem; }
+  td { display: block; }
+  td.task { width: auto; border-bottom: none; padding-bottom: .1rem; }
+  .label { grid-template-columns: 6.5rem 1fr 3.5rem; }
+}
 </style></head>
 <body>
-<h1>adaptformer</h1>
-<p>One frozen backbone, <span id="count">…</span> tasks. Choose an image (or a clip, for video tasks).</p>
-<div id="controls">
-  <input id="file" type="file" accept="image/*,video/*">
-  <input id="search" type="search" placeholder="filter tasks">
-  <button id="prev" type="button">previous</button><span id="pageinfo"></span>
-  <button id="next" type="button">next</button>
-</div>
-<p id="keyrow" hidden><label>API key <input id="key" type="password" autocomplete="off"></label>
-  <button id="usekey" type="button">use</button></p>
-<p id="busy" hidden>working…</p>
-<p id="error" role="alert"></p>
-<img id="preview" alt="the chosen image">
-<table id="results"><thead><tr><th>task</th><th>top labels</th></tr></thead><tbody></tbody></table>
+<header><h1>adaptformer</h1><p>One frozen backbone, <span id="count">…</span> tasks.</p></header>
+<main>
+<section aria-label="input">
+  <label id="drop" for="file"><strong>Drop an image or a clip here</strong><span>or click to choose one</span>
+    <input id="file" type="file" accept="image/*,video/*"></label>
+  <img id="preview" alt="the chosen image">
+  <div id="frames" aria-label="frames of the chosen clip"></div>
+  <div id="filename"></div>
+</section>
+<section aria-label="answers">
+  <div id="controls">
+    <input id="search" type="search" placeholder="filter tasks" aria-label="filter tasks">
+    <button id="prev" type="button">previous</button><span id="pageinfo"></span>
+    <button id="next" type="button">next</button>
+  </div>
+  <p id="keyrow" hidden><label>API key <input id="key" type="password" autocomplete="off"></label>
+    <button id="usekey" type="button">use</button></p>
+  <p id="busy" hidden>working…</p>
+  <p id="error" role="alert"></p>
+  <table id="results"><tbody></tbody></table>
+</section>
+</main>
 <script>
 const PAGE_SIZE = __PAGE_SIZE__;
 const $ = (id) => document.getElementById(id);
 let tasks = [], shown = [], page = 0, file = null, generation = 0;
+let answers = new Map();  // task -> its answer for the current file: paging and search re-use them
+let searchTimer = null;
 
 function headers() {
   const key = sessionStorage.getItem("adaptformer-key");
@@ -94,7 +154,22 @@ async function loadTasks() {
   } catch (error) { $("error").textContent = error.message; }
 }
 
-let answers = new Map();  // task -> its answer for the current file: paging and search re-use them
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) { node.className = className; }
+  if (text !== undefined) { node.textContent = text; }  // labels come from task files: text, never markup
+  return node;
+}
+
+function labelRow(label, prob) {
+  const row = element("div", "label");
+  const bar = element("div", "bar");
+  const fill = element("i");
+  fill.style.width = `${Math.max(0, Math.min(100, 100 * prob)).toFixed(1)}%`;
+  bar.appendChild(fill);
+  row.append(element("span", "name", label), bar, element("span", "pct", `${(100 * prob).toFixed(1)} %`));
+  return row;
+}
 
 function render(names) {
   const rows = document.querySelector("#results tbody");
@@ -102,15 +177,17 @@ function render(names) {
   for (const name of names) {
     const result = answers.get(name);
     if (!result) { continue; }
-    const row = document.createElement("tr");
-    const shownLabels = result.labels || result.top_k;  // a multi-label task: the labels above its threshold
-    const labels = shownLabels.map((t) => `${t.label} ${(100 * t.prob).toFixed(1)} %`).join(", ")
-      || `no label >= ${result.threshold}`;
-    for (const text of [result.task, labels]) {
-      const cell = document.createElement("td");
-      cell.textContent = text;  // labels come from task files: text, never markup
-      row.appendChild(cell);
+    const row = element("tr");
+    const task = element("td", "task", result.task);
+    const labels = element("td", "labels");
+    if (result.labels) {  // a multi-label task: every label at least its threshold probable
+      task.appendChild(element("small", "", `multi-label, threshold ${result.threshold}`));
+      if (!result.labels.length) { labels.appendChild(element("span", "none", `none above ${result.threshold}`)); }
+      for (const t of result.labels) { labels.appendChild(labelRow(t.label, t.prob)); }
+    } else {
+      for (const t of result.top_k) { labels.appendChild(labelRow(t.label, t.prob)); }
     }
+    row.append(task, labels);
     rows.appendChild(row);
   }
 }
@@ -146,25 +223,66 @@ async function predict() {
   }
 }
 
-let searchTimer = null;
-$("file").addEventListener("change", (event) => {
-  file = event.target.files[0] || null;
+function showFrames(chosen) {
+  // a strip of four frames taken from the clip by the browser (nothing is sent for it)
+  const strip = $("frames");
+  strip.innerHTML = "";
+  const video = document.createElement("video");
+  video.muted = true;
+  video.preload = "auto";
+  video.src = URL.createObjectURL(chosen);
+  const spots = [0.1, 0.35, 0.6, 0.85];
+  let k = 0;
+  video.addEventListener("loadedmetadata", () => { video.currentTime = spots[0] * (video.duration || 0); });
+  video.addEventListener("seeked", () => {
+    const canvas = document.createElement("canvas");
+    canvas.width = 160;
+    canvas.height = Math.round(160 * (video.videoHeight || 9) / (video.videoWidth || 16));
+    canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+    strip.appendChild(canvas);
+    strip.style.display = "grid";
+    k += 1;
+    if (k < spots.length) { video.currentTime = spots[k] * video.duration; } else { URL.revokeObjectURL(video.src); }
+  });
+}
+
+function choose(chosen) {
+  file = chosen || null;
   answers = new Map();
   generation += 1;  // a request for the previous file is answered into nothing
   clearResults();
   const preview = $("preview");
   if (preview.src) { URL.revokeObjectURL(preview.src); }
+  preview.removeAttribute("src");
+  preview.style.display = "none";
+  $("frames").style.display = "none";
+  $("frames").innerHTML = "";
+  $("filename").textContent = file ? file.name : "";
   if (file && file.type.startsWith("image/")) {
+    preview.onload = () => { preview.classList.toggle("small", preview.naturalWidth < 128); };
     preview.src = URL.createObjectURL(file);
     preview.style.display = "block";
-  } else {
-    preview.removeAttribute("src");
-    preview.style.display = "none";
+  } else if (file && file.type.startsWith("video/")) {
+    showFrames(file);
   }
   predict();
+}
+
+$("file").addEventListener("change", (event) => choose(event.target.files[0]));
+const drop = $("drop");
+for (const kind of ["dragenter", "dragover"]) {
+  drop.addEventListener(kind, (event) => { event.preventDefault(); drop.classList.add("over"); });
+}
+for (const kind of ["dragleave", "drop"]) {
+  drop.addEventListener(kind, () => drop.classList.remove("over"));
+}
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  if (event.dataTransfer.files.length) { choose(event.dataTransfer.files[0]); }
 });
 $("search").addEventListener("input", () => {  // filters at once; runs the model only for tasks not yet answered
   shown = filtered(); page = 0; renderPaging();
+  render(shown.slice(0, PAGE_SIZE).map((t) => t.name));
   clearTimeout(searchTimer);
   searchTimer = setTimeout(predict, 250);
 });
