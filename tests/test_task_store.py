@@ -264,3 +264,36 @@ def test_predict_with_a_task_directory(tmp_path, capsys):
     assert "task 'nope'" in capsys.readouterr().err
     assert main(["predict", *common, "--max-resident", "0", str(image)]) == 2
     assert "--max-resident" in capsys.readouterr().err
+
+
+def test_a_store_serving_in_bf16_keeps_its_resident_tasks_at_half_the_memory(task_dir):
+    """Adapters, prompts and updates resident in bf16 (heads in fp32); answers as the fp32-resident store's to
+    bf16 rounding, which the computation under bf16 autocast rounds to anyway."""
+
+    def bank(task_precision):
+        model = adaptformer.AdaptedModel(backbone(task_dir))
+        store = TaskBank(model, DEVICE, "bf16", task_dir=task_dir, task_precision=task_precision)
+        store.refresh()
+        return store
+
+    half, full = bank("auto"), bank("fp32")
+    names = [f"t{k:03d}" for k in range(len(KINDS))]
+    x = inputs(len(names))
+    for a, b in zip(half.logits(x, names), full.logits(x, names), strict=True):
+        torch.testing.assert_close(a, b, atol=5e-2, rtol=5e-2)
+    blocks = [p for n, p in half.model.tasks.named_parameters() if ".blocks." in f".{n}" or n.startswith("blocks")]
+    heads = [p for n, p in half.model.tasks.named_parameters() if ".head." in n]
+    assert blocks and all(p.dtype == torch.bfloat16 for p in blocks)
+    assert heads and all(p.dtype == torch.float32 for p in heads)
+
+    def block_bytes(store):
+        return sum(t.numel() * t.element_size() for n, t in store.model.tasks.state_dict().items() if ".blocks." in n)
+
+    assert block_bytes(half) * 2 == block_bytes(full) > 0
+    assert sum(half.residency.sizes()) < sum(full.residency.sizes())
+    for name in names:  # the estimate a chunking decision uses is what the task then takes
+        assert half.residency.estimate_bytes(name) == sum(
+            t.numel() * t.element_size() for t in half.model.tasks[name].state_dict().values()
+        )
+    with pytest.raises(AdaptFormerError, match=r"--task-precision 'half': expected one of auto, fp32"):
+        bank("half")

@@ -55,6 +55,7 @@ class TaskBank:
         check_backbone: bool = True,
         limits: ResidencyLimits | None = None,
         task_dir: str | Path | None = None,
+        task_precision: str = "auto",
     ):
         self.model = model.to(device).eval()
         self.model.enable_any_input_size()  # tasks trained at other input sizes share the backbone
@@ -65,7 +66,7 @@ class TaskBank:
         #: which task files are listed, usable or not (``store/catalogue.py``)
         self.catalogue = Catalogue(self._describe, task_dir)
         #: which of them have their tensors in the model (``store/residency.py``)
-        self.residency = Residency(self.model, self.catalogue, limits)
+        self.residency = Residency(self.model, self.catalogue, limits, _block_dtype(task_precision, precision))
 
     @property
     def task_dir(self) -> Path | None:
@@ -91,6 +92,7 @@ class TaskBank:
         precision: str = "auto",
         check_backbone: bool = True,
         limits: ResidencyLimits | None = None,
+        task_precision: str = "auto",
     ) -> TaskBank:
         """A bank listing the ``tasks`` files (``FILE`` or ``NAME=FILE``; refused in one line when unusable) and
         every task file of ``task_dir`` (an unusable one is listed with its reason), on the backbone ``model_name``
@@ -113,6 +115,7 @@ class TaskBank:
             check_backbone,
             limits,
             task_dir,
+            task_precision,
         )
         for text in tasks:
             bank.add(text)
@@ -343,3 +346,15 @@ class TaskBank:
         ]
         order = {name: k for k, name in enumerate(chosen)}
         return sorted(results, key=lambda r: (r["index"], order.get(r.get("task"), -1)))
+
+
+TASK_PRECISIONS = ("auto", "fp32")
+
+
+def _block_dtype(task_precision: str, precision: str) -> torch.dtype | None:
+    """Resident tasks' block tensors: in the serving precision (``auto``: bf16 or fp16 when serving so), or fp32."""
+    if task_precision not in TASK_PRECISIONS:
+        raise AdaptFormerError(f"--task-precision {task_precision!r}: expected one of {', '.join(TASK_PRECISIONS)}")
+    if task_precision == "fp32":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)

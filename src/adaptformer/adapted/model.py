@@ -108,11 +108,13 @@ class AdaptedModel(nn.Module):
         *,
         activate: bool = True,
         objective: str = "classification",
+        empty: bool = False,
         **options: Any,
     ) -> Task:
         """Add a task with its own modules and head; ``config`` is a method config or a method name + options.
         ``objective`` is ``classification`` (one label per input) or ``multilabel`` (any number: a sigmoid per
-        class; see ``objectives.py``)."""
+        class; see ``objectives.py``). ``empty``: built on the meta device, no initialisation drawn, for
+        ``load_task_state(..., assign=True)`` to fill from a file."""
         objective = get_objective(objective).name
         if isinstance(config, str):
             config = make_method_config(config, **options)
@@ -129,9 +131,14 @@ class AdaptedModel(nn.Module):
                 f"task {full}: full fine-tuning trains the backbone, so it cannot share it with other tasks "
                 f"({', '.join(t for t in [*self.tasks, name] if t != full)}); give it a backbone of its own"
             )
-        task = get_method(config.name).task(config, list(classes), self.backbone_spec())
         reference = next(self.backbone.parameters())
-        task = task.to(device=reference.device, dtype=reference.dtype).requires_grad_(False).train(self.training)
+        if empty:
+            with torch.device("meta"):
+                task = get_method(config.name).task(config, list(classes), self.backbone_spec())
+        else:
+            task = get_method(config.name).task(config, list(classes), self.backbone_spec())
+            task = task.to(device=reference.device, dtype=reference.dtype)
+        task = task.requires_grad_(False).train(self.training)
         task.objective = objective
         self.tasks[name] = task
         self._task_routers[name] = Router.for_task(task, self.depth)
@@ -353,8 +360,12 @@ class AdaptedModel(nn.Module):
             state.update(self.backbone.state_dict())
         return state
 
-    def load_task_state(self, tensors: dict[str, torch.Tensor], name: str | None = None, source: Any = "") -> None:
-        """Load ``tensors`` into a task strictly: the key sets must be equal and every shape must match."""
+    def load_task_state(
+        self, tensors: dict[str, torch.Tensor], name: str | None = None, source: Any = "", assign: bool = False
+    ) -> None:
+        """Load ``tensors`` into a task strictly: the key sets must be equal and every shape must match.
+        ``assign``: the task takes the tensors themselves (an ``empty`` task: nothing is copied; its tensors are
+        then on the device and in the precision given), and what no file holds (a fixed zero buffer) is zeros."""
         task = self._get(name) if name is not None else self.task
         own = self.task_state_dict(name)
         missing = sorted(set(own) - set(tensors))
@@ -378,7 +389,10 @@ class AdaptedModel(nn.Module):
         if broken:
             raise AdaptFormerError(f"{source}: non-finite values (NaN or inf) in {_few(sorted(broken))}")
         task_keys = set(task.state_dict())
-        task.load_state_dict({k: v for k, v in tensors.items() if k in task_keys})
+        task.load_state_dict({k: v for k, v in tensors.items() if k in task_keys}, assign=assign)
+        if assign:
+            _zeros_for_meta(task, next(self.backbone.parameters()))
+            task.requires_grad_(False)
         if not task.config.shares_backbone:
             self.backbone.load_state_dict({k: v for k, v in tensors.items() if k not in task_keys})
 
@@ -554,6 +568,15 @@ def pretrained_fc_norm(backbone: nn.Module) -> nn.Module | None:
     """The backbone's fc_norm where it has trained parameters (each task starts its own copy from it)."""
     fc_norm = getattr(backbone, "fc_norm", None)
     return fc_norm if fc_norm is not None and any(True for _ in fc_norm.parameters()) else None
+
+
+def _zeros_for_meta(module: nn.Module, reference: torch.Tensor) -> None:
+    """What an assigned state left on the meta device (non-persistent buffers: VPT kv's placeholder slots, zeros by
+    definition) as zeros where the backbone is."""
+    for owner in module.modules():
+        for key, buffer in list(owner._buffers.items()):
+            if buffer is not None and buffer.is_meta:
+                owner._buffers[key] = torch.zeros(buffer.shape, dtype=reference.dtype, device=reference.device)
 
 
 def _check_task_name(name: str, tasks: nn.ModuleDict) -> None:

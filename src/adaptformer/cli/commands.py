@@ -356,6 +356,13 @@ def _task_store_arguments(parser: argparse.ArgumentParser, task_dir_help: str) -
     parser.add_argument(
         "--max-resident-mb", type=float, default=None, help="most megabytes of task tensors in memory at once (LRU)"
     )
+    parser.add_argument(
+        "--task-precision",
+        choices=("auto", "fp32"),
+        default="auto",
+        help="resident tasks' adapters, prompts and updates: auto = the serving precision (bf16 halves their "
+        "memory), fp32 = as trained; heads stay fp32 (%(default)s)",
+    )
 
 
 def _bank_from_args(args: argparse.Namespace):
@@ -384,6 +391,7 @@ def _bank_from_args(args: argparse.Namespace):
         precision=args.precision,
         check_backbone=args.check_backbone,
         limits=limits,
+        task_precision=args.task_precision,
     )
     for name in names:
         bank.info(name)  # a name that is not a usable task of the bank: one line, before any work
@@ -527,6 +535,7 @@ def _bank_options(args: argparse.Namespace) -> dict:
         "check_backbone": args.check_backbone,
         "max_resident": args.max_resident,
         "max_resident_mb": args.max_resident_mb,
+        "task_precision": args.task_precision,
     }
 
 

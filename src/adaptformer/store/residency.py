@@ -5,7 +5,9 @@ and ``max_resident_mb``. A batch that needs more tasks than fit runs in chunks t
 is never exceeded. A file that changed on disk since it was listed (size, mtime or header) is refused; a file that
 can no longer be loaded (deleted, changed or broken since it was listed) is marked unusable in the catalogue with
 the reason, so requests for every task leave it out rather than fail. Evicting and reloading a task gives
-bit-identical outputs.
+bit-identical outputs. A store serving in half precision keeps the tensors inside the blocks (adapters, prompts,
+updates) in that precision while resident: half the memory, the same arithmetic (autocast computes in it anyway);
+heads and norms keep the backbone's.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import torch
+
 from ..adapted.model import AdaptedModel
 from ..errors import AdaptFormerError
 from ..tasks.files import apply_task_tensors
-from ..tasks.format import read_task_file
+from ..tasks.format import DTYPE_BYTES, FLOAT_DTYPES, read_task_file
 from .catalogue import Catalogue
 
 
@@ -51,12 +55,21 @@ class ResidencyCounters:
 class Residency:
     """The resident tasks of one model (see the module docstring)."""
 
-    def __init__(self, model: AdaptedModel, catalogue: Catalogue, limits: ResidencyLimits | None = None):
+    def __init__(
+        self,
+        model: AdaptedModel,
+        catalogue: Catalogue,
+        limits: ResidencyLimits | None = None,
+        block_dtype: torch.dtype | None = None,
+    ):
         self.model, self.catalogue = model, catalogue
         self.limits = limits or ResidencyLimits()
         self.counters = ResidencyCounters()
+        #: the precision of the tensors inside the blocks while resident (None: the backbone's); heads keep theirs
+        self.block_dtype = block_dtype
         self._resident: OrderedDict[str, int] = OrderedDict()  # name -> bytes, least recently used first
         self._element_size = next(model.backbone.parameters()).element_size()
+        self._block_size = torch.empty(0, dtype=block_dtype).element_size() if block_dtype else self._element_size
 
     @property
     def names(self) -> list[str]:
@@ -70,7 +83,12 @@ class Residency:
     def estimate_bytes(self, name: str) -> int:
         """Memory the task's tensors take once loaded (their element count at the model's precision)."""
         header = self.catalogue.listing(name).header
-        return sum(math.prod(shape) for _, shape in header.tensors.values()) * self._element_size
+        return sum(math.prod(shape) * self._bytes_each(key, dtype) for key, (dtype, shape) in header.tensors.items())
+
+    def _bytes_each(self, key: str, dtype: str) -> int:
+        if dtype not in FLOAT_DTYPES:  # integers (BatchNorm's counter) stay as the file has them
+            return DTYPE_BYTES[dtype]
+        return self._block_size if key.startswith("blocks.") else self._element_size
 
     def make_resident(self, names: list[str]) -> None:
         """Load the tasks of ``names`` that are not resident, evicting least recently used others to fit."""
@@ -105,7 +123,10 @@ class Residency:
         listing = self.catalogue.listing(name)
         try:
             header, tensors = read_task_file(listing.path, expected=listing.header)
-            apply_task_tensors(self.model, header.meta, tensors, listing.path, check_backbone=False, name=name)
+            apply_task_tensors(
+                self.model, header.meta, tensors, listing.path, check_backbone=False, name=name,
+                block_dtype=self.block_dtype,
+            )  # fmt: skip
         except AdaptFormerError as error:
             self.counters.refused_loads += 1
             self.catalogue.mark_unusable(name, str(error))

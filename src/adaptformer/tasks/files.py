@@ -102,9 +102,15 @@ def apply_task_tensors(
     path: str | Path,
     check_backbone: bool = True,
     name: str | None = None,
+    block_dtype: torch.dtype | None = None,
 ) -> AdaptedModel:
     """``apply_task`` for a file already read (its description and tensors). A task that this call added and
-    whose tensors are refused is removed again, so a refused file leaves nothing in the model."""
+    whose tensors are refused is removed again, so a refused file leaves nothing in the model.
+
+    A new task is built empty and takes the file's tensors themselves (no initialisation drawn, nothing copied
+    twice), on the backbone's device: its heads and norms in the backbone's precision, the tensors inside the
+    blocks (adapters, prompts, LoRA updates) in ``block_dtype`` where given (a task store serving in bf16 keeps its
+    resident tasks at half the memory)."""
     config = method_config_from_dict(meta["method"])
     if not isinstance(model, AdaptedModel):
         backbone = as_backbone(model)
@@ -133,9 +139,13 @@ def apply_task_tensors(
         model.set_task(name)
     else:
         previous = model.active_task
-        model.add_task(name, config, meta["classes"], objective=meta.get("objective") or "classification")
+        objective = meta.get("objective") or "classification"
+        model.add_task(name, config, meta["classes"], objective=objective, empty=config.shares_backbone)
     try:
-        model.load_task_state(tensors, name, f"task file {path}")
+        if added and config.shares_backbone:
+            reference = next(model.backbone.parameters())
+            tensors = {key: _placed(key, value, reference, block_dtype) for key, value in tensors.items()}
+        model.load_task_state(tensors, name, f"task file {path}", assign=added and config.shares_backbone)
     except AdaptFormerError:
         if added:
             model.remove_task(name)
@@ -143,6 +153,14 @@ def apply_task_tensors(
                 model.set_task(previous)
         raise
     return model
+
+
+def _placed(key: str, value: torch.Tensor, reference: torch.Tensor, block_dtype: torch.dtype | None) -> torch.Tensor:
+    """A file's tensor where and in the precision its task keeps it (integers, BatchNorm's counter, as they are)."""
+    if not value.is_floating_point():
+        return value.to(reference.device)
+    dtype = block_dtype if block_dtype is not None and key.startswith("blocks.") else reference.dtype
+    return value.to(device=reference.device, dtype=dtype)
 
 
 def recorded_backbone(

@@ -63,12 +63,13 @@ def write_task(path: str | Path, meta: dict[str, Any], tensors: dict[str, torch.
 
 
 #: bytes per element of every safetensors dtype
-_DTYPE_BYTES = {
+DTYPE_BYTES = {
     **dict.fromkeys(("F64", "I64", "U64"), 8),
     **dict.fromkeys(("F32", "I32", "U32"), 4),
     **dict.fromkeys(("F16", "BF16", "I16", "U16"), 2),
     **dict.fromkeys(("I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2"), 1),
 }
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 
 #: a safetensors header larger than this is refused before it is read (the format's own limit is 100 MB)
 MAX_HEADER_BYTES = 100_000_000
@@ -91,7 +92,7 @@ class TaskHeader:
     @property
     def tensor_bytes(self) -> int:
         """Bytes of the tensors (what the task costs in memory once loaded, at the file's precision)."""
-        return sum(_DTYPE_BYTES[dtype] * math.prod(shape) for dtype, shape in self.tensors.values())
+        return sum(DTYPE_BYTES[dtype] * math.prod(shape) for dtype, shape in self.tensors.values())
 
     def changed_since(self, other: TaskHeader) -> bool:
         return (self.size, self.mtime_ns, self.digest) != (other.size, other.mtime_ns, other.digest)
@@ -151,14 +152,14 @@ def _tensor_entry(path: Path, key: str, entry: Any, data_bytes: int) -> tuple[st
     if not isinstance(entry, dict):
         raise AdaptFormerError(f"{where}: expected a mapping)")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in _DTYPE_BYTES:
+    if dtype not in DTYPE_BYTES:
         raise AdaptFormerError(f"{where}: dtype {str(dtype)[:20]!r} is not a safetensors dtype)")
     if not isinstance(shape, list) or not all(_natural(n) for n in shape):
         raise AdaptFormerError(f"{where}: shape {str(shape)[:40]}: expected a list of non-negative integers)")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_natural(n) for n in offsets)):
         raise AdaptFormerError(f"{where}: data_offsets: expected two non-negative integers)")
     begin, end = offsets
-    if not begin <= end <= data_bytes or end - begin != math.prod(shape) * _DTYPE_BYTES[dtype]:
+    if not begin <= end <= data_bytes or end - begin != math.prod(shape) * DTYPE_BYTES[dtype]:
         raise AdaptFormerError(f"{where}: its data_offsets do not hold its shape inside the file)")
     return dtype, tuple(shape)
 
