@@ -297,3 +297,28 @@ def test_a_store_serving_in_bf16_keeps_its_resident_tasks_at_half_the_memory(tas
         )
     with pytest.raises(AdaptFormerError, match=r"--task-precision 'half': expected one of auto, fp32"):
         bank("half")
+
+
+def test_prefetched_files_are_read_on_the_io_thread_once_and_loading_then_reads_nothing(task_dir, monkeypatch):
+    import threading
+
+    from adaptformer.store import residency
+
+    reads = []
+    read = residency.read_task_file
+
+    def recording(path, **kwargs):
+        reads.append((path.stem, threading.current_thread().name))
+        return read(path, **kwargs)
+
+    monkeypatch.setattr(residency, "read_task_file", recording)
+    names = ["t000", "t001", "t002"]
+    alone = open_bank(task_dir).logits(inputs(3), names)  # another bank, without prefetching
+    bank = open_bank(task_dir, max_resident=4)
+    reads.clear()
+    bank.prefetch(names + ["nope"])  # an unknown name is passed over
+    values = bank.logits(inputs(3), names)
+    assert sorted(stem for stem, _ in reads) == names  # each file read once
+    assert all(thread.startswith("adaptformer-io") for _, thread in reads)  # and not on the model's thread
+    for a, b in zip(values, alone, strict=True):
+        torch.testing.assert_close(a, b)

@@ -229,6 +229,10 @@ class TaskBank:
         """Tasks whose tensors are in memory, least recently used first."""
         return self.residency.names
 
+    def prefetch(self, names: list[str]) -> None:
+        """Read the files of tasks about to be used on an I/O thread (``store/residency.py``); any thread."""
+        self.residency.prefetch([name for name in names if self.catalogue.has(name)])
+
     def stats(self) -> dict[str, Any]:
         c = self.counters
         uses = c.hits + c.misses
@@ -258,7 +262,10 @@ class TaskBank:
             self.info(name)
         rows = list(inputs)
         out: list[torch.Tensor | None] = [None] * len(tasks)
-        for chunk in self.residency.chunks(list(dict.fromkeys(tasks))):
+        chunks = self.residency.chunks(list(dict.fromkeys(tasks)))
+        for k, chunk in enumerate(chunks):
+            if k + 1 < len(chunks):
+                self.residency.prefetch(chunks[k + 1])  # read while this chunk runs
             self.residency.make_resident(chunk)
             members = set(chunk)
             by_shape: dict[tuple[int, ...], list[int]] = {}

@@ -142,6 +142,9 @@ class _PoisonBank:
     def has(self, name):
         return name != "removed"
 
+    def prefetch(self, names):  # nothing to read ahead: the rows are the answers
+        self.prefetched = [*getattr(self, "prefetched", []), *names]
+
     def logits(self, rows, tasks):
         self.calls.append(len(rows))
         if "poison" in tasks:
@@ -169,6 +172,7 @@ def test_one_failing_request_never_fails_its_batch():
     assert isinstance(results[17], AdaptFormerError) and "removed" in str(results[17])
     assert stats.retried_batches == 1 and stats.failed_requests == 2
     assert bank.calls[0] == 17  # the batch ran once with everyone, then request by request
+    assert sorted(set(bank.prefetched)) == ["poison", "removed", "t0", "t1", "t2"]  # read ahead as they queued
 
 
 @pytest.mark.parametrize(

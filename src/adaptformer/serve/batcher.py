@@ -84,6 +84,7 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(self.model_thread, function, *args)
 
     async def logits(self, rows: list[torch.Tensor], tasks: list[str]) -> list[torch.Tensor]:
+        self.bank.prefetch(tasks)  # their files are read while the batches before this request run
         future = asyncio.get_running_loop().create_future()
         await self.queue.put(_Request(rows, tasks, future))
         return await future

@@ -211,6 +211,10 @@ class Catalogue:
     def listing(self, name: str) -> Listing:
         return self._listings[name]
 
+    def usable_listing(self, name: str) -> Listing | None:
+        listing = self._listings.get(name)
+        return listing if listing is not None and listing.info is not None else None
+
     def info(self, name: str) -> TaskInfo:
         listing = self._listings.get(name)
         if listing is None or listing.info is None:

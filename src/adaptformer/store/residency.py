@@ -5,7 +5,8 @@ and ``max_resident_mb``. A batch that needs more tasks than fit runs in chunks t
 is never exceeded. A file that changed on disk since it was listed (size, mtime or header) is refused; a file that
 can no longer be loaded (deleted, changed or broken since it was listed) is marked unusable in the catalogue with
 the reason, so requests for every task leave it out rather than fail. Evicting and reloading a task gives
-bit-identical outputs. A store serving in half precision keeps the tensors inside the blocks (adapters, prompts,
+bit-identical outputs. ``prefetch`` reads the files of tasks that will be needed on an I/O thread, so loading
+overlaps the model's work. A store serving in half precision keeps the tensors inside the blocks (adapters, prompts,
 updates) in that precision while resident: half the memory, the same arithmetic (autocast computes in it anyway);
 heads and norms keep the backbone's.
 """
@@ -13,14 +14,16 @@ heads and norms keep the backbone's.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
 from ..adapted.model import AdaptedModel
 from ..errors import AdaptFormerError
-from ..tasks.files import apply_task_tensors
+from ..tasks.files import apply_task_tensors, placed
 from ..tasks.format import DTYPE_BYTES, FLOAT_DTYPES, read_task_file
 from .catalogue import Catalogue
 
@@ -70,6 +73,11 @@ class Residency:
         self._resident: OrderedDict[str, int] = OrderedDict()  # name -> bytes, least recently used first
         self._element_size = next(model.backbone.parameters()).element_size()
         self._block_size = torch.empty(0, dtype=block_dtype).element_size() if block_dtype else self._element_size
+        #: files read ahead on an I/O thread for tasks that will be needed (``prefetch``): name -> (the listing it
+        #: was read for, the future of its header and placed tensors)
+        self._ahead: dict[str, tuple[object, Future]] = {}
+        self._ahead_lock = threading.Lock()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptformer-io")
 
     @property
     def names(self) -> list[str]:
@@ -118,11 +126,35 @@ class Residency:
                 raise AdaptFormerError("the tasks of one batch do not fit the residency limits together")
             self.evict(victim)
 
+    def prefetch(self, names: list[str]) -> None:
+        """Read the files of the tasks of ``names`` that are not resident on an I/O thread, their tensors placed
+        as they will be kept, so that loading them later costs only their assignment to the model (a server
+        calls this for every request it queues: reading overlaps the batch that runs). At most as many as may be
+        resident are read ahead; any thread may call it."""
+        bound = self.limits.max_resident or 64
+        for name in dict.fromkeys(names):
+            listing = self.catalogue.usable_listing(name)
+            with self._ahead_lock:
+                if listing is None or name in self._resident or name in self._ahead or len(self._ahead) >= bound:
+                    continue
+                self._ahead[name] = (listing, self._io.submit(self._read, listing))
+
+    def _read(self, listing) -> tuple:
+        header, tensors = read_task_file(listing.path, expected=listing.header)
+        reference = next(self.model.backbone.parameters())
+        return header, {key: placed(key, value, reference, self.block_dtype) for key, value in tensors.items()}
+
     def _read_in(self, name: str) -> None:
-        """Load a listed task's tensors (see the module docstring for a file that can no longer be loaded)."""
+        """Load a listed task's tensors (see the module docstring for a file that can no longer be loaded), from
+        what ``prefetch`` read when it read this very listing."""
         listing = self.catalogue.listing(name)
+        with self._ahead_lock:
+            listing_then, future = self._ahead.pop(name, (None, None))
         try:
-            header, tensors = read_task_file(listing.path, expected=listing.header)
+            if future is not None and listing_then is listing:
+                header, tensors = future.result()
+            else:
+                header, tensors = self._read(listing)
             apply_task_tensors(
                 self.model, header.meta, tensors, listing.path, check_backbone=False, name=name,
                 block_dtype=self.block_dtype,

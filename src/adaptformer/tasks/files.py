@@ -144,7 +144,7 @@ def apply_task_tensors(
     try:
         if added and config.shares_backbone:
             reference = next(model.backbone.parameters())
-            tensors = {key: _placed(key, value, reference, block_dtype) for key, value in tensors.items()}
+            tensors = {key: placed(key, value, reference, block_dtype) for key, value in tensors.items()}
         model.load_task_state(tensors, name, f"task file {path}", assign=added and config.shares_backbone)
     except AdaptFormerError:
         if added:
@@ -155,7 +155,7 @@ def apply_task_tensors(
     return model
 
 
-def _placed(key: str, value: torch.Tensor, reference: torch.Tensor, block_dtype: torch.dtype | None) -> torch.Tensor:
+def placed(key: str, value: torch.Tensor, reference: torch.Tensor, block_dtype: torch.dtype | None) -> torch.Tensor:
     """A file's tensor where and in the precision its task keeps it (integers, BatchNorm's counter, as they are)."""
     if not value.is_floating_point():
         return value.to(reference.device)
