@@ -68,6 +68,7 @@ class Router:
         self.single = len(groups) == 1 and groups[0].rows is None
         self.segments: list[_Segment] = []  # front of the sequence first
         self.gather_from = GATHER_FROM_GROUPS
+        self._index: torch.Tensor | None = None
 
     @classmethod
     def for_task(cls, task: Task | None, depth: int) -> Router:
@@ -199,19 +200,40 @@ class Router:
 
     def _gathered(self, packed: dict[int, PackedBranch], m: torch.Tensor, residual: torch.Tensor | None):
         """m + s·Up(ReLU(Down(input))) for every sample with its own task's packed adapter, in two ``baddbmm``
-        (samples whose task has no packed adapter here get zero weights: their m is returned unchanged)."""
-        width = max(b.down.shape[0] for b in packed.values())
+        (samples whose task has no packed adapter here get zero weights: their m is returned unchanged). The
+        groups' tensors are stacked once per block (a handful of operations, whatever the number of tasks) and
+        indexed by sample."""
+        width = max(b.width for b in packed.values())
         dtype = m.dtype if not torch.is_autocast_enabled(m.device.type) else torch.get_autocast_dtype(m.device.type)
-        padded = {k: b.padded(width, dtype) for k, b in packed.items()}
         source = self._inputs(packed, m, residual)
-        zero = PackedBranch.zeros(source.shape[-1], m.shape[-1], width, dtype, m.device)
-        per_sample = [padded.get(g, zero) for g in self.sample_groups]
-        down = torch.stack([p.down for p in per_sample])  # (B, r, d)
-        down_bias = torch.stack([p.down_bias for p in per_sample])[:, None]  # (B, 1, r)
-        up = torch.stack([p.up for p in per_sample])  # (B, d, 1 + r): [s·b | s·W]
-        hidden = torch.relu(torch.baddbmm(down_bias.to(source.dtype), source, down.transpose(1, 2).to(source.dtype)))
+        branches = [packed.get(k) for k in range(len(self.groups))]
+        if any(b is None for b in branches):
+            zero = PackedBranch.zeros(source.shape[-1], m.shape[-1], width, dtype, m.device)
+            branches = [zero if b is None else b for b in branches]
+        branches = [b.padded(width) for b in branches]
+        index = self._sample_index(m.device)
+
+        def stacked(field: str) -> torch.Tensor:
+            return torch.stack([getattr(b, field) for b in branches]).to(dtype)  # one cast, not one per task
+
+        down, down_bias = stacked("down")[index], stacked("down_bias")[index, None]  # (B, r, d), (B, 1, r)
+        up = torch.cat([stacked("up_bias")[:, :, None], stacked("up")], dim=2)[index]  # (B, d, 1 + r): [b | W]
+        hidden = torch.baddbmm(down_bias.to(source.dtype), source, down.transpose(1, 2).to(source.dtype)).relu_()
         hidden = F.pad(hidden, (1, 0), value=1.0)  # the bias column of Up
-        return torch.baddbmm(m, hidden.to(m.dtype), up.transpose(1, 2).to(m.dtype))
+        scales = {b.scale for b in packed.values()}
+        alpha = 1.0
+        if len(scales) == 1 and not isinstance(next(iter(scales)), torch.Tensor):
+            alpha = scales.pop()  # one fixed scale for all (the usual case): applied by the product itself
+        else:
+            per_group = torch.stack([torch.as_tensor(b.scale, device=m.device).reshape(()) for b in branches])
+            hidden = hidden * per_group.to(hidden.dtype)[index][:, None, None]
+        return torch.baddbmm(m, hidden.to(m.dtype), up.transpose(1, 2).to(m.dtype), alpha=alpha)
+
+    def _sample_index(self, device: torch.device) -> torch.Tensor:
+        """Each sample's group as a tensor (made once per forward)."""
+        if self._index is None or self._index.device != device:
+            self._index = torch.tensor(self.sample_groups, device=device)
+        return self._index
 
     def _inputs(self, packed: dict[int, PackedBranch], m: torch.Tensor, residual: torch.Tensor | None):
         """Each sample's adapter input: x' (parallel) or m (sequential), layer-normalised where its task asks."""
@@ -248,7 +270,7 @@ class Router:
 
     def _stacked_heads(self, pooled: torch.Tensor, heads: list[PackedHead]) -> list[torch.Tensor]:
         classes = max(h.weight.shape[0] for h in heads)
-        index = torch.tensor(self.sample_groups, device=pooled.device)
+        index = self._sample_index(pooled.device)
         x = pooled
         if heads[0].norm_weight is not None:  # every task on one backbone has fc_norm, or none has
             x = F.layer_norm(x, x.shape[-1:], eps=heads[0].norm_eps)

@@ -114,10 +114,12 @@ class BackboneSpec:
 
 @dataclass
 class PackedBranch:
-    """An MLP branch ``m + Up(ReLU(Down(x)))`` in the router's stackable layout (the scale folded into Up).
+    """An MLP branch ``m + s·Up(ReLU(Down(x)))`` in the router's stackable layout.
 
     ``x`` is x' (``source`` "residual", a parallel adapter) or m (``source`` "branch", sequential), optionally
-    layer-normalised without affine (``eps`` set; a LayerNorm's affine folds into Down)."""
+    layer-normalised without affine (``eps`` set; a LayerNorm's affine folds into Down). The tensors are the
+    task's own parameters where nothing is folded (views, no copy), so packing costs nothing per forward and a
+    resident task holds its weights once; the router stacks them across samples."""
 
     #: returned by ``Task.packed_branch`` where the task's branch has no packed form (the router runs its own)
     UNPACKED: ClassVar[object] = object()
@@ -126,28 +128,32 @@ class PackedBranch:
     eps: float | None
     down: torch.Tensor  # (r, d_in)
     down_bias: torch.Tensor  # (r,)
-    up: torch.Tensor  # (d_out, 1 + r): [s·b_up | s·W_up], the bias as the first column
+    up: torch.Tensor  # (d_out, r)
+    up_bias: torch.Tensor  # (d_out,)
+    scale: float | torch.Tensor  # s: a number, or a one-element tensor (a learnable scale)
 
     @property
     def input_kind(self) -> tuple[str, float | None]:
         return self.source, self.eps
 
-    def padded(self, width: int, dtype: torch.dtype) -> PackedBranch:
-        """The same branch with a bottleneck of ``width`` (zero rows/columns change no output), in ``dtype``."""
-        extra = width - self.down.shape[0]
-        return PackedBranch(
-            self.source,
-            self.eps,
-            F.pad(self.down, (0, 0, 0, extra)).to(dtype),
-            F.pad(self.down_bias, (0, extra)).to(dtype),
-            F.pad(self.up, (0, extra)).to(dtype),
-        )
+    @property
+    def width(self) -> int:
+        return self.down.shape[0]
+
+    def padded(self, width: int) -> PackedBranch:
+        """The same branch with a bottleneck of ``width`` (zero rows/columns change no output)."""
+        extra = width - self.width
+        if not extra:
+            return self
+        down, down_bias = F.pad(self.down, (0, 0, 0, extra)), F.pad(self.down_bias, (0, extra))
+        up = F.pad(self.up, (0, extra))
+        return PackedBranch(self.source, self.eps, down, down_bias, up, self.up_bias, self.scale)
 
     @staticmethod
     def zeros(dim_in: int, dim_out: int, width: int, dtype: torch.dtype, device: torch.device) -> PackedBranch:
         """A branch that adds nothing (for samples whose task has no adapter at a block)."""
         zero = partial(torch.zeros, dtype=dtype, device=device)
-        return PackedBranch("branch", None, zero(width, dim_in), zero(width), zero(dim_out, 1 + width))
+        return PackedBranch("branch", None, zero(width, dim_in), zero(width), zero(dim_out, width), zero(dim_out), 0.0)
 
 
 @dataclass

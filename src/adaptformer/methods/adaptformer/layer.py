@@ -87,8 +87,8 @@ class AdaptMLP(nn.Module):
             if norm.weight is not None:
                 down_bias = down_bias + down @ norm.bias if norm.bias is not None else down_bias
                 down = down * norm.weight
-        up = torch.cat([self.up_proj.bias[:, None], self.up_proj.weight], dim=1) * self.scale
-        return PackedBranch(source, eps, down, down_bias, up)
+        up = self.up_proj
+        return PackedBranch(source, eps, down, down_bias, up.weight, up.bias, self.scale)
 
     def extra_repr(self) -> str:
         c = self.config
