@@ -198,7 +198,7 @@ def server(args) -> list[dict]:
         for label, options in setups:
             rows += _serve_levels(args, [*tasks, *options], backbone, payload, label, _cycle(names))
     if args.server_tasks:
-        folder = task_cache(args, args.server_tasks)
+        folder = task_cache(args, args.server_tasks, 64)
         names = sorted(p.stem for p in (folder / "tasks").glob("*.safetensors"))[: args.server_tasks]
         options = ["--task-dir", str(folder / "tasks"), "--max-resident", "64"]
         label = f"{len(names)} tasks, LRU 64"
@@ -352,34 +352,34 @@ def distinct_tasks(args) -> dict:
     }
 
 
-def task_cache(args, count: int | None = None) -> Path:
-    """``count`` (default ``--tasks``) AdaptFormer-64 task files with random weights and the random backbone they
-    share (made once)."""
-    from safetensors.torch import save_file
-
+def task_cache(args, count: int, bottleneck: int) -> Path:
+    """``count`` AdaptFormer task files (bottleneck ``bottleneck``, 10 classes, random weights, every file its own
+    tensors) and the random backbone they share, made once into ``--cache``. One file is written by ``save_task``;
+    the rest take its description with their own name and fresh random tensors, written by the same
+    ``write_task`` (10,000 files in about a minute instead of an hour of building tasks)."""
     import adaptformer
+    from adaptformer.tasks.format import read_task, write_task
 
-    folder = Path(args.cache) / f"{args.model}-r64"
+    folder = Path(args.cache) / f"{args.model}-r{bottleneck}"
     tasks = folder / "tasks"
     tasks.mkdir(parents=True, exist_ok=True)
-    count = count or args.tasks
     have = len(list(tasks.glob("*.safetensors")))
     if have >= count and (folder / "backbone.safetensors").exists():
         return folder
-    model = make_bank(args.model, 1)
+    began = time.perf_counter()
+    model = make_bank(args.model, 1, bottleneck)
     if not (folder / "backbone.safetensors").exists():
+        from safetensors.torch import save_file
+
         state = {k: v.contiguous() for k, v in model.backbone.state_dict().items()}
         save_file(state, str(folder / "backbone.safetensors"))
-    generator = torch.Generator().manual_seed(1)
-    began = time.perf_counter()
-    for k in range(have, count):
+    template = adaptformer.save_task(model, tasks / "task00000.safetensors", task="t0")
+    meta, tensors = read_task(template)
+    generator = torch.Generator().manual_seed(bottleneck)
+    for k in range(max(have, 1), count):
         name = f"task{k:05d}"
-        task = model.add_task(name, "adaptformer", 10, bottleneck=64)
-        with torch.no_grad():
-            for param in task.parameters():
-                param.add_(torch.randn(param.shape, generator=generator) * 0.02)
-        adaptformer.save_task(model, tasks / f"{name}.safetensors", task=name)
-        model.remove_task(name)
+        fresh = {key: torch.randn(value.shape, generator=generator) * 0.02 for key, value in tensors.items()}
+        write_task(tasks / f"{name}.safetensors", {**meta, "task": name}, fresh)
     print(f"wrote {count - have} task files in {time.perf_counter() - began:.0f} s to {tasks}", flush=True)
     return folder
 

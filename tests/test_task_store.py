@@ -290,6 +290,8 @@ def test_a_store_serving_in_bf16_keeps_its_resident_tasks_at_half_the_memory(tas
         return sum(t.numel() * t.element_size() for n, t in store.model.tasks.state_dict().items() if ".blocks." in n)
 
     assert block_bytes(half) * 2 == block_bytes(full) > 0
+    for tensor in half.model.tasks.state_dict().values():  # each owns its bytes: no file buffer kept alive
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
     assert sum(half.residency.sizes()) < sum(full.residency.sizes())
     for name in names:  # the estimate a chunking decision uses is what the task then takes
         assert half.residency.estimate_bytes(name) == sum(
@@ -322,3 +324,82 @@ def test_prefetched_files_are_read_on_the_io_thread_once_and_loading_then_reads_
     assert all(thread.startswith("adaptformer-io") for _, thread in reads)  # and not on the model's thread
     for a, b in zip(values, alone, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def _handmade_task_file(path, meta, layout, data):
+    """A safetensors file written byte by byte: ``layout`` is its tensor table as written, ``data`` what follows."""
+    header = json.dumps({"__metadata__": {"adaptformer": json.dumps(meta)}, **layout}).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+    return path
+
+
+def test_a_task_file_is_read_into_one_buffer_and_its_tensors_equal_safetensors_own(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from adaptformer.tasks.format import read_task_file, read_task_header
+
+    folder = write_tasks(tmp_path / "tasks", count=2)
+    meta = read_task_header(folder / "t000.safetensors").meta
+    tensors = {
+        "f32": torch.randn(3, 5),
+        "bf16": torch.randn(7).to(torch.bfloat16),
+        "i64": torch.arange(4),
+        "u8": torch.arange(9, dtype=torch.uint8),
+        "flags": torch.tensor([True, False, True]),
+        "empty": torch.zeros(0, 4),
+    }
+    save_file(tensors, str(tmp_path / "kinds.safetensors"), metadata={"adaptformer": json.dumps(meta)})
+    header, read = read_task_file(tmp_path / "kinds.safetensors")
+    expected = load_file(str(tmp_path / "kinds.safetensors"))
+    assert read.keys() == expected.keys()
+    for key, value in expected.items():
+        assert read[key].dtype == value.dtype and torch.equal(read[key], value), key
+    spans = [(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in read.values() if t.numel()]
+    file_size = (tmp_path / "kinds.safetensors").stat().st_size
+    assert max(e for _, e in spans) - min(b for b, _ in spans) < file_size  # views of one buffer, not copies
+    assert header.tensor_bytes == sum(t.numel() * t.element_size() for t in tensors.values())
+
+    # an odd offset (a file safetensors would never write, but valid): the float tensor is copied out, aligned
+    layout = {"odd": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+              "x": {"dtype": "F32", "shape": [2], "data_offsets": [1, 9]}}  # fmt: skip
+    values = torch.tensor([1.5, -2.25])
+    data = b"\x07" + values.numpy().tobytes() + b" " * 3
+    _header, odd = read_task_file(_handmade_task_file(tmp_path / "odd.safetensors", meta, layout, data))
+    assert torch.equal(odd["x"], values) and odd["odd"].tolist() == [7]
+
+
+def test_files_of_one_kind_share_one_checked_table_and_a_short_file_is_still_refused(tmp_path):
+    from adaptformer.tasks.format import read_task_file, read_task_header
+
+    folder = tmp_path / "tasks"
+    model = adaptformer.AdaptedModel(backbone(folder))
+    for name in ("a", "b"):
+        model.add_task(name, "adaptformer", 3, bottleneck=4)
+        adaptformer.save_task(model, folder / f"{name}.safetensors", task=name)
+    a, b = (read_task_header(folder / f"{name}.safetensors") for name in ("a", "b"))
+    assert a.tensors is b.tensors  # one table for both (and for ten thousand such files)
+    with pytest.raises(TypeError):
+        a.tensors["head.1.weight"] = None  # shared, so read-only
+    whole = (folder / "b.safetensors").read_bytes()
+    (folder / "cut.safetensors").write_bytes(whole[:-4])  # the same header, its data four bytes short
+    with pytest.raises(AdaptFormerError, match=r"cut\.safetensors: not a readable safetensors file \(tensor"):
+        read_task_header(folder / "cut.safetensors")
+    with pytest.raises(AdaptFormerError, match=r"cut\.safetensors: not a readable safetensors file \(tensor"):
+        read_task_file(folder / "cut.safetensors")
+
+
+def test_a_listing_pass_looks_up_the_backbone_fingerprint_once_whatever_the_number_of_files(task_dir, monkeypatch):
+    """Confirming the model's cached fingerprint walks every backbone tensor: once per refresh, not per file."""
+    from adaptformer.adapted.model import AdaptedModel
+
+    lookups = []
+    original = AdaptedModel.backbone_fingerprint
+    monkeypatch.setattr(AdaptedModel, "backbone_fingerprint", lambda self: lookups.append(self) or original(self))
+    bank = open_bank(task_dir)
+    assert len(bank.tasks) == COUNT and lookups == [bank.model]
+    foreign = adaptformer.AdaptedModel(tiny_vit(seed=7))
+    foreign.add_task("x", "linear", 3)
+    path = adaptformer.save_task(foreign, task_dir.parent / "foreign.safetensors")
+    with pytest.raises(AdaptFormerError, match="other backbone weights"):
+        bank.add(str(path))  # still checked against the backbone's weights
+    assert sum(model is bank.model for model in lookups) == 2

@@ -13,8 +13,10 @@ so a server's event loop may read while its model thread lists, loads and evicts
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 from ..data.transforms import InputSpec
 from ..errors import AdaptFormerError, UnknownTask
 from ..objectives import get_objective
-from ..tasks.format import TaskHeader, read_task_header, task_path
+from ..tasks.format import FileStamp, TaskHeader, TensorEntry, read_task_header, task_path
 
 # Task names: safe in a URL path, a file name, a log line and a metric label. No '.': the model keys its tasks in
 # a ModuleDict, where a dot separates submodules.
@@ -30,7 +32,7 @@ TASK_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TASK_NAME_RULE = "1-64 letters, digits, '-' or '_'"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskInfo:
     name: str
     file: str
@@ -53,13 +55,15 @@ class TaskInfo:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class Listing:
-    """A listed task file: usable (``info``) or not (``error``)."""
+    """A listed task file: usable (``info``) or not (``error``). Only what serving needs is kept (not the
+    description: loading reads the header again), so ten thousand listings cost a few megabytes."""
 
     name: str
     path: Path
-    header: TaskHeader | None
+    stamp: FileStamp | None  # the version listed: loading refuses a file that changed since
+    tensors: Mapping[str, TensorEntry] | None = None  # its tensor table (shared by files of one kind)
     info: TaskInfo | None = None
     error: str | None = None
     from_directory: bool = False  # found by scanning the task directory (``refresh`` may drop it)
@@ -78,11 +82,21 @@ def parse_task_argument(text: str) -> tuple[str, Path]:
 
 
 def directory_files(task_dir: str | Path) -> list[Path]:
-    """The task files of a directory (``*.safetensors`` directly in it), in name order."""
+    """The task files of a directory (``*.safetensors`` directly in it), in name order (one ``scandir``: no
+    ``stat`` per regular file)."""
     root = Path(task_dir)
     if not root.is_dir():
         raise AdaptFormerError(f"--task-dir {task_dir}: not a directory")
-    return sorted(p for p in root.glob("*.safetensors") if p.is_file())
+    with os.scandir(root) as entries:
+        names = [e.name for e in entries if e.name.endswith(".safetensors") and _is_file(e)]
+    return [root / name for name in sorted(names)]
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def outside(path: Path, root: Path) -> bool:
@@ -110,6 +124,7 @@ class Catalogue:
         self.check = check
         self.task_dir = Path(task_dir) if task_dir is not None else None
         self._listings: dict[str, Listing] = {}
+        self._specs: dict[InputSpec, InputSpec] = {}  # one object per distinct input spec (most tasks share one)
         #: directory files removed by ``remove`` -> their stat then: a refresh lists them again only once changed
         self._removed: dict[Path, tuple[int, int] | None] = {}
 
@@ -158,28 +173,31 @@ class Catalogue:
     def list(self, name: str, path: Path) -> Listing:
         """``path`` read and checked as task ``name`` (not yet added to the catalogue)."""
         listing = self._read(name, path)
-        listing.stat = file_stat(path)
+        if listing.stat is None:  # unusable: the stat now, so that a refresh re-lists it only once it changes
+            listing.stat = file_stat(path)
         return listing
 
     def _read(self, name: str, path: Path) -> Listing:
         if not TASK_NAME.fullmatch(name):
             return Listing(name, path, None, error=f"task name {name[:80]!r}: expected {TASK_NAME_RULE}")
-        if self.task_dir is not None and path.parent == self.task_dir and outside(path, self.task_dir):
+        in_directory = self.task_dir is not None and path.parent == self.task_dir
+        if in_directory and path.is_symlink() and outside(path, self.task_dir):
             return Listing(name, path, None, error=f"task file {path}: a link to a file outside the task directory")
         try:
             header = read_task_header(path)
         except AdaptFormerError as error:
             return Listing(name, path, None, error=str(error))
-        meta = header.meta
+        meta, stamp = header.meta, header.stamp
         try:
             spec = self.check(meta, path)
         except AdaptFormerError as error:
-            return Listing(name, path, header, error=str(error))
+            return Listing(name, path, stamp, error=str(error))
         except (KeyError, TypeError, ValueError) as error:
-            return Listing(name, path, header, error=f"task file {path}: malformed description ({error})")
-        objective = get_objective(meta.get("objective")).name
-        info = TaskInfo(name, str(path), meta["method"]["method"], list(meta["classes"]), header.size, spec, objective)
-        return Listing(name, path, header, info)
+            return Listing(name, path, stamp, error=f"task file {path}: malformed description ({error})")
+        spec = self._specs.setdefault(spec, spec)
+        method, objective = sys.intern(meta["method"]["method"]), get_objective(meta.get("objective")).name
+        info = TaskInfo(name, str(path), method, [sys.intern(c) for c in meta["classes"]], stamp.size, spec, objective)
+        return Listing(name, path, stamp, header.tensors, info, stat=(stamp.size, stamp.mtime_ns))
 
     def remove(self, name: str) -> bool:
         """Drop a listing. A file of the task directory stays dropped until it changes on disk (a refresh would

@@ -90,8 +90,8 @@ class Residency:
 
     def estimate_bytes(self, name: str) -> int:
         """Memory the task's tensors take once loaded (their element count at the model's precision)."""
-        header = self.catalogue.listing(name).header
-        return sum(math.prod(shape) * self._bytes_each(key, dtype) for key, (dtype, shape) in header.tensors.items())
+        tensors = self.catalogue.listing(name).tensors
+        return sum(math.prod(entry.shape) * self._bytes_each(key, entry.dtype) for key, entry in tensors.items())
 
     def _bytes_each(self, key: str, dtype: str) -> int:
         if dtype not in FLOAT_DTYPES:  # integers (BatchNorm's counter) stay as the file has them
@@ -140,9 +140,15 @@ class Residency:
                 self._ahead[name] = (listing, self._io.submit(self._read, listing))
 
     def _read(self, listing) -> tuple:
-        header, tensors = read_task_file(listing.path, expected=listing.header)
+        """The listed version of a file, its tensors where and in the precision they will be kept. The file's
+        tensors are views of one buffer; where some are cast (half-precision blocks), the rest are copied out
+        so that the buffer is freed (else a 30 KB head would keep a whole file's bytes resident)."""
+        header, tensors = read_task_file(listing.path, expected=listing.stamp)
         reference = next(self.model.backbone.parameters())
-        return header, {key: placed(key, value, reference, self.block_dtype) for key, value in tensors.items()}
+        kept = {key: placed(key, value, reference, self.block_dtype) for key, value in tensors.items()}
+        if any(kept[key].data_ptr() != value.data_ptr() for key, value in tensors.items()):
+            kept = {key: t.clone() if t.data_ptr() == tensors[key].data_ptr() else t for key, t in kept.items()}
+        return header, kept
 
     def _read_in(self, name: str) -> None:
         """Load a listed task's tensors (see the module docstring for a file that can no longer be loaded), from

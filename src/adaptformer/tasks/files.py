@@ -216,15 +216,22 @@ def _require_adapted(model: nn.Module) -> None:
         raise AdaptFormerError("save_task needs an adapted model (adaptformer.adapt or create_model)")
 
 
-def check_fits(model: AdaptedModel, meta: dict[str, Any], path: str | Path, check_backbone: bool = True) -> None:
+def check_fits(
+    model: AdaptedModel,
+    meta: dict[str, Any],
+    path: str | Path,
+    check_backbone: bool = True,
+    fingerprint: str | None = None,
+) -> None:
     """A task file's description fits ``model``: the same architecture and, unless ``check_backbone`` is off,
-    the same frozen weights (fingerprints compared as strings; the model hashes its backbone once)."""
+    the same frozen weights (fingerprints compared as strings; the model hashes its backbone once, and a caller
+    checking many files passes the ``fingerprint`` it took once instead of having it looked up per file)."""
     _check_architecture(model.backbone, model.anatomy, meta, path)
     expected = meta["backbone"]["fingerprint"]
     shares = method_config_from_dict(meta["method"]).shares_backbone
     if not check_backbone or expected is None or not shares:
         return
-    if model.backbone_trains or model.backbone_fingerprint() == expected:
+    if model.backbone_trains or (fingerprint or model.backbone_fingerprint()) == expected:
         return
     size = ((meta.get("preprocessing") or {}).get("input_size") or [None])[-1]
     if isinstance(size, int) and model.backbone_fingerprint_at(size) == expected:

@@ -26,14 +26,16 @@ import hashlib
 import json
 import math
 import os
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from ..errors import AdaptFormerError
@@ -70,32 +72,56 @@ DTYPE_BYTES = {
     **dict.fromkeys(("I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2"), 1),
 }
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+TORCH_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+    "I16": torch.int16, "I8": torch.int8, "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
 
 #: a safetensors header larger than this is refused before it is read (the format's own limit is 100 MB)
 MAX_HEADER_BYTES = 100_000_000
+
+
+class TensorEntry(NamedTuple):
+    """One tensor of a safetensors header: its dtype, shape, and byte range in the data that follows the header."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileStamp:
+    """One version of a file: its size, modification time and a hash of its header. A file whose stamp differs
+    from the one taken when it was listed has changed on disk since."""
+
+    size: int
+    mtime_ns: int
+    digest: bytes
 
 
 @dataclass(frozen=True)
 class TaskHeader:
     """What a task file says about itself, read from its safetensors header alone (no tensor is read).
 
-    ``size``/``mtime_ns`` are the file's when it was read and ``digest`` hashes the header bytes: together they
-    tell whether the file changed on disk since (``changed_since``)."""
+    ``tensors`` is read-only and shared between files whose tensor tables are the same (every file of one
+    method, width and class count): ten thousand such files hold one table, and each is checked once."""
 
     path: Path
     meta: dict[str, Any]
-    tensors: dict[str, tuple[str, tuple[int, ...]]]  # name -> (safetensors dtype, shape)
-    size: int
-    mtime_ns: int
-    digest: str
+    tensors: Mapping[str, TensorEntry]
+    stamp: FileStamp
+
+    @property
+    def size(self) -> int:
+        return self.stamp.size
 
     @property
     def tensor_bytes(self) -> int:
         """Bytes of the tensors (what the task costs in memory once loaded, at the file's precision)."""
-        return sum(DTYPE_BYTES[dtype] * math.prod(shape) for dtype, shape in self.tensors.values())
-
-    def changed_since(self, other: TaskHeader) -> bool:
-        return (self.size, self.mtime_ns, self.digest) != (other.size, other.mtime_ns, other.digest)
+        return sum(entry.end - entry.begin for entry in self.tensors.values())
 
 
 def read_task_header(path: str | Path) -> TaskHeader:
@@ -128,22 +154,53 @@ def _header_length(path: Path, prefix: bytes, size: int) -> int:
     return length
 
 
-def _header_from_bytes(path: Path, raw: bytes, size: int, mtime_ns: int) -> TaskHeader:
+def _header_from_bytes(path: Path, raw: bytes | memoryview, size: int, mtime_ns: int) -> TaskHeader:
     try:
-        header = json.loads(raw)
+        header = json.loads(bytes(raw))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise AdaptFormerError(f"task file {path}: not a readable safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise AdaptFormerError(f"task file {path}: not a readable safetensors file (header is not a mapping)")
     metadata = header.pop("__metadata__", None) or {}
-    data_bytes = size - 8 - len(raw)  # what follows the header: every tensor's bytes
-    tensors = {key: _tensor_entry(path, key, entry, data_bytes) for key, entry in header.items()}
+    tensors = _TENSOR_TABLES.checked(path, header, size - 8 - len(raw))  # data: every tensor's bytes
     meta = _description(path, metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None)
-    digest = hashlib.sha256(raw).hexdigest()
-    return TaskHeader(path, meta, tensors, size, mtime_ns, digest)
+    stamp = FileStamp(size, mtime_ns, hashlib.blake2b(raw, digest_size=16).digest())
+    return TaskHeader(path, meta, tensors, stamp)
 
 
-def _tensor_entry(path: Path, key: str, entry: Any, data_bytes: int) -> tuple[str, tuple[int, ...]]:
+class _TensorTables:
+    """Tensor tables already checked, by their JSON text and the data size they were checked against (a bounded
+    LRU). A directory of ten thousand files of one kind checks its table once; every other file costs one
+    ``json.dumps`` and a lookup instead of a pass over its tensors."""
+
+    def __init__(self, capacity: int = 256):
+        self.capacity = capacity
+        self._tables: OrderedDict[tuple[str, int], Mapping[str, TensorEntry]] = OrderedDict()
+        self._lock = threading.Lock()  # listing (model thread) and prefetch (I/O thread) both read headers
+
+    def checked(self, path: Path, header: dict[str, Any], data_bytes: int) -> Mapping[str, TensorEntry]:
+        try:
+            key = (json.dumps(header, separators=(",", ":")), data_bytes)
+        except (TypeError, ValueError):
+            key = None
+        with self._lock:
+            table = self._tables.get(key) if key is not None else None
+            if table is not None:
+                self._tables.move_to_end(key)
+                return table
+        table = MappingProxyType({k: _tensor_entry(path, k, entry, data_bytes) for k, entry in header.items()})
+        if key is not None:
+            with self._lock:
+                self._tables[key] = table
+                while len(self._tables) > self.capacity:
+                    self._tables.popitem(last=False)
+        return table
+
+
+_TENSOR_TABLES = _TensorTables()
+
+
+def _tensor_entry(path: Path, key: str, entry: Any, data_bytes: int) -> TensorEntry:
     """One tensor of the header, checked as safetensors would check it before any is read: a known dtype, a
     shape of non-negative integers, and byte offsets inside the file that hold exactly that many elements (a
     header that is valid JSON but wrong inside is refused here, when the file is listed, not when a request
@@ -161,32 +218,52 @@ def _tensor_entry(path: Path, key: str, entry: Any, data_bytes: int) -> tuple[st
     begin, end = offsets
     if not begin <= end <= data_bytes or end - begin != math.prod(shape) * DTYPE_BYTES[dtype]:
         raise AdaptFormerError(f"{where}: its data_offsets do not hold its shape inside the file)")
-    return dtype, tuple(shape)
+    return TensorEntry(dtype, tuple(shape), begin, end)
 
 
 def _natural(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def read_task_file(path: str | Path, expected: TaskHeader | None = None) -> tuple[TaskHeader, dict[str, torch.Tensor]]:
-    """Header and tensors of a task file, the file read once. With ``expected`` (the header read when the file
-    was listed), a file that changed on disk since is refused instead of mixing versions."""
+def read_task_file(path: str | Path, expected: FileStamp | None = None) -> tuple[TaskHeader, dict[str, torch.Tensor]]:
+    """Header and tensors of a task file, read with one ``readinto`` into one buffer: the header is parsed from
+    it and every tensor is a view of it (one copy from the page cache, none after). With ``expected`` (the stamp
+    taken when the file was listed), a file that changed on disk since is refused instead of mixing versions.
+
+    Not ``mmap``: it would save no copy here (each tensor must own its memory once the file may change), and a
+    mapped file truncated in place while it is read kills the process with SIGBUS, where a short read is a
+    one-line error."""
     path = Path(path)
     with _opened(path) as handle:
         stat = os.fstat(handle.fileno())
-        data = handle.read()
-    length = _header_length(path, data[:8], len(data))
-    header = _header_from_bytes(path, data[8 : 8 + length], len(data), stat.st_mtime_ns)
-    if expected is not None and header.changed_since(expected):
+        buffer = bytearray(stat.st_size)
+        complete = handle.readinto(buffer) == stat.st_size and not handle.read(1)
+    if not complete:
+        raise AdaptFormerError(f"task file {path}: changed on disk while it was read; try again")
+    length = _header_length(path, buffer[:8], len(buffer))
+    view = memoryview(buffer)
+    header = _header_from_bytes(path, view[8 : 8 + length], len(buffer), stat.st_mtime_ns)
+    if expected is not None and header.stamp != expected:
         raise AdaptFormerError(
             f"task file {path}: changed on disk since it was listed; refresh the bank (bank.refresh(), or "
             "POST /tasks/refresh on a server) to list the new version"
         )
-    try:
-        tensors = load_safetensors(data)
-    except (SafetensorError, ValueError, RuntimeError) as error:
-        raise AdaptFormerError(f"task file {path}: not a readable safetensors file ({error})") from None
-    return header, tensors
+    start = 8 + length
+    return header, {key: _tensor_view(buffer, start, entry) for key, entry in header.tensors.items()}
+
+
+def _tensor_view(buffer: bytearray, start: int, entry: TensorEntry) -> torch.Tensor:
+    """A tensor over its bytes in ``buffer`` (checked to lie inside it when the header was read); a copy where
+    the bytes are not aligned for the dtype."""
+    dtype = TORCH_DTYPES[entry.dtype]
+    count = math.prod(entry.shape)
+    if count == 0:
+        return torch.empty(entry.shape, dtype=dtype)
+    offset = start + entry.begin
+    flat = torch.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
+    if offset % DTYPE_BYTES[entry.dtype]:
+        flat = flat.clone()
+    return flat.view(entry.shape)
 
 
 def read_task(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
