@@ -403,3 +403,43 @@ def test_a_listing_pass_looks_up_the_backbone_fingerprint_once_whatever_the_numb
     with pytest.raises(AdaptFormerError, match="other backbone weights"):
         bank.add(str(path))  # still checked against the backbone's weights
     assert sum(model is bank.model for model in lookups) == 2
+
+
+def test_tasks_of_one_kind_are_copies_of_one_template_and_share_nothing_mutable(task_dir, monkeypatch):
+    """A store builds each kind of task once (on the meta device) and copies it per file: every copy has its own
+    modules, hooks, parameters and classes, and answers as the file loaded the usual way does."""
+    from adaptformer.adapted.model import AdaptedModel
+
+    builds = []
+    original = AdaptedModel.build_task
+    monkeypatch.setattr(AdaptedModel, "build_task", lambda self, *a, **k: builds.append(a) or original(self, *a, **k))
+    bank = open_bank(task_dir)
+    same_kind = [f"t{k:03d}" for k in range(0, COUNT, 9 * 7)]  # four files of KINDS[0] with 2 classes
+    x = inputs(len(same_kind))
+    values = bank.logits(x, same_kind)
+    assert len(builds) == 1
+    a, b = (bank.model.tasks[name] for name in same_kind[:2])
+    modules_a, modules_b = dict(a.named_modules()), dict(b.named_modules())
+    assert modules_a.keys() == modules_b.keys()
+    assert all(modules_a[k] is not modules_b[k] for k in modules_a)
+    assert all(modules_a[k]._forward_hooks is not modules_b[k]._forward_hooks for k in modules_a)
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    a.classes.append("extra")
+    assert "extra" not in b.classes
+    for name, value in zip(same_kind, values, strict=True):
+        alone = adaptformer.apply_task(adaptformer.AdaptedModel(backbone(task_dir)), task_dir / f"{name}.safetensors")
+        with torch.no_grad():
+            torch.testing.assert_close(value, alone.eval()(x[same_kind.index(name)][None])[0])
+
+
+def test_non_finite_values_are_found_in_every_float_precision():
+    from adaptformer.adapted.model import check_task_tensors
+
+    own = {"a": torch.zeros(3), "b": torch.zeros(2, dtype=torch.bfloat16), "n": torch.zeros((), dtype=torch.long)}
+    good = {"a": torch.ones(3), "b": torch.ones(2, dtype=torch.bfloat16), "n": torch.tensor(5)}
+    check_task_tensors(own, good, "f")
+    for key, bad in (("a", float("inf")), ("b", float("nan")), ("b", float("-inf"))):
+        tensors = {k: v.clone() for k, v in good.items()}
+        tensors[key][1] = bad
+        with pytest.raises(AdaptFormerError, match=rf"f: non-finite values \(NaN or inf\) in \['{key}'\]"):
+            check_task_tensors(own, tensors, "f")

@@ -23,9 +23,10 @@ import torch
 
 from ..adapted.model import AdaptedModel
 from ..errors import AdaptFormerError
-from ..tasks.files import apply_task_tensors, placed
+from ..methods.base import Task
 from ..tasks.format import DTYPE_BYTES, FLOAT_DTYPES, read_task_file
 from .catalogue import Catalogue
+from .templates import TaskTemplates
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Residency:
         self._ahead: dict[str, tuple[object, Future]] = {}
         self._ahead_lock = threading.Lock()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptformer-io")
+        self.templates = TaskTemplates(model, block_dtype)
 
     @property
     def names(self) -> list[str]:
@@ -139,38 +141,27 @@ class Residency:
                     continue
                 self._ahead[name] = (listing, self._io.submit(self._read, listing))
 
-    def _read(self, listing) -> tuple:
-        """The listed version of a file, its tensors where and in the precision they will be kept. The file's
-        tensors are views of one buffer; where some are cast (half-precision blocks), the rest are copied out
-        so that the buffer is freed (else a 30 KB head would keep a whole file's bytes resident)."""
+    def _read(self, listing) -> Task:
+        """The listed version of a file as a task ready to be added: read, its tensors placed where and in the
+        precision they will be kept, a copy of its kind's template holding them (``templates.py``). ``prefetch``
+        runs this on the I/O thread, so the model's thread only adds the result."""
         header, tensors = read_task_file(listing.path, expected=listing.stamp)
-        reference = next(self.model.backbone.parameters())
-        kept = {key: placed(key, value, reference, self.block_dtype) for key, value in tensors.items()}
-        if any(kept[key].data_ptr() != value.data_ptr() for key, value in tensors.items()):
-            kept = {key: t.clone() if t.data_ptr() == tensors[key].data_ptr() else t for key, t in kept.items()}
-        return header, kept
+        return self.templates.task(header.meta, tensors, listing.path)
 
     def _read_in(self, name: str) -> None:
         """Load a listed task's tensors (see the module docstring for a file that can no longer be loaded), from
-        what ``prefetch`` read when it read this very listing."""
+        what ``prefetch`` prepared when it read this very listing."""
         listing = self.catalogue.listing(name)
         with self._ahead_lock:
             listing_then, future = self._ahead.pop(name, (None, None))
         try:
-            if future is not None and listing_then is listing:
-                header, tensors = future.result()
-            else:
-                header, tensors = self._read(listing)
-            apply_task_tensors(
-                self.model, header.meta, tensors, listing.path, check_backbone=False, name=name,
-                block_dtype=self.block_dtype,
-            )  # fmt: skip
+            task = future.result() if future is not None and listing_then is listing else self._read(listing)
         except AdaptFormerError as error:
             self.counters.refused_loads += 1
             self.catalogue.mark_unusable(name, str(error))
             raise
-        task = self.model.tasks[name].eval()
-        self._resident[name] = sum(t.numel() * t.element_size() for t in task.state_dict().values())
+        self.model.insert_task(name, task, activate=False)
+        self._resident[name] = sum(t.numel() * t.element_size() for t in task.state_dict(keep_vars=True).values())
         self.counters.loads += 1
 
     def evict(self, name: str) -> None:

@@ -14,13 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapted.model import AdaptedModel, BackboneSource, embed_dim_of
+from ..adapted.model import AdaptedModel, BackboneSource, embed_dim_of, load_into_task
 from ..backbones.anatomy import Anatomy
 from ..backbones.families import class_name, family_of
 from ..backbones.plain import as_backbone
 from ..backbones.timm import create_backbone
 from ..data.transforms import InputSpec
 from ..errors import AdaptFormerError
+from ..methods.base import Task
 from ..methods.registry import method_config_from_dict
 from ..objectives import get_objective
 from ..version import __version__
@@ -103,6 +104,7 @@ def apply_task_tensors(
     check_backbone: bool = True,
     name: str | None = None,
     block_dtype: torch.dtype | None = None,
+    activate: bool = True,
 ) -> AdaptedModel:
     """``apply_task`` for a file already read (its description and tensors). A task that this call added and
     whose tensors are refused is removed again, so a refused file leaves nothing in the model.
@@ -110,7 +112,8 @@ def apply_task_tensors(
     A new task is built empty and takes the file's tensors themselves (no initialisation drawn, nothing copied
     twice), on the backbone's device: its heads and norms in the backbone's precision, the tensors inside the
     blocks (adapters, prompts, LoRA updates) in ``block_dtype`` where given (a task store serving in bf16 keeps its
-    resident tasks at half the memory)."""
+    resident tasks at half the memory). ``activate=False`` leaves the active task as it was (a task store, whose
+    batches name their tasks, loads without switching)."""
     config = method_config_from_dict(meta["method"])
     if not isinstance(model, AdaptedModel):
         backbone = as_backbone(model)
@@ -136,16 +139,17 @@ def apply_task_tensors(
             )
         model.tasks[name].classes = list(meta["classes"])
         model.tasks[name].objective = get_objective(meta.get("objective")).name
-        model.set_task(name)
+        if activate:
+            model.set_task(name)
+    elif config.shares_backbone:  # built apart and filled from the file, then added: a refusal leaves no trace
+        model.insert_task(name, prepared_task(model, meta, tensors, path, block_dtype), activate=activate)
+        return model
     else:
         previous = model.active_task
         objective = meta.get("objective") or "classification"
-        model.add_task(name, config, meta["classes"], objective=objective, empty=config.shares_backbone)
+        model.add_task(name, config, meta["classes"], objective=objective, activate=activate)
     try:
-        if added and config.shares_backbone:
-            reference = next(model.backbone.parameters())
-            tensors = {key: placed(key, value, reference, block_dtype) for key, value in tensors.items()}
-        model.load_task_state(tensors, name, f"task file {path}", assign=added and config.shares_backbone)
+        model.load_task_state(tensors, name, f"task file {path}")
     except AdaptFormerError:
         if added:
             model.remove_task(name)
@@ -153,6 +157,38 @@ def apply_task_tensors(
                 model.set_task(previous)
         raise
     return model
+
+
+def prepared_task(
+    model: AdaptedModel,
+    meta: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    path: str | Path,
+    block_dtype: torch.dtype | None = None,
+) -> Task:
+    """A task of a file that shares ``model``'s backbone, built empty (no initialisation drawn) and holding the
+    file's tensors themselves (placed as ``placed`` says), checked strictly, not yet added to the model
+    (``model.insert_task``). Nothing of the model changes: a task store prepares tasks on its I/O thread."""
+    config = method_config_from_dict(meta["method"])
+    if not config.shares_backbone:
+        raise AdaptFormerError(f"task file {path}: full fine-tuning trains the backbone; it cannot share one")
+    objective = meta.get("objective") or "classification"
+    task = model.build_task(config, meta["classes"], objective=objective, empty=True)
+    tensors = all_placed(tensors, next(model.backbone.parameters()), block_dtype)
+    load_into_task(task, tensors, model.backbone, f"task file {path}", assign=True)
+    return task
+
+
+def all_placed(
+    tensors: dict[str, torch.Tensor], reference: torch.Tensor, block_dtype: torch.dtype | None
+) -> dict[str, torch.Tensor]:
+    """Every tensor of a file ``placed``. A file's tensors are views of the one buffer it was read into; where
+    some are cast (half-precision blocks) or moved, the rest are copied out so that the buffer is freed (else a
+    30 KB head would keep a whole file's bytes in memory)."""
+    kept = {key: placed(key, value, reference, block_dtype) for key, value in tensors.items()}
+    if all(kept[key] is value for key, value in tensors.items()):
+        return kept
+    return {key: t.clone() if t is tensors[key] else t for key, t in kept.items()}
 
 
 def placed(key: str, value: torch.Tensor, reference: torch.Tensor, block_dtype: torch.dtype | None) -> torch.Tensor:

@@ -1,0 +1,96 @@
+"""Task templates: a task store's tasks built fast, a copy of one built task per kind that holds a file's tensors.
+
+Building a task module (a dozen adapters, a head) and loading a file into it with ``load_state_dict`` costs a few
+milliseconds of Python each time: at ten thousand tasks behind a 64-task cache that is most of the cost of a cache
+miss. Every task of one kind (method options, number of classes, objective) has the same structure, so a template
+of the kind is built once on the meta device; a task of that kind is then a structural copy of it (new module
+objects, their own containers) whose parameters and buffers are the file's tensors, checked as
+``load_task_state`` checks them. The copy runs on the I/O thread with the file read.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..adapted.model import AdaptedModel, check_task_tensors
+from ..methods.base import Task
+from ..methods.registry import method_config_from_dict
+from ..tasks.files import all_placed, prepared_task
+
+_CONTAINERS = (dict, OrderedDict, set, list)
+
+
+class TaskTemplates:
+    """Templates of the kinds of task a store has loaded lately (a bounded LRU), for one model."""
+
+    def __init__(self, model: AdaptedModel, block_dtype: torch.dtype | None, capacity: int = 64):
+        self.model, self.block_dtype, self.capacity = model, block_dtype, capacity
+        self._templates: OrderedDict[str, tuple[Task | None, dict[str, torch.Tensor]]] = OrderedDict()
+        self._lock = threading.Lock()  # the I/O thread (prefetch) and the model thread both build
+
+    def task(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | Path) -> Task:
+        """The task a file describes, holding ``tensors`` (placed as ``tasks.files.placed`` says); one-line errors."""
+        config = method_config_from_dict(meta["method"])
+        classes, objective = list(meta["classes"]), meta.get("objective") or "classification"
+        template, expected = self._template(config, classes, objective)
+        if template is None:  # a kind whose state dict renames its modules' tensors: built and loaded as usual
+            return prepared_task(self.model, meta, tensors, path, self.block_dtype)
+        check_task_tensors(expected, tensors, f"task file {path}")
+        reference = next(self.model.backbone.parameters())
+        task = _filled_copy(template, all_placed(tensors, reference, self.block_dtype), reference, "")
+        task.classes = classes
+        return task
+
+    def _template(self, config, classes: list[str], objective: str) -> tuple[Task | None, dict[str, torch.Tensor]]:
+        key = f"{config!r}|{len(classes)}|{objective}"
+        with self._lock:
+            found = self._templates.get(key)
+            if found is not None:
+                self._templates.move_to_end(key)
+                return found
+        template = self.model.build_task(config, classes, objective=objective, empty=True)
+        expected = dict(template.state_dict(keep_vars=True))
+        held = {n for n, _ in template.named_parameters()} | {
+            f"{owner}.{n}".lstrip(".")
+            for owner, module in template.named_modules()
+            for n in module._buffers
+            if n not in module._non_persistent_buffers_set
+        }
+        found = (template if held == set(expected) else None, expected)
+        with self._lock:
+            self._templates[key] = found
+            while len(self._templates) > self.capacity:
+                self._templates.popitem(last=False)
+        return found
+
+
+def _filled_copy(module: nn.Module, tensors: dict[str, torch.Tensor], reference: torch.Tensor, prefix: str):
+    """A copy of ``module``'s structure (new module objects, their own dicts of hooks, parameters, buffers and
+    children; other attributes shared, as a frozen config is) whose parameters and buffers are ``tensors``, named
+    as in its state dict. A buffer no file holds (non-persistent: zeros by definition) is zeros on ``reference``'s
+    device and in its precision."""
+    clone = object.__new__(type(module))
+    state = module.__dict__.copy()
+    for key, value in state.items():
+        if type(value) in _CONTAINERS:
+            state[key] = value.copy()
+    vars(clone).update(state)  # not nn.Module.__setattr__: nothing to register, the containers are copied
+    for name, parameter in module._parameters.items():
+        if parameter is not None:
+            clone._parameters[name] = nn.Parameter(tensors[prefix + name], requires_grad=False)
+    for name, buffer in module._buffers.items():
+        if buffer is not None:
+            held = tensors.get(prefix + name)
+            clone._buffers[name] = held if held is not None else torch.zeros(buffer.shape, dtype=reference.dtype,
+                                                                             device=reference.device)  # fmt: skip
+    for name, child in module._modules.items():
+        clone._modules[name] = (
+            _filled_copy(child, tensors, reference, f"{prefix}{name}.") if child is not None else None
+        )
+    return clone
