@@ -194,6 +194,7 @@ class AdaptedModel(nn.Module):
                 self._activate(next(iter(self.tasks)), previous=task)
         if self.active_task is None and not task.config.shares_backbone:
             self._lock_backbone()  # the backbone's training state changes only with a full fine-tuning task
+
     def _lock_backbone(self) -> None:
         """The backbone trains (grad and mode) only under a full fine-tuning task."""
         trains = self.backbone_trains
