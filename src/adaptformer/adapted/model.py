@@ -160,7 +160,8 @@ class AdaptedModel(nn.Module):
                 f"task {full}: full fine-tuning trains the backbone, so it cannot share it with other tasks "
                 f"({', '.join(t for t in [*self.tasks, name] if t != full)}); give it a backbone of its own"
             )
-        task.train(self.training)
+        if task.training != self.training:
+            task.train(self.training)
         self.tasks[name] = task
         self._task_routers[name] = Router.for_task(task, self.depth)
         if activate or self.active_task is None:

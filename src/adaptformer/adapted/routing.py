@@ -69,6 +69,8 @@ class Router:
         self.segments: list[_Segment] = []  # front of the sequence first
         self.gather_from = GATHER_FROM_GROUPS
         self._index: torch.Tensor | None = None
+        #: sample i is group i (every sample its own task, in order): the stacked tensors need no indexing
+        self._one_group_per_sample = list(sample_groups) == list(range(len(groups))) and len(groups) > 1
 
     @classmethod
     def for_task(cls, task: Task | None, depth: int) -> Router:
@@ -214,10 +216,12 @@ class Router:
         index = self._sample_index(m.device)
 
         def stacked(field: str) -> torch.Tensor:
-            return torch.stack([getattr(b, field) for b in branches]).to(dtype)  # one cast, not one per task
+            """The groups' ``field`` stacked, cast once (not once per task), one row per sample."""
+            values = torch.stack([getattr(b, field) for b in branches]).to(dtype)
+            return values if self._one_group_per_sample else values[index]
 
-        down, down_bias = stacked("down")[index], stacked("down_bias")[index, None]  # (B, r, d), (B, 1, r)
-        up = torch.cat([stacked("up_bias")[:, :, None], stacked("up")], dim=2)[index]  # (B, d, 1 + r): [b | W]
+        down, down_bias = stacked("down"), stacked("down_bias")[:, None]  # (B, r, d), (B, 1, r)
+        up = torch.cat([stacked("up_bias")[:, :, None], stacked("up")], dim=2)  # (B, d, 1 + r): [b | W]
         hidden = torch.baddbmm(down_bias.to(source.dtype), source, down.transpose(1, 2).to(source.dtype)).relu_()
         hidden = F.pad(hidden, (1, 0), value=1.0)  # the bias column of Up
         scales = {b.scale for b in packed.values()}

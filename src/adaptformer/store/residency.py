@@ -161,7 +161,7 @@ class Residency:
             self.catalogue.mark_unusable(name, str(error))
             raise
         self.model.insert_task(name, task, activate=False)
-        self._resident[name] = sum(t.numel() * t.element_size() for t in task.state_dict(keep_vars=True).values())
+        self._resident[name] = self.estimate_bytes(name)  # exact: the table the tensors were checked against
         self.counters.loads += 1
 
     def evict(self, name: str) -> None:

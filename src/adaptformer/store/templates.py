@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +32,25 @@ class TaskTemplates:
 
     def __init__(self, model: AdaptedModel, block_dtype: torch.dtype | None, capacity: int = 64):
         self.model, self.block_dtype, self.capacity = model, block_dtype, capacity
-        self._templates: OrderedDict[str, tuple[Task | None, dict[str, torch.Tensor]]] = OrderedDict()
+        self._templates: OrderedDict[str, tuple[list[_Node] | None, dict[str, torch.Tensor]]] = OrderedDict()
         self._lock = threading.Lock()  # the I/O thread (prefetch) and the model thread both build
 
     def task(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | Path) -> Task:
         """The task a file describes, holding ``tensors`` (placed as ``tasks.files.placed`` says); one-line errors."""
         config = method_config_from_dict(meta["method"])
         classes, objective = list(meta["classes"]), meta.get("objective") or "classification"
-        template, expected = self._template(config, classes, objective)
-        if template is None:  # a kind whose state dict renames its modules' tensors: built and loaded as usual
+        plan, expected = self._template(config, classes, objective)
+        if plan is None:  # a kind whose state dict renames its modules' tensors: built and loaded as usual
             return prepared_task(self.model, meta, tensors, path, self.block_dtype)
         check_task_tensors(expected, tensors, f"task file {path}")
         reference = next(self.model.backbone.parameters())
-        task = _filled_copy(template, all_placed(tensors, reference, self.block_dtype), reference, "")
+        task = _filled_copy(plan, all_placed(tensors, reference, self.block_dtype), reference)
         task.classes = classes
         return task
 
-    def _template(self, config, classes: list[str], objective: str) -> tuple[Task | None, dict[str, torch.Tensor]]:
+    def _template(
+        self, config, classes: list[str], objective: str
+    ) -> tuple[list[_Node] | None, dict[str, torch.Tensor]]:
         key = f"{config!r}|{len(classes)}|{objective}"
         with self._lock:
             found = self._templates.get(key)
@@ -62,7 +65,7 @@ class TaskTemplates:
             for n in module._buffers
             if n not in module._non_persistent_buffers_set
         }
-        found = (template if held == set(expected) else None, expected)
+        found = (_plan(template) if held == set(expected) else None, expected)
         with self._lock:
             self._templates[key] = found
             while len(self._templates) > self.capacity:
@@ -70,27 +73,66 @@ class TaskTemplates:
         return found
 
 
-def _filled_copy(module: nn.Module, tensors: dict[str, torch.Tensor], reference: torch.Tensor, prefix: str):
-    """A copy of ``module``'s structure (new module objects, their own dicts of hooks, parameters, buffers and
+@dataclass(frozen=True)
+class _Node:
+    """One module of a template, as its copies are made: its class and attributes, which of those are
+    containers to copy, and where its tensors and children come from."""
+
+    cls: type
+    state: dict[str, Any]
+    containers: tuple[str, ...]
+    parameters: tuple[tuple[str, str], ...]  # (attribute, state-dict key)
+    buffers: tuple[tuple[str, str, torch.Size], ...]  # (attribute, state-dict key, shape)
+    children: tuple[tuple[str, int | None], ...]  # (attribute, index of the child's node)
+
+
+def _plan(template: nn.Module) -> list[_Node]:
+    """The template's modules in order, each once (a module used twice stays one module in every copy)."""
+    nodes: list[_Node] = []
+    seen: dict[int, int] = {}
+
+    def visit(module: nn.Module, prefix: str) -> int:
+        if id(module) in seen:
+            return seen[id(module)]
+        index = seen[id(module)] = len(nodes)
+        nodes.append(None)  # its place, filled once its children have theirs
+        state = module.__dict__
+        children = tuple(
+            (name, visit(child, f"{prefix}{name}.") if child is not None else None)
+            for name, child in module._modules.items()
+        )
+        nodes[index] = _Node(
+            type(module),
+            state,
+            tuple(key for key, value in state.items() if type(value) in _CONTAINERS),
+            tuple((name, prefix + name) for name, p in module._parameters.items() if p is not None),
+            tuple((name, prefix + name, b.shape) for name, b in module._buffers.items() if b is not None),
+            children,
+        )
+        return index
+
+    visit(template, "")
+    return nodes
+
+
+def _filled_copy(plan: list[_Node], tensors: dict[str, torch.Tensor], reference: torch.Tensor) -> nn.Module:
+    """A copy of the planned template (new module objects with their own dicts of hooks, parameters, buffers and
     children; other attributes shared, as a frozen config is) whose parameters and buffers are ``tensors``, named
     as in its state dict. A buffer no file holds (non-persistent: zeros by definition) is zeros on ``reference``'s
     device and in its precision."""
-    clone = object.__new__(type(module))
-    state = module.__dict__.copy()
-    for key, value in state.items():
-        if type(value) in _CONTAINERS:
-            state[key] = value.copy()
-    vars(clone).update(state)  # not nn.Module.__setattr__: nothing to register, the containers are copied
-    for name, parameter in module._parameters.items():
-        if parameter is not None:
-            clone._parameters[name] = nn.Parameter(tensors[prefix + name], requires_grad=False)
-    for name, buffer in module._buffers.items():
-        if buffer is not None:
-            held = tensors.get(prefix + name)
-            clone._buffers[name] = held if held is not None else torch.zeros(buffer.shape, dtype=reference.dtype,
-                                                                             device=reference.device)  # fmt: skip
-    for name, child in module._modules.items():
-        clone._modules[name] = (
-            _filled_copy(child, tensors, reference, f"{prefix}{name}.") if child is not None else None
-        )
-    return clone
+    clones = [object.__new__(node.cls) for node in plan]
+    for node, clone in zip(plan, clones, strict=True):
+        state = node.state.copy()
+        for key in node.containers:
+            state[key] = state[key].copy()
+        vars(clone).update(state)  # not nn.Module.__setattr__: nothing to register, the containers are copied
+        for name, key in node.parameters:
+            clone._parameters[name] = nn.Parameter(tensors[key], requires_grad=False)
+        for name, key, shape in node.buffers:
+            held = tensors.get(key)
+            clone._buffers[name] = (
+                held if held is not None else torch.zeros(shape, dtype=reference.dtype, device=reference.device)
+            )
+        for name, index in node.children:
+            clone._modules[name] = clones[index] if index is not None else None
+    return clones[0]
