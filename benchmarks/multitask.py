@@ -316,12 +316,19 @@ def _wait(url: str, process) -> None:
 
 # ---- many tasks: the gathered path and the task store ---------------------------------------------------------
 def distinct_tasks(args) -> dict:
-    """Batch 32: all one task, 2/4/8 tasks, every sample its own; the per-group and the gathered path each."""
+    """Batch 32: all one task, 2/4/8 tasks, every sample its own; the per-group and the gathered path each. In
+    bf16/fp16 the tasks' block tensors are kept in that precision, as a task store serving in it keeps them."""
     from adaptformer.runtime.precision import autocast, resolve_precision
 
     device = torch.device(args.device)
     precision = resolve_precision(args.precision, device)
     model = make_bank(args.model, 32).to(device)
+    if precision in ("bf16", "fp16"):  # as a task store serving in half precision keeps its resident tasks
+        half = torch.bfloat16 if precision == "bf16" else torch.float16
+        with torch.no_grad():
+            for name, parameter in model.tasks.named_parameters():
+                if name.split(".", 1)[1].startswith("blocks."):
+                    parameter.data = parameter.data.to(half)
     x = torch.randn(32, 3, 224, 224, device=device)
 
     def run(tasks, gather_from):
