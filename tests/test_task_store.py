@@ -443,3 +443,19 @@ def test_non_finite_values_are_found_in_every_float_precision():
         tensors[key][1] = bad
         with pytest.raises(AdaptFormerError, match=rf"f: non-finite values \(NaN or inf\) in \['{key}'\]"):
             check_task_tensors(own, tensors, "f")
+
+
+def test_a_task_used_again_outlives_a_stream_of_tasks_used_once(task_dir):
+    """The cache is a segmented LRU: under a stream of tasks asked once, a task asked again stays resident (a
+    plain LRU would have evicted it after four others); the bound holds throughout."""
+    bank = open_bank(task_dir, max_resident=4)
+    x = inputs(1)
+    bank.logits(x, ["t000"])
+    bank.logits(x, ["t000"])  # used again while resident: protected
+    for k in range(1, 12):
+        bank.logits(x, [f"t{k:03d}"])
+        assert "t000" in bank.resident and len(bank.resident) <= 4
+    for k in range(12, 30):  # protected tasks, too, give way once they stop being used: all four reused now
+        bank.logits(x, [f"t{k:03d}"])
+        bank.logits(x, [f"t{k:03d}"])
+    assert "t000" not in bank.resident and len(bank.resident) == 4

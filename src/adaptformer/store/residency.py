@@ -1,14 +1,17 @@
 """Residency: which listed tasks have their tensors in the model now, bounded by count and by megabytes.
 
-A task's tensors are read (once) on first use and kept in an LRU of resident tasks bounded by ``max_resident``
-and ``max_resident_mb``. A batch that needs more tasks than fit runs in chunks that do (``chunks``), so the bound
-is never exceeded. A file that changed on disk since it was listed (size, mtime or header) is refused; a file that
-can no longer be loaded (deleted, changed or broken since it was listed) is marked unusable in the catalogue with
-the reason, so requests for every task leave it out rather than fail. Evicting and reloading a task gives
-bit-identical outputs. ``prefetch`` reads the files of tasks that will be needed on an I/O thread, so loading
-overlaps the model's work. A store serving in half precision keeps the tensors inside the blocks (adapters, prompts,
-updates) in that precision while resident: half the memory, the same arithmetic (autocast computes in it anyway);
-heads and norms keep the backbone's.
+A task's tensors are read (once) on first use and kept in a cache of resident tasks bounded by ``max_resident``
+and ``max_resident_mb``: a segmented LRU, where a task used again while resident is protected (up to
+``PROTECTED_SHARE`` of the cache) and tasks used once are evicted first, least recently used first, so that under
+the skewed popularity of real traffic a rarely asked task does not push out a popular one. A batch that needs
+more tasks than fit runs in chunks that do (``chunks``), so the bound is never exceeded. A file that changed on
+disk since it was listed (size, mtime or header) is refused; a file that can no longer be loaded (deleted,
+changed or broken since it was listed) is marked unusable in the catalogue with the reason, so requests for every
+task leave it out rather than fail. Evicting and reloading a task gives bit-identical outputs. ``prefetch`` reads
+and builds the tasks that will be needed on an I/O thread, so loading overlaps the model's work. A store serving
+in half precision keeps the tensors inside the blocks (adapters, prompts, updates) in that precision while
+resident: half the memory, the same arithmetic (autocast computes in it anyway); heads and norms keep the
+backbone's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from ..methods.base import Task
 from ..tasks.format import DTYPE_BYTES, FLOAT_DTYPES, read_task_file
 from .catalogue import Catalogue
 from .templates import TaskTemplates
+
+#: the part of the cache that tasks used more than once may hold against tasks used once
+PROTECTED_SHARE = 0.8
 
 
 @dataclass
@@ -72,6 +78,7 @@ class Residency:
         #: the precision of the tensors inside the blocks while resident (None: the backbone's); heads keep theirs
         self.block_dtype = block_dtype
         self._resident: OrderedDict[str, int] = OrderedDict()  # name -> bytes, least recently used first
+        self._protected: OrderedDict[str, None] = OrderedDict()  # used again while resident, least recent first
         self._element_size = next(model.backbone.parameters()).element_size()
         self._block_size = torch.empty(0, dtype=block_dtype).element_size() if block_dtype else self._element_size
         #: files read ahead on an I/O thread for tasks that will be needed (``prefetch``): name -> (the listing it
@@ -106,6 +113,7 @@ class Residency:
             if name in self._resident:
                 self.counters.hits += 1
                 self._resident.move_to_end(name)
+                self._protect(name)
                 continue
             self.counters.misses += 1
             self._fit(self.estimate_bytes(name), keep=set(names))
@@ -123,10 +131,19 @@ class Residency:
             return count or sum(self._resident.values()) + incoming > limits.max_bytes
 
         while full():
-            victim = next((name for name in self._resident if name not in keep), None)
+            evictable = [name for name in self._resident if name not in keep]
+            victim = next((name for name in evictable if name not in self._protected), None)
+            victim = victim or next(iter(evictable), None)
             if victim is None:
                 raise AdaptFormerError("the tasks of one batch do not fit the residency limits together")
             self.evict(victim)
+
+    def _protect(self, name: str) -> None:
+        self._protected[name] = None
+        self._protected.move_to_end(name)
+        bound = max(1, int(PROTECTED_SHARE * (self.limits.max_resident or len(self._resident))))
+        while len(self._protected) > bound:
+            self._protected.popitem(last=False)  # the least recently used protected task is used-once again
 
     def prefetch(self, names: list[str]) -> None:
         """Read the files of the tasks of ``names`` that are not resident on an I/O thread, their tensors placed
@@ -165,6 +182,7 @@ class Residency:
         self.counters.loads += 1
 
     def evict(self, name: str) -> None:
+        self._protected.pop(name, None)
         if self._resident.pop(name, None) is not None:
             self.model.remove_task(name)
             self.counters.evictions += 1
