@@ -459,3 +459,20 @@ def test_a_task_used_again_outlives_a_stream_of_tasks_used_once(task_dir):
         bank.logits(x, [f"t{k:03d}"])
         bank.logits(x, [f"t{k:03d}"])
     assert "t000" not in bank.resident and len(bank.resident) == 4
+
+
+def test_a_file_cut_short_while_it_is_read_is_a_one_line_error(tmp_path, monkeypatch):
+    """A task file truncated in place between its size being taken and its bytes being read (another process
+    rewriting it) is refused in one line; the read never reaches past the bytes there are."""
+    import adaptformer.tasks.format as task_format
+
+    folder = write_tasks(tmp_path / "tasks", count=1)
+    real_fstat = os.fstat
+
+    def larger(fd):  # the size as it was before the file was cut
+        stat = real_fstat(fd)
+        return os.stat_result((*stat[:6], stat.st_size + 4096, *stat[7:]))
+
+    monkeypatch.setattr(task_format.os, "fstat", larger)
+    with pytest.raises(AdaptFormerError, match=r"t000\.safetensors: changed on disk while it was read; try again"):
+        task_format.read_task_file(folder / "t000.safetensors")
