@@ -48,14 +48,15 @@ from train_speed import cpu_flags  # noqa: E402
 
 
 def interleaved(functions: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each function, measured round-robin so that drift in the machine's speed (shared hosts)
-    affects all of them alike; one warm-up call each first."""
+    """Median seconds of each function, measured round-robin (in reverse order every other round) so that drift
+    in the machine's speed (shared hosts) affects all of them alike; one warm-up call each first."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for function in functions.values():
         function()
     times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
+    for round_ in range(repeats):
+        order = list(functions.items())
+        for name, function in order if round_ % 2 == 0 else reversed(order):  # ABBA: no function always first
             sync()
             began = time.perf_counter()
             function()
