@@ -476,3 +476,24 @@ def test_a_file_cut_short_while_it_is_read_is_a_one_line_error(tmp_path, monkeyp
     monkeypatch.setattr(task_format.os, "fstat", larger)
     with pytest.raises(AdaptFormerError, match=r"t000\.safetensors: changed on disk while it was read; try again"):
         task_format.read_task_file(folder / "t000.safetensors")
+
+
+@pytest.mark.parametrize("method", ["lora", "bitfit", "ssf"])
+def test_every_method_a_store_serves_answers_as_its_file_applied_alone(tmp_path, method):
+    """Tasks of methods outside KINDS (built from their templates too) answer as ``apply_task`` of their file."""
+    folder = tmp_path / "tasks"
+    model = adaptformer.AdaptedModel(backbone(folder))
+    generator = torch.Generator().manual_seed(3)
+    for k in range(2):
+        task = model.add_task(f"{method}{k}", method, 3)
+        with torch.no_grad():
+            for param in task.parameters():
+                param.add_(torch.randn(param.shape, generator=generator) * 0.3)
+        adaptformer.save_task(model, folder / f"{method}{k}.safetensors", task=f"{method}{k}")
+        model.remove_task(f"{method}{k}")
+    bank = open_bank(folder)
+    x = inputs(2)
+    for k, value in enumerate(bank.logits(x, [f"{method}0", f"{method}1"])):
+        alone = adaptformer.apply_task(adaptformer.AdaptedModel(backbone(folder)), folder / f"{method}{k}.safetensors")
+        with torch.no_grad():
+            torch.testing.assert_close(value, alone.eval()(x[k : k + 1])[0])
