@@ -380,6 +380,14 @@ def test_files_of_one_kind_share_one_checked_table_and_a_short_file_is_still_ref
     assert a.tensors is b.tensors  # one table for both (and for ten thousand such files)
     with pytest.raises(TypeError):
         a.tensors["head.1.weight"] = None  # shared, so read-only
+    import adaptformer.tasks.format as task_format
+
+    with pytest.MonkeyPatch.context() as patch:  # a table too long to keep is checked each time, never kept
+        patch.setattr(task_format._TensorTables, "MAX_KEPT_CHARS", 10)
+        fresh = task_format._TensorTables()
+        patch.setattr(task_format, "_TENSOR_TABLES", fresh)
+        c, d = (read_task_header(folder / f"{name}.safetensors") for name in ("a", "b"))
+        assert c.tensors is not d.tensors and c.tensors == a.tensors and not fresh._tables
     whole = (folder / "b.safetensors").read_bytes()
     (folder / "cut.safetensors").write_bytes(whole[:-4])  # the same header, its data four bytes short
     with pytest.raises(AdaptFormerError, match=r"cut\.safetensors: not a readable safetensors file \(tensor"):

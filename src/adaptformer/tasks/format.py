@@ -169,19 +169,23 @@ def _header_from_bytes(path: Path, raw: bytes | memoryview, size: int, mtime_ns:
 
 
 class _TensorTables:
-    """Tensor tables already checked, by their JSON text and the data size they were checked against (a bounded
-    LRU). A directory of ten thousand files of one kind checks its table once; every other file costs one
+    """Tensor tables already checked, by a hash of their JSON text and the data size they were checked against
+    (a bounded LRU). A directory of ten thousand files of one kind checks its table once; every other file costs one
     ``json.dumps`` and a lookup instead of a pass over its tensors."""
+
+    #: tables longer than this (JSON characters) are checked every time and not kept (a hostile directory of
+    #: huge headers must not fill memory with them)
+    MAX_KEPT_CHARS = 1_000_000
 
     def __init__(self, capacity: int = 256):
         self.capacity = capacity
-        self._tables: OrderedDict[tuple[str, int], Mapping[str, TensorEntry]] = OrderedDict()
+        self._tables: OrderedDict[tuple[bytes, int], Mapping[str, TensorEntry]] = OrderedDict()
         self._lock = threading.Lock()  # listing (model thread) and prefetch (I/O thread) both read headers
 
     def checked(self, path: Path, header: dict[str, Any], data_bytes: int) -> Mapping[str, TensorEntry]:
-        try:
-            key = (json.dumps(header, separators=(",", ":")), data_bytes)
-        except (TypeError, ValueError):
+        text = json.dumps(header, separators=(",", ":"))
+        key = (hashlib.blake2b(text.encode(), digest_size=16).digest(), data_bytes)
+        if len(text) > self.MAX_KEPT_CHARS:
             key = None
         with self._lock:
             table = self._tables.get(key) if key is not None else None
