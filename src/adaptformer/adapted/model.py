@@ -139,11 +139,11 @@ class AdaptedModel(nn.Module):
             classes = [str(i) for i in range(classes)]
         if not classes:
             raise AdaptFormerError(f"classes: expected class names or a positive number of classes, got {classes!r}")
-        reference = next(self.backbone.parameters())
         if empty:
             with torch.device("meta"):
                 task = get_method(config.name).task(config, list(classes), self.backbone_spec())
         else:
+            reference = next(self.backbone.parameters())
             task = get_method(config.name).task(config, list(classes), self.backbone_spec())
             task = task.to(device=reference.device, dtype=reference.dtype)
         task = task.requires_grad_(False).train(False)

@@ -108,7 +108,8 @@ class Residency:
         return self._block_size if key.startswith("blocks.") else self._element_size
 
     def make_resident(self, names: list[str]) -> None:
-        """Load the tasks of ``names`` that are not resident, evicting least recently used others to fit."""
+        """Load the tasks of ``names`` that are not resident, evicting others (used-once first) to fit."""
+        keep = set(names)
         for name in names:
             if name in self._resident:
                 self.counters.hits += 1
@@ -116,8 +117,9 @@ class Residency:
                 self._protect(name)
                 continue
             self.counters.misses += 1
-            self._fit(self.estimate_bytes(name), keep=set(names))
-            self._read_in(name)
+            size = self.estimate_bytes(name)  # exact: the table the file's tensors are checked against
+            self._fit(size, keep)
+            self._read_in(name, size)
 
     def _fit(self, incoming: int, keep: set[str]) -> None:
         limits = self.limits
@@ -165,7 +167,7 @@ class Residency:
         header, tensors = read_task_file(listing.path, expected=listing.stamp)
         return self.templates.task(header.meta, tensors, listing.path)
 
-    def _read_in(self, name: str) -> None:
+    def _read_in(self, name: str, size: int) -> None:
         """Load a listed task's tensors (see the module docstring for a file that can no longer be loaded), from
         what ``prefetch`` prepared when it read this very listing."""
         listing = self.catalogue.listing(name)
@@ -178,7 +180,7 @@ class Residency:
             self.catalogue.mark_unusable(name, str(error))
             raise
         self.model.insert_task(name, task, activate=False)
-        self._resident[name] = self.estimate_bytes(name)  # exact: the table the tensors were checked against
+        self._resident[name] = size
         self.counters.loads += 1
 
     def evict(self, name: str) -> None:
