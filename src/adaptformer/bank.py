@@ -43,6 +43,7 @@ from .store.catalogue import (
 from .store.residency import Residency, ResidencyLimits
 from .tasks import preprocessing_of
 from .tasks.files import check_fits, recorded_backbone
+from .tasks.format import method_config_of
 
 __all__ = ["TASK_NAME", "TASK_NAME_RULE", "ResidencyLimits", "TaskBank", "TaskInfo", "parse_task_argument"]
 
@@ -192,8 +193,9 @@ class TaskBank:
 
     def _describe(self, meta: dict[str, Any], path: Path) -> InputSpec:
         """A task file's description fits this bank's backbone; the input spec it takes (one line otherwise)."""
-        if meta["method"].get("method") == "full":
-            raise AdaptFormerError(f"task file {path}: full fine-tuning trains the backbone; it cannot share one")
+        config = method_config_of(meta, path)
+        if not config.shares_backbone:
+            raise AdaptFormerError(f"task file {path}: {config.title()} trains the backbone; its task cannot share one")
         check_fits(self.model, meta, path, self.check_backbone, self._fingerprint)
         try:
             spec = preprocessing_of(meta, self.model)

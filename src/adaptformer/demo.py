@@ -13,8 +13,6 @@ from .train.config import config_search_path, make_config
 from .utils.atomic import atomic_write_text
 from .utils.extras import require
 
-METHOD_LABELS = {"linear": "Linear probe", "vpt": "VPT-deep", "adaptformer": "AdaptFormer", "full": "Full fine-tuning"}
-
 
 def load_demo_config(name: str = "demo") -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     path = config_search_path(name)
@@ -46,7 +44,7 @@ def run_demo(
         began = time.time()
         summary = fit(cfg)
         summary["wall_seconds"] = round(time.time() - began, 1)
-        summary["label"] = METHOD_LABELS.get(name, name)
+        summary["label"] = cfg.method_config.title()
         summary["settings"] = {k: v for k, v in per_method[name].items() if k != "method"}
         rows.append(summary)
     table = format_table(rows)

@@ -9,6 +9,7 @@ import yaml
 from adaptformer import AdaptFormerError
 from adaptformer.cli import main
 from adaptformer.experiments.benchmark import benchmark_runs, shard_runs, summarize, tasks_of
+from adaptformer.methods.registry import benchmark_default_methods, method_names
 from formats import write_vtab
 from training_helpers import TINY_KWARGS, tiny_checkpoint
 
@@ -29,7 +30,10 @@ def test_dry_run_lists_every_vtab_run_with_its_command(capsys):
     assert main([*args, "--checkpoint", "mae_pretrain_vit_base.pth", "--dry-run"]) == 0
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
-    assert len(lines) == 19 * 5 and "95 runs (95 in all)" in captured.err
+    defaults = benchmark_default_methods()  # the paper's baselines and the strongest adapter
+    assert {"adaptformer", "linear", "vpt", "lora", "full", "adapterplus"} == set(defaults)
+    count = 19 * len(defaults)
+    assert len(lines) == count and f"{count} runs ({count} in all)" in captured.err
     assert lines[0].startswith("adaptformer train ") and "--dataset vtab/cifar" in lines[0]
     assert "--method adaptformer" in lines[0] and "--out b/cifar/adaptformer" in lines[0]
     assert "--checkpoint mae_pretrain_vit_base.pth" in lines[0] and "--epochs 100" in lines[0]
@@ -37,6 +41,9 @@ def test_dry_run_lists_every_vtab_run_with_its_command(capsys):
     assert len(full) == 19 and all("--blr 0.01" in line for line in full)
     assert main(["benchmark", "fgvc", *args[2:], "--dry-run", "--methods", "lora,linear"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 10
+    assert main([*args, "--dry-run", "--methods", "all"]) == 0  # every registered method
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 19 * len(method_names()) and sum("--method fact-tk " in line for line in lines) == 19
 
 
 def test_bad_choices_are_one_line():
@@ -44,7 +51,7 @@ def test_bad_choices_are_one_line():
         tasks_of("vtab2")
     with pytest.raises(AdaptFormerError, match="--tasks: cifar100 not in vtab"):
         tasks_of("vtab", ["cifar100"])
-    with pytest.raises(AdaptFormerError, match="method: expected one of"):
+    with pytest.raises(AdaptFormerError, match="--methods: expected some of adaptformer, linear, vpt, .*got lorax"):
         benchmark_runs("vtab", "d", "vit_base_patch16_224", ["lorax"])
 
 

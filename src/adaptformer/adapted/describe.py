@@ -12,7 +12,7 @@ from typing import Any
 
 from ..backbones.families import class_name, stages_of
 from ..errors import AdaptFormerError
-from ..methods.registry import METHODS, make_method_config
+from ..methods.registry import make_method_config, registered_methods
 from .model import AdaptedModel
 
 
@@ -63,7 +63,7 @@ def hosted_methods(model: AdaptedModel) -> dict[str, str]:
     """Each registered method: ``yes``, or the one-line reason this backbone cannot host it."""
     verdicts = {}
     spec = model.backbone_spec()
-    for name, method in METHODS.items():
+    for name, method in registered_methods().items():
         try:
             method.task(make_method_config(name), ["a", "b"], spec)
             verdicts[name] = "yes"

@@ -555,6 +555,8 @@ def describe_backbone(backbone: nn.Module, family: Family, anatomy: Anatomy, fc_
         no_prompts=family.no_prompts and f"{class_name(backbone)}: {family.no_prompts}",
         widths=anatomy.widths(),
         branch_widths=anatomy.branch_widths(),
+        adapter_inputs=tuple(part.adapter_input for part in anatomy.parts),
+        site_modules=lambda index, name: anatomy.parts[index].sites[name],
     )
 
 

@@ -38,6 +38,9 @@ class Site:
     bias: bool
     #: ``attention_input`` (qkv, q, k, v, kv), ``attention_output`` (proj), ``mlp`` (its projections), ``norm``
     role: str = "mlp"
+    #: a norm's kind (``layer``: LayerNorm, ``rms``: RMSNorm) and epsilon; empty / 0 for a Linear
+    norm: str = ""
+    eps: float = 0.0
 
 
 @dataclass(frozen=True)

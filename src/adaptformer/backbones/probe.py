@@ -412,4 +412,8 @@ def _site(name: str, module: nn.Module, role: str) -> Site:
     if isinstance(module, nn.Linear):
         return Site(name, module.in_features, module.out_features, module.bias is not None, role)
     width = _norm_width(module)
-    return Site(name, width, width, isinstance(getattr(module, "bias", None), torch.Tensor), role)
+    kind = "rms" if "rms" in type(module).__name__.lower() else "layer"
+    eps = getattr(module, "eps", None)
+    eps = getattr(module, "variance_epsilon", eps)  # Hugging Face's RMSNorms
+    eps = float(eps) if isinstance(eps, (int, float)) else 1e-6 if kind == "layer" else torch.finfo(torch.float32).eps
+    return Site(name, width, width, isinstance(getattr(module, "bias", None), torch.Tensor), role, kind, eps)

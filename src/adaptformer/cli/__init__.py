@@ -23,7 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports the method plugins: the flags of their options are built here
+    except AdaptFormerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

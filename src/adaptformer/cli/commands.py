@@ -27,6 +27,8 @@ def command(name: str, help_text: str, add_arguments: Callable[[argparse.Argumen
 
 # ---- params ------------------------------------------------------------------------------------------------
 def _params_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..methods.registry import method_names
+
     group = parser.add_argument_group("backbone")
     group.add_argument(
         "--model", default="adaptformer/vit-tiny-cifar10", help="timm model name or embedded backbone (%(default)s)"
@@ -34,7 +36,7 @@ def _params_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--checkpoint", default=None, help="local weights file: only its architecture matters here")
     group.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="accepted; nothing is loaded")
     group.add_argument("--model-kwargs", type=_json_dict, default=None, help="extra timm.create_model keywords (JSON)")
-    parser.add_argument("--method", default="adaptformer", help="adaptformer | linear | vpt | full (%(default)s)")
+    parser.add_argument("--method", default="adaptformer", help=f"{' | '.join(method_names())} (%(default)s)")
     parser.add_argument("--num-classes", type=int, default=None, help="classes of the new head")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(method_option_names=add_method_options(parser))
@@ -127,6 +129,56 @@ def run_describe(args: argparse.Namespace) -> int:
         source = BackboneSource(args.model, kwargs)
     description = describe_model(AdaptedModel(backbone, source), recorded)
     print(json.dumps(description) if args.json else describe_backbone_text(description))
+    return 0
+
+
+# ---- methods, merge ------------------------------------------------------------------------------------------
+def _methods_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object per method")
+
+
+@command(
+    "methods", "every registered method: what it trains, its options, whether it merges, its paper", _methods_arguments
+)
+def run_methods(args: argparse.Namespace) -> int:
+    from ..methods.registry import registered_methods
+
+    for name, method in registered_methods().items():
+        config = method.config()
+        row = {
+            "method": name,
+            "label": config.title(),
+            "description": method.description,
+            "options": config.describe(),
+            "merges": method.task.merge_refusal is None,
+            "shares_backbone": method.config.shares_backbone,
+            "reference": method.config.reference,
+        }
+        if args.json:
+            print(json.dumps(row))
+        else:
+            merges = "merges" if row["merges"] else "does not merge"
+            print(f"{name:<12} {method.description} [{merges}]\n{'':<12} {row['reference']}")
+    return 0
+
+
+def _merge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", metavar="TASK", help="the task file (.safetensors) to fold into its backbone")
+    parser.add_argument("--out", required=True, help="folder for merged.safetensors and head.safetensors")
+    parser.add_argument("--checkpoint", default=None, help="local weights of the task's backbone")
+
+
+@command(
+    "merge",
+    "fold a task of a linear method (LoRA, DoRA, RepAdapter, FacT, BitFit, SSF, lntune) into its backbone's weights",
+    _merge_arguments,
+)
+def run_merge(args: argparse.Namespace) -> int:
+    from ..tasks.merge import merge_task
+
+    merged, head = merge_task(args.task, args.out, checkpoint=args.checkpoint, pretrained=args.checkpoint is None)
+    print(f"merged backbone: {merged}\nhead-only task:  {head}")
+    print(f"predict with: adaptformer predict --task {head} --checkpoint {merged} IMAGES")
     return 0
 
 
@@ -585,11 +637,17 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def _benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..methods.registry import benchmark_default_methods, method_names
+
     parser.add_argument("suite", help="vtab (the 19 VTAB-1k tasks) or fgvc (the five FGVC datasets)")
     parser.add_argument("--data-root", required=True, help="the folder holding the task (dataset) folders")
     parser.add_argument("--model", required=True, help="the backbone (a timm name, hf:<folder>, ...)")
     parser.add_argument("--checkpoint", default=None, help="local weights of the backbone")
-    parser.add_argument("--methods", default=",".join(BENCHMARK_METHODS), help="comma-separated (%(default)s)")
+    parser.add_argument(
+        "--methods",
+        default=",".join(benchmark_default_methods()),
+        help=f"comma-separated, of {', '.join(method_names())}; or all (%(default)s)",
+    )
     parser.add_argument("--tasks", default=None, help="a comma-separated subset of the tasks (default: all)")
     parser.add_argument("--out", required=True, help="directory of the runs (<task>/<method>) and the report")
     parser.add_argument("--seeds", type=int, default=1, help="repeat every run over this many seeds (%(default)s)")
@@ -602,9 +660,6 @@ def _benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     _add_set_option(
         parser, "replace a training option of every run (repeatable; the value is YAML), e.g. --set epochs=50"
     )
-
-
-BENCHMARK_METHODS = ("adaptformer", "lora", "vpt", "linear", "full")
 
 
 @command(
@@ -626,6 +681,10 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     if args.checkpoint:
         overrides.setdefault("checkpoint", args.checkpoint)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if methods == ["all"]:
+        from ..methods.registry import method_names
+
+        methods = method_names()
     only = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     runs = benchmark_runs(args.suite, args.data_root, args.model, methods, overrides, args.seeds, only, args.tune)
     selected = shard_runs(runs, args.shard)

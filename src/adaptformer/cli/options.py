@@ -162,11 +162,11 @@ def add_dataclass_options(group, cls: type, skip: Iterable[str] = (), only: Iter
 
 def add_method_options(parser: argparse.ArgumentParser) -> list[str]:
     """Every option of every registered method, grouped by method; returns their names."""
-    from ..methods.registry import METHODS, method_option_fields
+    from ..methods.registry import method_option_fields, registered_methods
 
     fields = method_option_fields()
     added: set[str] = set()
-    for method in METHODS.values():
+    for method in registered_methods().values():
         names = [f.name for f in dataclasses.fields(method.config) if f.name not in added]
         if not names:
             continue

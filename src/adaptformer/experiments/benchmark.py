@@ -24,6 +24,7 @@ from typing import Any
 from ..data.fgvc import FGVC_DATASETS
 from ..data.vtab import VTAB_GROUPS
 from ..errors import AdaptFormerError
+from ..methods.registry import get_method, method_names
 from ..train.config import TrainConfig
 from ..utils.atomic import atomic_write_json, atomic_write_text
 from ..utils.extras import require
@@ -35,12 +36,9 @@ SUITES: dict[str, dict[str, list[str]]] = {
     "vtab": {group: [f"vtab/{task}" for task in tasks] for group, tasks in VTAB_GROUPS.items()},
     "fgvc": {"fgvc": [f"fgvc/{name}" for name in FGVC_DATASETS]},
 }
-METHODS = ("adaptformer", "lora", "vpt", "linear", "full")
 #: the fixed hyper-parameters of every run (SGD momentum 0.9 + warm-up + cosine, as all training here)
 FIXED: dict[str, Any] = {"epochs": 100, "batch_size": 64, "effective_batch": 64, "blr": 0.1}
 WARMUP_SHARE = 0.1  # of the epochs: 10 of 100, unless --set warmup_epochs=...
-#: full fine-tuning moves every weight: a tenth of the rate
-METHOD_FIXED: dict[str, dict[str, Any]] = {"full": {"blr": 0.01}}
 TUNE_LRS = (0.003, 0.01, 0.03, 0.1)
 
 
@@ -83,12 +81,16 @@ def benchmark_runs(
     """Every final run (and with ``tune``, every search run first), each configuration validated up front."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise AdaptFormerError(f"--seeds: expected a positive integer, got {seeds!r}")
-    if not methods:
-        raise AdaptFormerError(f"--methods: expected some of {', '.join(METHODS)}")
+    known = method_names()
+    wrong = [m for m in methods if m not in known]
+    if not methods or wrong:
+        got = f", got {', '.join(wrong)}" if wrong else ""
+        raise AdaptFormerError(f"--methods: expected some of {', '.join(known)}{got}")
     runs = []
     for task in tasks_of(suite, only):
         for method in methods:
-            base = {**FIXED, **METHOD_FIXED.get(method, {}), "dataset": task, "data_root": data_root}
+            fixed = get_method(method).config.benchmark_options  # e.g. full fine-tuning's tenth of the rate
+            base = {**FIXED, **fixed, "dataset": task, "data_root": data_root}
             base.update({"model": model, "method": method, **(overrides or {})})
             base.setdefault("warmup_epochs", round(WARMUP_SHARE * base["epochs"], 3))
             pair = f"{task.split('/', 1)[1]}/{method}"

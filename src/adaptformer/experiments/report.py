@@ -28,23 +28,16 @@ import yaml
 
 from ..data.registry import get_dataset
 from ..errors import AdaptFormerError
+from ..methods.registry import registered_methods
 from ..objectives import METRIC_LABELS, get_objective
 from ..runtime.metrics import read_metrics
 from ..train.config import TrainConfig
 from ..utils.atomic import atomic_write_text
 from ..utils.extras import require
 
+#: training options a sweep may vary (each method's own options come from the registry: ``report_axes``)
 AXES = (
-    "bottleneck",
-    "layers",
-    "placement",
-    "scale",
-    "vpt_tokens",
-    "vpt_mode",
     "num_frames",
-    "layernorm",
-    "init",
-    "dropout",
     "lr",
     "blr",
     "epochs",
@@ -168,9 +161,15 @@ def group_seeds(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def report_axes() -> list[str]:
+    """Every method's own options (``MethodConfig.own_options``), then the training options of ``AXES``."""
+    own = [name for method in registered_methods().values() for name in method.config.own_options()]
+    return list(dict.fromkeys([*own, *AXES]))
+
+
 def varying(rows: list[dict]) -> list[str]:
     """The options that take more than one value across the rows (the sweep's axes)."""
-    return [axis for axis in AXES if len({json.dumps(r["config"].get(axis), default=str) for r in rows}) > 1]
+    return [axis for axis in report_axes() if len({json.dumps(r["config"].get(axis), default=str) for r in rows}) > 1]
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path) -> dict:

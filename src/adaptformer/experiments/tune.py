@@ -27,31 +27,29 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdaptFormerError
+from ..methods.registry import get_method
 from ..objectives import METRIC_LABELS
 from ..train.config import TrainConfig, read_yaml_mapping
 from ..train.data import training_labels
 from .sweep import _name, train_run
 
-#: the axes every method searches, learning rate first (the values for full fine-tuning are its own)
-LEARNING_RATES = {"full": [0.005, 0.025, 0.1], "default": [0.1, 0.4, 1.0]}
+#: the axes every method searches (its learning rates, ``MethodConfig.learning_rates``, before and after them)
 COMMON_AXES = [("train_crop", ["random_resized", "pad"]), ("scale_min", [0.08, 0.4, 0.9]), ("hflip", [0.0, 0.5])]
 #: below this many training images a trial is scored by k-fold validation: one split of a few dozen images
 #: moves top-1 by points per image
 SMALL_TRAINING_SET = 2000
 SMALL_FOLDS = 5
 MIN_STEPS_PER_EPOCH = 4
-METHOD_AXES = {
-    "adaptformer": [("scale", [0.05, 0.1, 0.2]), ("bottleneck", [16, 64])],
-    "vpt": [("vpt_tokens", [1, 8])],
-}
 
 
 def default_space(method: str) -> list[tuple[str, list[Any]]]:
     """The axes that matter for ``method``: lr, the crop recipe (RandomResizedCrop, or resize + pad + random
-    crop as small images train), crop scale, flips, the method's own (adapter scale and bottleneck for
-    AdaptFormer, prompt tokens for VPT), then lr once more (the best lr moves with the crops)."""
-    lr = ("lr", LEARNING_RATES.get(method, LEARNING_RATES["default"]))
-    return [lr, *COMMON_AXES, *METHOD_AXES.get(method, []), lr]
+    crop as small images train), crop scale, flips, the method's own (``MethodConfig.tune_axes``: adapter scale
+    and bottleneck for AdaptFormer, prompt tokens for VPT), then lr once more (the best lr moves with the crops)."""
+    config = get_method(method).config
+    lr = ("lr", list(config.learning_rates))
+    own = [(field, list(values)) for field, values in config.tune_axes]
+    return [lr, *COMMON_AXES, *own, lr]
 
 
 def load_space(path: str) -> list[tuple[str, list[Any]]]:

@@ -27,7 +27,8 @@ file stores and reference checkpoints load key for key.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar
 
@@ -46,8 +47,23 @@ class MethodConfig:
     """Options of every method. Subclasses add theirs; every field is a CLI flag and a YAML key."""
 
     name: ClassVar[str] = ""
+    #: what reports, the demo and the README's methods table call it
+    label: ClassVar[str] = ""
+    #: the paper (authors, venue, year) and where its official code lives, for reports and the methods table
+    reference: ClassVar[str] = ""
     #: False for full fine-tuning: the task trains the backbone itself, so it cannot share one
     shares_backbone: ClassVar[bool] = True
+    #: True where the task leaves the backbone's features unchanged (the linear probe), so training may compute
+    #: them once and cache them (``--cache-features``)
+    caches_features: ClassVar[bool] = False
+    #: ``tune``'s learning rates for this method (the first axis searched, and again last)
+    learning_rates: ClassVar[tuple[float, ...]] = (0.1, 0.4, 1.0)
+    #: ``tune``'s search axes of the method's own options: (option, values) in the order searched
+    tune_axes: ClassVar[tuple[tuple[str, tuple[Any, ...]], ...]] = ()
+    #: training options ``benchmark`` fixes for this method over its protocol (full fine-tuning: a tenth of the rate)
+    benchmark_options: ClassVar[dict[str, Any]] = {}
+    #: whether ``benchmark`` runs it when ``--methods`` is not given
+    benchmark_default: ClassVar[bool] = False
 
     head_batchnorm: bool = option(True, "BatchNorm1d(affine=False, eps=1e-6) before the linear head (reference code)")
 
@@ -56,6 +72,21 @@ class MethodConfig:
 
     def validate(self) -> None:
         check_bool("head_batchnorm", self.head_batchnorm)
+
+    @classmethod
+    def own_options(cls) -> tuple[str, ...]:
+        """The method's own options (the fields every method shares left out): what reports plot it by."""
+        shared = {f.name for f in dataclasses.fields(MethodConfig)}
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in shared)
+
+    def title(self) -> str:
+        """The method's name as reports show it (a method may add its variant: ``VPT-deep``)."""
+        return self.label or self.name
+
+    def describe(self) -> str:
+        """``bottleneck=64, scale=0.1, ...``: the method's own options, as error messages and listings show it."""
+        data = self.to_dict()
+        return ", ".join(f"{k}={data[k]}" for k in self.own_options()) or "no options"
 
     def to_dict(self) -> dict[str, Any]:
         """``{"method": name, field: value, ...}`` with tuples as lists (JSON/YAML friendly)."""
@@ -87,6 +118,19 @@ class BackboneSpec:
     #: per block, the channels of the adapter's input (x', or the MLP's input) and of the MLP branch m
     widths: tuple[int, ...] = ()
     branch_widths: tuple[int, ...] = ()
+    #: per block, what the MLP branch reads: ``residual`` (x', a pre-norm block: y = x' + m) or ``mlp_input``
+    adapter_inputs: tuple[str, ...] = ()
+    #: ``(block index, site name) -> the frozen module`` for methods that read a frozen layer's weights (DoRA);
+    #: a reference to the backbone's own module, never copied into a task
+    site_modules: Callable[[int, str], nn.Module] | None = field(default=None, compare=False, repr=False)
+
+    def adapter_input(self, index: int) -> str:
+        return self.adapter_inputs[index] if self.adapter_inputs else "residual"
+
+    def site_module(self, index: int, name: str) -> nn.Module:
+        if self.site_modules is None:
+            raise AdaptFormerError(f"block {index}'s {name}: this backbone description holds no modules")
+        return self.site_modules(index, name)
 
     def width(self, index: int) -> int:
         """Channels of block ``index``'s adapter input (what an adapter or a prompt there is sized to)."""
@@ -172,6 +216,10 @@ class PackedHead:
 class Task(TaskHead):
     """One task: the head (inherited), the method's modules (subclasses), the config and the class names."""
 
+    #: why the task cannot be folded into the backbone's weights (``adaptformer merge``), or None where it can
+    #: (``merge_into``); every method that adds a nonlinear module or tokens says why in its own words
+    merge_refusal: ClassVar[str | None] = "it adds modules to the blocks that the backbone has no weights for"
+
     def __init__(self, config: MethodConfig, classes: list[str], backbone: BackboneSpec):
         super().__init__(backbone.dim, len(classes), backbone.fc_norm, batchnorm=config.head_batchnorm)
         self.config = config
@@ -246,7 +294,15 @@ class Task(TaskHead):
             linear.bias,
         )
 
+    def merge_into(self, index: int, modules: dict[str, nn.Module]) -> None:
+        """Fold this task's change of block ``index`` into the backbone's own modules there (``modules``: site
+        name -> module, changed in place; the caller works on a copy of the backbone)."""
+        if self.merge_refusal is not None:
+            raise AdaptFormerError(f"method {self.config.name} cannot be merged: {self.merge_refusal}")
+
     def parameter_groups(self) -> dict[str, int]:
-        """Trainable parameter counts by kind (what ``parameter_report`` shows)."""
+        """Trainable parameter counts by kind (what ``parameter_report`` shows): the head, its fc_norm, and the
+        method's own tensors (``adapters``; a method may name its kind otherwise, as VPT's ``prompts``)."""
         count = lambda module: sum(p.numel() for p in module.parameters()) if module is not None else 0  # noqa: E731
-        return {"head": count(self.head), "norms": count(self.fc_norm)}
+        head, norms = count(self.head), count(self.fc_norm)
+        return {"head": head, "norms": norms, "adapters": count(self) - head - norms}

@@ -12,27 +12,29 @@ ssf            a scale and shift after each operation      scales, shifts + head
 full           nothing                                     everything
 =============  ==========================================  ==============================
 
-``register_method`` adds one (a new package under ``methods/``). The flat option namespace used by YAML files
-and command-line flags is the union of every method's config fields (:func:`method_option_fields`); a name
-two methods share (``layers``, ``head_batchnorm``) must mean the same there.
+``register_method(Config, Task)`` adds one: a package under ``methods/`` listed in ``BUILTIN_MODULES``, or any
+importable package of the user's, named in the environment variable ``ADAPTFORMER_PLUGINS`` (comma-separated
+modules) or declared as an entry point in the group ``adaptformer.methods``; plugins are imported the first time
+the registry is asked for its methods. Nothing outside a method's package knows it by name: everything the
+rest of the code asks (its label, its options, whether it shares the backbone or keeps cached features, its tune
+axes and learning rates, its benchmark options, whether it merges) is on its config and task classes.
+
+The flat option namespace used by YAML files and command-line flags is the union of every method's config fields
+(:func:`method_option_fields`); a name two methods share (``layers``, ``head_batchnorm``) must mean the same there.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import os
 import typing
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Any
 
 from ..errors import AdaptFormerError
-from .adaptformer import AdaptFormerConfig, AdaptFormerTask
 from .base import MethodConfig, Task
-from .bitfit import BitFitConfig, BitFitTask
-from .full import FullConfig, FullTask
-from .linear import LinearConfig, LinearTask
-from .lora import LoRAConfig, LoRATask
-from .ssf import SSFConfig, SSFTask
-from .vpt import VPTConfig, VPTTask
 
 
 @dataclass(frozen=True)
@@ -46,32 +48,87 @@ class Method:
         return (self.config.__doc__ or "").strip().splitlines()[0]
 
 
+#: every registered method by name; read it through :func:`registered_methods` (which imports plugins first)
 METHODS: dict[str, Method] = {}
+#: the packages that register the methods this project ships (imported on first use, as datasets are)
+BUILTIN_MODULES = (
+    "adaptformer.methods.adaptformer",
+    "adaptformer.methods.linear",
+    "adaptformer.methods.vpt",
+    "adaptformer.methods.lora",
+    "adaptformer.methods.bitfit",
+    "adaptformer.methods.ssf",
+    "adaptformer.methods.lntune",
+    "adaptformer.methods.dora",
+    "adaptformer.methods.repadapter",
+    "adaptformer.methods.fact",
+    "adaptformer.methods.houlsby",
+    "adaptformer.methods.pfeiffer",
+    "adaptformer.methods.adapterplus",
+    "adaptformer.methods.full",
+)
+PLUGINS_VARIABLE = "ADAPTFORMER_PLUGINS"
+ENTRY_POINT_GROUP = "adaptformer.methods"
+_plugins_loaded = False
 
 
 def register_method(config: type[MethodConfig], task: type[Task]) -> Method:
-    if not config.name:
-        raise ValueError(f"{config.__name__} must set the class variable `name`")
+    """Make a method known by ``config.name`` everywhere (train, tune, benchmark, task files, the server)."""
+    if not config.name or not config.name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"{config.__name__} must set the class variable `name` (letters, digits, - and _)")
+    if not (isinstance(task, type) and issubclass(task, Task)):
+        raise ValueError(f"{config.name}: the task class must subclass adaptformer.methods.Task")
     METHODS[config.name] = method = Method(config.name, config, task)
     return method
 
 
-for _config, _task in (
-    (AdaptFormerConfig, AdaptFormerTask),
-    (LinearConfig, LinearTask),
-    (VPTConfig, VPTTask),
-    (LoRAConfig, LoRATask),
-    (BitFitConfig, BitFitTask),
-    (SSFConfig, SSFTask),
-    (FullConfig, FullTask),
-):
-    register_method(_config, _task)
+def registered_methods() -> dict[str, Method]:
+    """Every method, the plugins' included (imported once, on first use): the built-in ones in the order of
+    ``BUILTIN_MODULES`` (the methods table's), then the others in the order they registered."""
+    load_plugins()
+    rank = {module: i for i, module in enumerate(BUILTIN_MODULES)}
+    home = {name: ".".join(m.config.__module__.split(".")[:3]) for name, m in METHODS.items()}  # its package
+    order = sorted(METHODS, key=lambda name: rank.get(home[name], len(rank)))
+    return {name: METHODS[name] for name in order}
+
+
+def method_names() -> list[str]:
+    return list(registered_methods())
+
+
+def load_plugins() -> None:
+    """Import the built-in method packages, then the modules named in ``ADAPTFORMER_PLUGINS`` and the
+    ``adaptformer.methods`` entry points (importing them registers their methods). A module that cannot be
+    imported is one line naming it and where it was named."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    names = [n.strip() for n in os.environ.get(PLUGINS_VARIABLE, "").split(",") if n.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # noqa: BLE001 - any failure of a user's module is reported the same way
+            raise AdaptFormerError(
+                f"{PLUGINS_VARIABLE}: cannot import {name!r} ({type(error).__name__}: {error})"
+            ) from None
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()
+        except Exception as error:  # noqa: BLE001
+            raise AdaptFormerError(
+                f"entry point {entry.name} ({entry.value}) in {ENTRY_POINT_GROUP}: cannot load it "
+                f"({type(error).__name__}: {error})"
+            ) from None
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise AdaptFormerError(f"method: expected one of {', '.join(METHODS)}, got {name!r}")
-    return METHODS[name]
+    methods = registered_methods()
+    if name not in methods:
+        raise AdaptFormerError(f"method: expected one of {', '.join(methods)}, got {name!r}")
+    return methods[name]
 
 
 def option_names(method: str) -> list[str]:
@@ -83,7 +140,7 @@ def make_method_config(method: str = "adaptformer", **options: Any) -> MethodCon
     known = option_names(method)
     unknown = sorted(set(options) - set(known))
     if unknown:
-        owners = {name: [m for m in METHODS if name in option_names(m)] for name in unknown}
+        owners = {name: methods_with_option(name) for name in unknown}
         detail = "; ".join(
             f"{name} is an option of {', '.join(owners[name])}" if owners[name] else f"{name} is no method's option"
             for name in unknown
@@ -106,7 +163,7 @@ def method_config_from_dict(data: dict[str, Any]) -> MethodConfig:
 def method_option_fields() -> dict[str, tuple[dataclasses.Field, Any]]:
     """Every method option by name -> (field, resolved type), checking shared names agree."""
     merged: dict[str, tuple[dataclasses.Field, Any]] = {}
-    for method in METHODS.values():
+    for method in registered_methods().values():
         hints = typing.get_type_hints(method.config)
         for f in dataclasses.fields(method.config):
             if f.name in merged and merged[f.name][1] != hints[f.name]:
@@ -116,4 +173,9 @@ def method_option_fields() -> dict[str, tuple[dataclasses.Field, Any]]:
 
 
 def methods_with_option(name: str) -> list[str]:
-    return [m for m in METHODS if name in option_names(m)]
+    return [m for m in registered_methods() if name in option_names(m)]
+
+
+def benchmark_default_methods() -> list[str]:
+    """What ``benchmark`` runs without ``--methods``."""
+    return [name for name, method in registered_methods().items() if method.config.benchmark_default]

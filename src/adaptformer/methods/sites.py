@@ -8,6 +8,7 @@ without a module pass their output unchanged.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .base import Task
 
@@ -16,6 +17,13 @@ ALL_ROLES = ("attention_input", "attention_output", "mlp", "norm")
 
 
 class SiteTask(Task):
+    #: each module folds itself into the operation it follows (``fold``); a method whose modules cannot says so
+    merge_refusal = None
+
+    def merge_into(self, index: int, modules: dict[str, nn.Module]) -> None:
+        for site, module in self.blocks[str(index)].items() if str(index) in self.blocks else ():
+            module.fold(modules[site])
+
     def modulates(self, index: int, site: str) -> bool:
         key = str(index)
         return key in self.blocks and site in self.blocks[key]
@@ -24,6 +32,3 @@ class SiteTask(Task):
         if not self.modulates(index, site):
             return out
         return self.blocks[str(index)][site](x, out)
-
-    def parameter_groups(self) -> dict[str, int]:
-        return {**super().parameter_groups(), "adapters": sum(p.numel() for p in self.blocks.parameters())}

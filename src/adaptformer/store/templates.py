@@ -21,8 +21,8 @@ from torch import nn
 
 from ..adapted.model import AdaptedModel, check_task_tensors
 from ..methods.base import Task
-from ..methods.registry import method_config_from_dict
 from ..tasks.files import all_placed, prepared_task
+from ..tasks.format import method_config_of
 
 _CONTAINERS = (dict, OrderedDict, set, list)
 
@@ -37,7 +37,7 @@ class TaskTemplates:
 
     def task(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | Path) -> Task:
         """The task a file describes, holding ``tensors`` (placed as ``tasks.files.placed`` says); one-line errors."""
-        config = method_config_from_dict(meta["method"])
+        config = method_config_of(meta, path)
         classes, objective = list(meta["classes"]), meta.get("objective") or "classification"
         plan, expected = self._template(config, classes, objective)
         if plan is None:  # a kind whose state dict renames its modules' tensors: built and loaded as usual

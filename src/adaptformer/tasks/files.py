@@ -22,10 +22,9 @@ from ..backbones.timm import create_backbone
 from ..data.transforms import InputSpec
 from ..errors import AdaptFormerError
 from ..methods.base import Task
-from ..methods.registry import method_config_from_dict
 from ..objectives import get_objective
 from ..version import __version__
-from .format import FORMAT, FORMAT_VERSION, read_task_file, write_task
+from .format import FORMAT, FORMAT_VERSION, method_config_of, read_task_file, write_task
 
 
 def task_metadata(
@@ -114,7 +113,7 @@ def apply_task_tensors(
     blocks (adapters, prompts, LoRA updates) in ``block_dtype`` where given (a task store serving in bf16 keeps its
     resident tasks at half the memory). ``activate=False`` leaves the active task as it was (a task store, whose
     batches name their tasks, loads without switching)."""
-    config = method_config_from_dict(meta["method"])
+    config = method_config_of(meta, path)
     if not isinstance(model, AdaptedModel):
         backbone = as_backbone(model)
         anatomy = family_of(backbone).anatomy(backbone)
@@ -129,8 +128,8 @@ def apply_task_tensors(
         existing = model.tasks[name].config
         if existing != config:
             raise AdaptFormerError(
-                f"task file {path}: trained with method {config.name} ({_describe(config)}), but the model's task "
-                f"{name!r} is {existing.name} ({_describe(existing)})"
+                f"task file {path}: trained with method {config.name} ({config.describe()}), but the model's task "
+                f"{name!r} is {existing.name} ({existing.describe()})"
             )
         if model.tasks[name].num_classes != meta["num_classes"]:
             raise AdaptFormerError(
@@ -169,9 +168,9 @@ def prepared_task(
     """A task of a file that shares ``model``'s backbone, built empty (no initialisation drawn) and holding the
     file's tensors themselves (placed as ``placed`` says), checked strictly, not yet added to the model
     (``model.insert_task``). Nothing of the model changes: a task store prepares tasks on its I/O thread."""
-    config = method_config_from_dict(meta["method"])
+    config = method_config_of(meta, path)
     if not config.shares_backbone:
-        raise AdaptFormerError(f"task file {path}: full fine-tuning trains the backbone; it cannot share one")
+        raise AdaptFormerError(f"task file {path}: {config.title()} trains the backbone; its task cannot share one")
     objective = meta.get("objective") or "classification"
     task = model.build_task(config, meta["classes"], objective=objective, empty=True)
     tensors = all_placed(tensors, next(model.backbone.parameters()), block_dtype)
@@ -264,7 +263,7 @@ def check_fits(
     checking many files passes the ``fingerprint`` it took once instead of having it looked up per file)."""
     _check_architecture(model.backbone, model.anatomy, meta, path)
     expected = meta["backbone"]["fingerprint"]
-    shares = method_config_from_dict(meta["method"]).shares_backbone
+    shares = method_config_of(meta, path).shares_backbone
     if not check_backbone or expected is None or not shares:
         return
     if model.backbone_trains or (fingerprint or model.backbone_fingerprint()) == expected:
@@ -278,12 +277,6 @@ def check_fits(
         f"task file {path}: trained on other backbone weights ({weights}, fingerprint {expected}); load it "
         "onto those (--checkpoint) or pass check_backbone=False / --no-check-backbone"
     )
-
-
-def _describe(config) -> str:
-    data = config.to_dict()
-    keys = [k for k in ("bottleneck", "placement", "layers", "vpt_tokens", "vpt_mode") if k in data]
-    return ", ".join(f"{k}={data[k]}" for k in keys) or "no options"
 
 
 def _check_architecture(backbone: nn.Module, anatomy: Anatomy, meta: dict[str, Any], path: str | Path) -> None:

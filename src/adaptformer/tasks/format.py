@@ -31,6 +31,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -39,6 +40,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import AdaptFormerError
+from ..methods.base import MethodConfig
 from ..methods.registry import get_method, method_config_from_dict, option_names
 from ..objectives import get_objective
 from ..utils.atomic import atomic_write, atomic_write_json
@@ -314,10 +316,22 @@ def check_description(meta: dict[str, Any], path: Path) -> None:
     for section in ("method", "backbone"):
         if not isinstance(meta.get(section), dict):
             raise AdaptFormerError(f"task file {path}: {section}: expected a mapping")
+    method_config_of(meta, path)
+
+
+def method_config_of(meta: dict[str, Any], path: str | Path) -> MethodConfig:
+    """The typed method config of a checked description. Parsed once per distinct ``method`` section and shared
+    (frozen): listing, checking, loading and preprocessing ask again for free, and ten thousand files trained
+    with the same options hold one config."""
     try:
-        method_config_from_dict(meta["method"])
+        return _config_from_json(json.dumps(meta["method"], sort_keys=True))
     except AdaptFormerError as error:
         raise AdaptFormerError(f"task file {path}: method: {error}") from None
+
+
+@lru_cache(maxsize=4096)
+def _config_from_json(text: str) -> MethodConfig:
+    return method_config_from_dict(json.loads(text))
 
 
 def upgrade_v1(meta: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -25,7 +25,13 @@ from ..data.registry import BENCHMARK_SPLITS, DATASETS, dataset_names
 from ..data.transforms import RESIZE_MODES, TRAIN_CROPS
 from ..errors import AdaptFormerError
 from ..methods.base import MethodConfig
-from ..methods.registry import make_method_config, method_option_fields, methods_with_option, option_names
+from ..methods.registry import (
+    make_method_config,
+    method_option_fields,
+    methods_with_option,
+    option_names,
+    registered_methods,
+)
 from ..runtime.device import parse_device
 from ..runtime.precision import PRECISIONS
 from ..utils.options import check_choice, check_int, check_number, option
@@ -64,7 +70,7 @@ class TrainConfig:
     img_size: int | None = option(None, "run the backbone at this input size (position embeddings are resampled)")
     model_kwargs: dict | None = option(None, 'extra timm.create_model keywords as JSON, e.g. {"drop_path_rate": 0.1}')
     # method: the name here, its typed config in method_config (flat keys in files and flags)
-    method: str = option("adaptformer", "adaptformer | linear | vpt | lora | bitfit | ssf | full")
+    method: str = option("adaptformer", "a registered method (`adaptformer methods` lists them)")
     method_config: MethodConfig | None = option(None, "the method's typed config (its options: flat keys / flags)")
     task_name: str | None = option(None, "name of the task in its task files (default: the dataset name)")
     # optimisation: SGD momentum 0.9, wd 0, lr = blr * effective_batch / 256, warm-up + half-cycle cosine
@@ -187,8 +193,11 @@ class TrainConfig:
             raise AdaptFormerError(f"--model-kwargs: expected a mapping of timm keywords, got {self.model_kwargs!r}")
         if self.resume and self.overwrite:
             raise AdaptFormerError("--resume and --overwrite exclude each other")
-        if self.cache_features and self.method != "linear":
-            raise AdaptFormerError("--cache-features: only the linear probe leaves the backbone features unchanged")
+        if self.cache_features and not self.method_config.caches_features:
+            keeps = ", ".join(n for n, m in registered_methods().items() if m.config.caches_features)
+            raise AdaptFormerError(
+                f"--cache-features: {self.method} changes the backbone's features; only {keeps} leaves them unchanged"
+            )
         check_int("--feature-views", self.feature_views, 1)
         if self.test_crops not in (1, 3):
             raise AdaptFormerError(f"--test-crops: expected 1 or 3, got {self.test_crops!r}")

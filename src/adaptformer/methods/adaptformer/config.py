@@ -21,6 +21,10 @@ class AdaptFormerConfig(MethodConfig):
     """An AdaptMLP bottleneck beside the frozen MLP of the chosen blocks; trains adapters + head."""
 
     name: ClassVar[str] = "adaptformer"
+    label: ClassVar[str] = "AdaptFormer"
+    reference: ClassVar[str] = "Chen et al., NeurIPS 2022 (arXiv 2205.13535); github.com/ShoufaChen/AdaptFormer"
+    tune_axes: ClassVar[tuple] = (("scale", (0.05, 0.1, 0.2)), ("bottleneck", (16, 64)))
+    benchmark_default: ClassVar[bool] = True
 
     bottleneck: int = option(64, "width r of the AdaptMLP: Down d->r, Up r->d")
     scale: float | str = option(0.1, "s in a = s*Up(ReLU(Down(x))): a number, or 'learnable' (a scalar starting at 1)")

@@ -17,6 +17,7 @@ from .layer import AdaptMLP
 
 class AdaptFormerTask(Task):
     config: AdaptFormerConfig
+    merge_refusal = "its AdaptMLP is a nonlinear bottleneck (ReLU) beside the MLP: it cannot fold into linear weights"
 
     def __init__(self, config: AdaptFormerConfig, classes: list[str], backbone: BackboneSpec):
         super().__init__(config, classes, backbone)
@@ -47,6 +48,3 @@ class AdaptFormerTask(Task):
         if key not in self.blocks:
             return None
         return self.blocks[key]["adaptmlp"].packed("residual" if self.parallel else "branch")
-
-    def parameter_groups(self) -> dict[str, int]:
-        return {**super().parameter_groups(), "adapters": sum(p.numel() for p in self.blocks.parameters())}

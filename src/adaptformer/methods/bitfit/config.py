@@ -13,3 +13,5 @@ class BitFitConfig(MethodConfig):
     """The frozen blocks' biases (BitFit); trains bias offsets + head."""
 
     name: ClassVar[str] = "bitfit"
+    label: ClassVar[str] = "BitFit"
+    reference: ClassVar[str] = "Ben Zaken et al., ACL 2022 (arXiv 2106.10199)"

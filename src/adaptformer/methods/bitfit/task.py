@@ -28,6 +28,9 @@ class BiasOffset(nn.Module):
     def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return out + self.bias
 
+    def fold(self, module: nn.Module) -> None:
+        module.bias.add_(self.bias.to(module.bias.dtype))
+
 
 class BitFitTask(SiteTask):
     config: BitFitConfig

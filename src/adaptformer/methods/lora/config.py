@@ -21,6 +21,9 @@ class LoRAConfig(MethodConfig):
     """Low-rank updates s·B·A beside frozen linear layers (LoRA); trains A, B + head."""
 
     name: ClassVar[str] = "lora"
+    label: ClassVar[str] = "LoRA"
+    reference: ClassVar[str] = "Hu et al., ICLR 2022 (arXiv 2106.09685); github.com/huggingface/peft"
+    benchmark_default: ClassVar[bool] = True
 
     lora_rank: int = option(8, "rank r of each update: A in->r, B r->out")
     lora_alpha: float = option(8.0, "the update is scaled by lora_alpha / lora_rank (PEFT's lora_alpha)")

@@ -33,6 +33,10 @@ class LoRAUpdate(nn.Module):
     def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return out + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
 
+    def fold(self, linear: nn.Linear) -> None:
+        update = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
+        linear.weight.add_(update.to(linear.weight.dtype))
+
 
 class LoRATask(SiteTask):
     config: LoRAConfig

@@ -16,6 +16,8 @@ class SSFConfig(MethodConfig):
     """A per-channel scale and shift after each operation of the blocks (SSF); trains them + head."""
 
     name: ClassVar[str] = "ssf"
+    label: ClassVar[str] = "SSF"
+    reference: ClassVar[str] = "Lian et al., NeurIPS 2022 (arXiv 2210.08823); github.com/dongzelian/SSF"
 
     ssf_init: Literal["normal", "identity"] = option(
         "normal", "normal: scale ~ N(1, 0.02), shift ~ N(0, 0.02) (the SSF code); identity: 1 and 0"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...errors import AdaptFormerError
 from ..base import BackboneSpec
 from ..sites import ALL_ROLES, SiteTask
 from .config import SSFConfig
@@ -30,6 +31,16 @@ class ScaleShift(nn.Module):
 
     def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return out * self.ssf_scale + self.ssf_shift
+
+    def fold(self, module: nn.Module) -> None:
+        """``γ ⊙ (W x + b) + β``: the weight's rows (a norm's scale) times γ, the bias γ ⊙ b + β."""
+        weight, bias = module.weight, getattr(module, "bias", None)
+        scale, shift = self.ssf_scale.float(), self.ssf_shift.float()
+        if not isinstance(bias, torch.Tensor):  # adding one would change the architecture the weights load into
+            raise AdaptFormerError(f"ssf: a {type(module).__name__} without a bias cannot take the shift")
+        factor = scale[:, None] if weight.ndim == 2 else scale
+        weight.copy_((weight.float() * factor).to(weight.dtype))
+        bias.copy_((bias.float() * scale + shift).to(bias.dtype))
 
 
 class SSFTask(SiteTask):

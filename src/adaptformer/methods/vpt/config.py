@@ -17,6 +17,10 @@ class VPTConfig(MethodConfig):
     """Learnable prompt tokens prepended to the token sequence; trains prompts + head."""
 
     name: ClassVar[str] = "vpt"
+    label: ClassVar[str] = "VPT"
+    reference: ClassVar[str] = "Jia et al., ECCV 2022 (arXiv 2203.12119); github.com/KMnP/vpt"
+    tune_axes: ClassVar[tuple] = (("vpt_tokens", (1, 8)),)
+    benchmark_default: ClassVar[bool] = True
 
     vpt_tokens: int = option(1, "prompt tokens per prompted block")
     vpt_mode: Literal["deep", "shallow", "kv"] = option(
@@ -25,6 +29,9 @@ class VPTConfig(MethodConfig):
         "kv: learned keys and values added to each chosen block's attention (prefix-style, never queries)",
     )
     layers: LayerSpec = option("all", "blocks that get an adapter or prompt: all, top:K, bottom:K or 0,3,5")
+
+    def title(self) -> str:
+        return f"VPT-{self.vpt_mode}"
 
     def validate(self) -> None:
         super().validate()

@@ -43,6 +43,7 @@ def _alternatives(backbone: BackboneSpec) -> str:
 
 class VPTTask(Task):
     config: VPTConfig
+    merge_refusal = "its prompts are extra tokens (or keys and values) in the sequence, not a change of any weight"
 
     def __init__(self, config: VPTConfig, classes: list[str], backbone: BackboneSpec):
         super().__init__(config, classes, backbone)
@@ -99,5 +100,6 @@ class VPTTask(Task):
         return self.key_prompts[position], self.value_prompts[position]
 
     def parameter_groups(self) -> dict[str, int]:
-        prompts = [self.key_prompts, self.value_prompts] if self.config.vpt_mode == "kv" else [self.embeddings]
-        return {**super().parameter_groups(), "prompts": sum(p.numel() for group in prompts for p in group)}
+        groups = super().parameter_groups()
+        groups["prompts"] = groups.pop("adapters")  # everything a VPT task has beyond its head is prompts
+        return groups
