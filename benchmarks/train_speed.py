@@ -206,7 +206,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit_base_patch16_224")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--methods", default="adaptformer,lora,bitfit,ssf,linear,vpt,full")
+    parser.add_argument("--methods", default="all", help="comma-separated, or all (every registered method)")
     parser.add_argument("--precisions", default="auto,fp32", help="comma-separated: auto, fp32, bf16, fp16")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
@@ -229,6 +229,10 @@ def main() -> int:
     )
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
+    if args.methods == "all":
+        from adaptformer.methods.registry import method_names
+
+        args.methods = ",".join(method_names())
 
     plan = []
     for precision in args.precisions.split(","):

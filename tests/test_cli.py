@@ -77,7 +77,7 @@ def test_predict_files_and_folders_with_an_unreadable_image(trained_task, tmp_pa
         (["eval", "--task", "missing.safetensors", "--dataset", "digits"], "missing.safetensors: no such file"),
         (["train", "--dataset", "nope", "--model", "vit_tiny_patch16_224", "--no-pretrained"], "--dataset"),
         (["train", "--config", "image/imagenet_magic"], "no such file or packaged config"),
-        (["train", "--method", "dora"], "method: expected one of"),
+        (["train", "--method", "nosuchmethod"], "method: expected one of"),
         (
             [
                 "train",

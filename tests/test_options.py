@@ -9,7 +9,7 @@ import pytest
 from adaptformer import AdaptFormerError
 from adaptformer.cli import build_parser
 from adaptformer.cli.options import add_dataclass_options, given
-from adaptformer.methods.registry import METHODS, method_option_fields
+from adaptformer.methods.registry import method_option_fields, registered_methods
 from adaptformer.train.config import TrainConfig, load_config_file, split_flat
 from adaptformer.utils.options import option
 
@@ -62,7 +62,10 @@ def test_train_and_params_expose_every_method_and_training_option():
     assert {f for f in TrainConfig.__dataclass_fields__ if f != "method_config"} <= actions["train"]
     # no method option shadows a training option
     assert not method_options & set(TrainConfig.__dataclass_fields__)
-    assert set(METHODS) == {"adaptformer", "linear", "vpt", "lora", "bitfit", "ssf", "full"}
+    assert set(registered_methods()) == {
+        *("adaptformer", "linear", "vpt", "lora", "bitfit", "ssf", "full"),  # the paper's and the usual baselines
+        *("lntune", "dora", "repadapter", "fact-tt", "fact-tk", "houlsby", "pfeiffer", "adapterplus", "convpass"),
+    }
 
 
 def test_flat_keys_are_sorted_and_strangers_named(tmp_path):

@@ -108,7 +108,7 @@ def test_packaged_ablation_sweeps_are_valid():
         "scale": 7,
         "vpt_tokens": 6,
         "vpt_modes": 6,
-        "methods": 7,
+        "methods": 16,
         "frames": 3,
     }
 

@@ -20,7 +20,7 @@ BAD_VALUES = {
     "bottleneck": (-3, "bottleneck: expected an integer >= 1"),
     "scale": ("huge", "scale"),
     "validation_split": (2, "--validation-split"),
-    "epochz": (3, "unknown option(s) epochz (valid: augment, batch_size"),
+    "epochz": (3, "unknown option(s) epochz (valid: adapter_bottleneck, adapter_drop_path, adapter_dropout, augment"),
 }
 
 

@@ -144,8 +144,8 @@ def test_unsupported_models_fail_with_one_line_errors():
     model = adaptformer.adapt(tiny_vit())
     with pytest.raises(AdaptFormerError, match="already adapted"):
         adaptformer.adapt(model)
-    with pytest.raises(AdaptFormerError, match="method"):
-        adaptformer.adapt(tiny_vit(), "dora")
+    with pytest.raises(AdaptFormerError, match="method: expected one of adaptformer, "):
+        adaptformer.adapt(tiny_vit(), "nosuchmethod")
 
 
 def test_a_post_norm_block_takes_the_adapter_on_the_residual_that_enters_its_mlp():

@@ -15,10 +15,10 @@ from adaptformer import AdaptFormerError
 from adaptformer.tasks.merge import merged_state_dict
 from conftest import tiny_hf_vit, tiny_vit
 
-NEW = ["adapterplus", "houlsby", "pfeiffer", "lntune", "dora", "repadapter", "fact-tt", "fact-tk"]
-EXACT_START = ["lntune", "dora", "repadapter", "fact-tt", "fact-tk"]  # zero-initialised: the pretrained model
+NEW = ["adapterplus", "houlsby", "pfeiffer", "lntune", "dora", "repadapter", "fact-tt", "fact-tk", "convpass"]
+EXACT_START = ["lntune", "dora", "repadapter", "fact-tt", "fact-tk", "convpass"]  # zero-initialised: pretrained
 MERGEABLE = ["lora", "dora", "repadapter", "fact-tt", "fact-tk", "bitfit", "ssf", "lntune", "linear"]
-NOT_MERGEABLE = ["adaptformer", "vpt", "houlsby", "pfeiffer", "adapterplus", "full"]
+NOT_MERGEABLE = ["adaptformer", "vpt", "houlsby", "pfeiffer", "adapterplus", "convpass", "full"]
 OPTIONS = {"dora": {"lora_targets": ("qkv", "proj", "mlp")}, "fact-tk": {"fact_rank": 4}}
 
 
@@ -222,6 +222,42 @@ def test_fact_equals_the_official_forward(method, images):
     assert model.parameter_report().adapters == count
 
 
+def official_convpass(bypass, x, grid=4):
+    """``convpass/vtab/convpass.py``, ``Convpass.forward``: the class token and the patch grid convolved apart."""
+    quick_gelu = lambda t: t * torch.sigmoid(1.702 * t)  # noqa: E731
+    batch, _, _ = x.shape
+    down = quick_gelu(bypass.down(x))
+    rank = down.shape[-1]
+    patch = bypass.conv(down[:, 1:].reshape(batch, grid, grid, rank).permute(0, 3, 1, 2))
+    patch = patch.permute(0, 2, 3, 1).reshape(batch, grid * grid, rank)
+    cls = (
+        bypass.conv(down[:, :1].reshape(batch, 1, 1, rank).permute(0, 3, 1, 2))
+        .permute(0, 2, 3, 1)
+        .reshape(batch, 1, rank)
+    )
+    return bypass.up(quick_gelu(torch.cat([cls, patch], dim=1)))
+
+
+def test_convpass_equals_the_official_forward_block(images):
+    backbone = tiny_vit()
+    model = adapted("convpass", copy.deepcopy(backbone), convpass_bottleneck=4, convpass_scale=0.5)
+    randomize(model.task.blocks, std=0.2)
+    blocks = model.task.blocks
+
+    def forward(index, block, x):  # forward_block
+        h = block.norm1(x)
+        x = x + block.attn(h) + official_convpass(blocks[str(index)]["attention"], h) * 0.5
+        h = block.norm2(x)
+        return x + block.mlp(h) + official_convpass(blocks[str(index)]["mlp"], h) * 0.5
+
+    with torch.no_grad():
+        expected = reference_tokens(backbone, images, forward)
+    assert not torch.allclose(expected, tokens(backbone, images), atol=1e-3)
+    assert torch.allclose(tokens(model, images), expected, atol=1e-5)
+    conv = adapted("convpass").task.blocks["0"]["mlp"].conv.weight  # the official start: identity on the centre
+    assert torch.equal(conv[:, :, 1, 1], torch.eye(8)) and conv[:, :, 0].abs().sum() == 0
+
+
 # ---- what every method promises --------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", EXACT_START)
 def test_a_new_task_starts_at_the_pretrained_model(method, images):
@@ -323,6 +359,7 @@ def test_vit_b16_parameter_counts():
         "repadapter": depth * 2 * (d * r + r + d * r // 2 + d),
         "fact-tt": 2 * d * r + depth * 12 * r * r,
         "dora": depth * (r * d + 3 * d * r + 3 * d),  # A, B on qkv + a magnitude per output
+        "convpass": depth * 2 * (d * r + r + r * r * 9 + r + r * d + d),  # 0.33 M, the Convpass paper's figure
     }
     model = adaptformer.adapt(backbone, "linear", num_classes=100)
     for method, count in expected.items():

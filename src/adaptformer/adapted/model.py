@@ -557,7 +557,21 @@ def describe_backbone(backbone: nn.Module, family: Family, anatomy: Anatomy, fc_
         branch_widths=anatomy.branch_widths(),
         adapter_inputs=tuple(part.adapter_input for part in anatomy.parts),
         site_modules=lambda index, name: anatomy.parts[index].sites[name],
+        prefix_tokens=_int_or_none(getattr(backbone, "num_prefix_tokens", None)),
+        grid=_grid_of(backbone),
     )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _grid_of(backbone: nn.Module) -> tuple[int, ...] | None:
+    """The patch grid timm's (and the video) patch embeddings declare, as a tuple of ints; None elsewhere."""
+    grid = getattr(getattr(backbone, "patch_embed", None), "grid_size", None)
+    if isinstance(grid, (tuple, list)) and grid and all(isinstance(g, int) and g > 0 for g in grid):
+        return tuple(grid)
+    return None
 
 
 def embed_dim_of(backbone: nn.Module, anatomy: Anatomy) -> int:

@@ -4,6 +4,7 @@ from .adapterplus import AdapterPlusConfig
 from .adaptformer import AdaptFormerConfig, AdaptMLP
 from .base import BackboneSpec, MethodConfig, Task
 from .bitfit import BitFitConfig
+from .convpass import ConvpassConfig
 from .dora import DoRAConfig
 from .fact import FacTTKConfig, FacTTTConfig
 from .full import FullConfig
@@ -33,6 +34,7 @@ __all__ = [
     "AdapterPlusConfig",
     "BackboneSpec",
     "BitFitConfig",
+    "ConvpassConfig",
     "DoRAConfig",
     "FacTTKConfig",
     "FacTTTConfig",

@@ -123,6 +123,10 @@ class BackboneSpec:
     #: ``(block index, site name) -> the frozen module`` for methods that read a frozen layer's weights (DoRA);
     #: a reference to the backbone's own module, never copied into a task
     site_modules: Callable[[int, str], nn.Module] | None = field(default=None, compare=False, repr=False)
+    #: tokens before the patch grid (class, distillation, register tokens) and the patch grid at the backbone's
+    #: input size ((H, W), or (T, H, W) for video), where the backbone declares them; None where it does not
+    prefix_tokens: int | None = None
+    grid: tuple[int, ...] | None = None
 
     def adapter_input(self, index: int) -> str:
         return self.adapter_inputs[index] if self.adapter_inputs else "residual"

@@ -65,6 +65,7 @@ BUILTIN_MODULES = (
     "adaptformer.methods.houlsby",
     "adaptformer.methods.pfeiffer",
     "adaptformer.methods.adapterplus",
+    "adaptformer.methods.convpass",
     "adaptformer.methods.full",
 )
 PLUGINS_VARIABLE = "ADAPTFORMER_PLUGINS"
