@@ -16,6 +16,7 @@ trainable parameters (of the first task's run) and the summed wall time.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ class BenchmarkRun:
     values: dict[str, Any]  # flat training options
     pair: str  # the task and method's folder (``dtd/lora``): its search runs are under ``pair/tune``
     search: bool = False  # a learning-rate search run (tuning split), not a final run
+    config: TrainConfig | None = None  # the flat options typed and validated once (``benchmark_runs``)
 
 
 def tasks_of(suite: str, only: list[str] | None = None) -> list[str]:
@@ -107,8 +109,8 @@ def benchmark_runs(
 
 
 def _checked(run: BenchmarkRun) -> BenchmarkRun:
-    TrainConfig.from_flat(run.values, source=f"benchmark run {run.directory}")
-    return run
+    """The run with its typed config (every run is validated before any starts; it then trains with it)."""
+    return dataclasses.replace(run, config=TrainConfig.from_flat(run.values, source=f"benchmark run {run.directory}"))
 
 
 def check_data(data_root: str | Path, runs: list[BenchmarkRun]) -> None:
@@ -164,14 +166,14 @@ def run_benchmark(runs: list[BenchmarkRun], out: str | Path) -> list[dict]:
     out = Path(out)
     rows = []
     for run in runs:
-        values = dict(run.values)
+        config = run.config or _checked(run).config
         if not run.search and any(r.search and r.pair == run.pair for r in runs):
             lr = best_tuned_lr(out, run)
             if lr is None:
                 rows.append({"run": run.directory, "status": "failed", "error": "no finished search run to pick from"})
                 continue
-            values["lr"] = lr
-        rows.append(train_run(out / run.directory, values, run.directory))
+            config = dataclasses.replace(config, lr=lr)
+        rows.append(train_run(out / run.directory, config, run.directory))
     return rows
 
 

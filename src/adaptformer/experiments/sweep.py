@@ -19,6 +19,7 @@ split a sweep with no coordinator; each run may itself be under torchrun.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -36,8 +37,9 @@ SWEEP_KEYS = ("base", "grid", "points")
 @dataclass(frozen=True)
 class Run:
     name: str  # the directory name: the varied values
-    values: dict[str, Any]  # the flat training options of this run
+    values: dict[str, Any]  # the flat training options of this run (what the file said: for names and commands)
     varied: dict[str, Any]
+    config: TrainConfig  # the same, typed and validated once: what the run trains with
 
 
 def load_sweep(name: str, seeds: int = 1, overrides: dict[str, Any] | None = None) -> list[Run]:
@@ -68,9 +70,9 @@ def load_sweep(name: str, seeds: int = 1, overrides: dict[str, Any] | None = Non
                 if seeds > 1:
                     varied["seed"] = base.get("seed", 0) + seed
                 values = {**base, **varied}
-                # every run is checked before any starts
-                TrainConfig.from_flat(values, source=f"sweep {path}: run {_name(varied) or 'base'}")
-                runs.append(Run(_name(varied) or "base", values, varied))
+                # every run is checked before any starts, and keeps its typed config
+                config = TrainConfig.from_flat(values, source=f"sweep {path}: run {_name(varied) or 'base'}")
+                runs.append(Run(_name(varied) or "base", values, varied, config))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         repeated = sorted({n for n in names if names.count(n) > 1})
@@ -95,23 +97,25 @@ def run_sweep(
     """Run (or skip, or resume) every run of this shard; returns one status row per run."""
     out = Path(out)
     return [
-        train_run(out / run.name, run.values, run.name) for run in shard(load_sweep(name, seeds, overrides), shard_spec)
+        train_run(out / run.name, run.config, run.name) for run in shard(load_sweep(name, seeds, overrides), shard_spec)
     ]
 
 
-def train_run(run_dir: Path, values: dict[str, Any], name: str) -> dict[str, Any]:
-    """Train one run of flat options in ``run_dir``: skipped when finished, resumed when a checkpoint is there,
-    started again when it died before its first checkpoint. A failing run (a diverging loss, say) is returned as
-    a row, not raised, so the runs after it still run."""
+def train_run(run_dir: Path, config: TrainConfig | dict[str, Any], name: str) -> dict[str, Any]:
+    """Train one run in ``run_dir`` (a typed config, or flat options from a file or a search): skipped when
+    finished, resumed when a checkpoint is there, started again when it died before its first checkpoint. A
+    failing run (a diverging loss, say) is returned as a row, not raised, so the runs after it still run."""
     from ..train.loop import fit
 
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         return {"run": name, "status": "done already", **_score(json.loads(summary_path.read_text()))}
     resume = (run_dir / "checkpoint.pt").exists()
-    cfg = TrainConfig.from_flat(
-        {**values, "out": str(run_dir), "resume": resume, "overwrite": False}, source=f"run {name}"
-    )
+    where = {"out": str(run_dir), "resume": resume, "overwrite": False}
+    if isinstance(config, TrainConfig):
+        cfg = dataclasses.replace(config, **where).validate()
+    else:
+        cfg = TrainConfig.from_flat({**config, **where}, source=f"run {name}")
     if not resume and any(run_dir.iterdir() if run_dir.exists() else []):
         cfg.overwrite = True
     try:
