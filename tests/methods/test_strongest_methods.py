@@ -365,3 +365,41 @@ def test_vit_b16_parameter_counts():
     for method, count in expected.items():
         model.add_task(method, method, classes=100, activate=False)
         assert model.parameter_report(method).adapters == count, method
+
+
+def test_a_bf16_task_store_serves_every_method_and_its_norms(tmp_path):
+    """Tasks resident in bf16 under autocast: a LayerNorm the task owns (AdaptFormer's, Pfeiffer's) computes in
+    its input's precision (it failed with "mixed dtype" before), and every method answers as in fp32 within
+    bf16 rounding, alone and in one mixed batch."""
+    from adaptformer.bank import TaskBank
+
+    model = adapted("linear")
+    generator = torch.Generator().manual_seed(0)
+    kinds = {"adaptformer_in": ("adaptformer", {"layernorm": "in"}), **{m: (m, OPTIONS.get(m, {})) for m in NEW}}
+    for name, (method, options) in kinds.items():
+        task = model.add_task(name, method, classes=3, **options)
+        with torch.no_grad():
+            for param in task.parameters():
+                param.add_(torch.randn(param.shape, generator=generator) * 0.1)
+        adaptformer.save_task(model, tmp_path / f"{name}.safetensors", task=name)
+    x = torch.rand(2, 3, 32, 32, generator=generator)
+    answers = {}
+    for precision in ("fp32", "bf16"):
+        bank = TaskBank(adaptformer.AdaptedModel(tiny_vit()), torch.device("cpu"), precision, task_dir=tmp_path)
+        bank.refresh()
+        rows = bank.predict_images([_image(x[0])])
+        alone = {name: bank.predict_images([_image(x[0])], [name])[0] for name in kinds}
+        tolerance = 1e-5 if precision == "fp32" else 0.02  # bf16 kernels round by batch (README: batch dependence)
+        for row in rows:
+            expected = {p["label"]: p["prob"] for p in alone[row["task"]]["top_k"]}
+            assert all(abs(p["prob"] - expected[p["label"]]) <= tolerance for p in row["top_k"]), row["task"]
+        answers[precision] = {row["task"]: {p["label"]: p["prob"] for p in row["top_k"]} for row in rows}
+    for name in kinds:
+        for label, probability in answers["fp32"][name].items():
+            assert abs(answers["bf16"][name][label] - probability) < 0.05, name
+
+
+def _image(tensor):
+    from PIL import Image
+
+    return Image.fromarray((tensor.permute(1, 2, 0).numpy() * 255).astype("uint8"))

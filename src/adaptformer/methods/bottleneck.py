@@ -13,6 +13,8 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
+from .norms import TaskLayerNorm
+
 HOULSBY_STD = 0.01
 
 
@@ -29,7 +31,7 @@ class Bottleneck(nn.Module):
         drop_path: float = 0.0,
     ):
         super().__init__()
-        self.norm = nn.LayerNorm(width) if norm else None
+        self.norm = TaskLayerNorm(width) if norm else None
         self.down = nn.Linear(width, bottleneck)
         self.act = nn.GELU()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

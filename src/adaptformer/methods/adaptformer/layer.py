@@ -16,6 +16,7 @@ from torch import nn
 
 from ...errors import AdaptFormerError
 from ..base import PackedBranch
+from ..norms import TaskLayerNorm
 from .config import AdaptFormerConfig
 
 
@@ -29,7 +30,7 @@ class AdaptMLP(nn.Module):
         self.out_dim = out_dim = out_dim or dim  # wider or narrower only beside an MLP that changes the width
         if config.layernorm == "out" and out_dim != dim:
             raise AdaptFormerError(f"layernorm out: the adapter maps {dim} to {out_dim} channels; use none or in")
-        self.adapter_layer_norm_before = nn.LayerNorm(dim) if config.layernorm != "none" else None
+        self.adapter_layer_norm_before = TaskLayerNorm(dim) if config.layernorm != "none" else None
         self.scale = nn.Parameter(torch.ones(1)) if config.learnable_scale else float(config.scale)
         self.down_proj = nn.Linear(dim, config.bottleneck)
         self.non_linear_func = nn.ReLU()
