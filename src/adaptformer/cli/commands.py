@@ -601,6 +601,25 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     _add_set_option(
         parser, "replace a field of the sweep's base (repeatable; the value is YAML), e.g. --set dataset=lfw-faces"
     )
+    _add_ray_options(parser)
+
+
+def _add_ray_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Ray", "every run a Ray task (pip install adaptformer[ray]); see README")
+    group.add_argument("--ray", action="store_true", help="train the runs as Ray tasks, as many at once as fit")
+    group.add_argument("--ray-address", default=None, help="a running Ray cluster (default: start a local Ray)")
+    group.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs each run asks Ray for (%(default)s)")
+    group.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each run asks Ray for (%(default)s)")
+
+
+def _ray_options(args: argparse.Namespace):
+    from ..experiments.dispatch import RayOptions
+
+    if not args.ray:
+        if args.ray_address:
+            raise AdaptFormerError("--ray-address: needs --ray")
+        return None
+    return RayOptions(args.ray_address, args.cpus_per_run, args.gpus_per_run).check()
 
 
 def _add_set_option(parser: argparse.ArgumentParser, help: str) -> None:
@@ -627,7 +646,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         for run in shard(load_sweep(args.sweep, args.seeds, overrides), args.shard):
             print(f"{run.name}  {json.dumps(run.varied)}")
         return 0
-    rows = run_sweep(args.sweep, args.out, args.shard, args.seeds, overrides)
+    rows = run_sweep(args.sweep, args.out, args.shard, args.seeds, overrides, ray=_ray_options(args))
     for row in rows:
         print(json.dumps(row))
     failed = [row["run"] for row in rows if row["status"] == "failed"]
@@ -660,6 +679,7 @@ def _benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     _add_set_option(
         parser, "replace a training option of every run (repeatable; the value is YAML), e.g. --set epochs=50"
     )
+    _add_ray_options(parser)
 
 
 @command(
@@ -696,7 +716,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     failed = []
     if not args.report_only:
         check_data(args.data_root, selected)
-        for row in run_benchmark(selected, args.out):
+        for row in run_benchmark(selected, args.out, ray=_ray_options(args)):
             print(json.dumps(row), flush=True)
             if row["status"] == "failed":
                 failed.append(row["run"])

@@ -30,7 +30,7 @@ from ..train.config import TrainConfig
 from ..utils.atomic import atomic_write_json, atomic_write_text
 from ..utils.extras import require
 from .report import html_page, read_run
-from .sweep import shard, train_run
+from .sweep import shard
 
 #: benchmark -> group -> dataset names (``--dataset``) in the papers' column order
 SUITES: dict[str, dict[str, list[str]]] = {
@@ -161,20 +161,36 @@ def best_tuned_lr(out: Path, run: BenchmarkRun) -> float | None:
     return -max(scores)[1] if scores else None
 
 
-def run_benchmark(runs: list[BenchmarkRun], out: str | Path) -> list[dict]:
-    """Train (skip, resume) each run in order; a final run after a search trains at the search's best rate."""
+def run_benchmark(runs: list[BenchmarkRun], out: str | Path, ray=None) -> list[dict]:
+    """Train (skip, resume) every run, here or on Ray (``dispatch.RayOptions``): the learning-rate search runs
+    first, then the final runs (one after a search trains at the search's best rate)."""
+    from .dispatch import run_jobs
+
     out = Path(out)
-    rows = []
-    for run in runs:
+    rows: dict[str, dict] = {}
+    searches = [run for run in runs if run.search]
+    for run, row in zip(searches, run_jobs([_job(out, run, run.config) for run in searches], ray), strict=True):
+        rows[run.directory] = row
+    finals, jobs = [], []
+    for run in (run for run in runs if not run.search):
         config = run.config or _checked(run).config
-        if not run.search and any(r.search and r.pair == run.pair for r in runs):
+        if any(r.search and r.pair == run.pair for r in runs):
             lr = best_tuned_lr(out, run)
             if lr is None:
-                rows.append({"run": run.directory, "status": "failed", "error": "no finished search run to pick from"})
+                rows[run.directory] = {"run": run.directory, "status": "failed", "error": "no finished search run"}
                 continue
             config = dataclasses.replace(config, lr=lr)
-        rows.append(train_run(out / run.directory, config, run.directory))
-    return rows
+        finals.append(run)
+        jobs.append(_job(out, run, config))
+    for run, row in zip(finals, run_jobs(jobs, ray), strict=True):
+        rows[run.directory] = row
+    return [rows[run.directory] for run in runs if run.directory in rows]
+
+
+def _job(out: Path, run: BenchmarkRun, config):
+    from .dispatch import Job
+
+    return Job(out / run.directory, config or _checked(run).config, run.directory)
 
 
 # ---- the report -------------------------------------------------------------------------------------------------

@@ -92,13 +92,20 @@ def shard(runs: list[Run], spec: str | None) -> list[Run]:
 
 
 def run_sweep(
-    name: str, out: str | Path, shard_spec: str | None = None, seeds: int = 1, overrides: dict | None = None
+    name: str,
+    out: str | Path,
+    shard_spec: str | None = None,
+    seeds: int = 1,
+    overrides: dict | None = None,
+    ray=None,
 ) -> list[dict]:
-    """Run (or skip, or resume) every run of this shard; returns one status row per run."""
+    """Run (or skip, or resume) every run of this shard, here or on Ray (``dispatch.RayOptions``); returns one
+    status row per run."""
+    from .dispatch import Job, run_jobs
+
     out = Path(out)
-    return [
-        train_run(out / run.name, run.config, run.name) for run in shard(load_sweep(name, seeds, overrides), shard_spec)
-    ]
+    runs = shard(load_sweep(name, seeds, overrides), shard_spec)
+    return run_jobs([Job(out / run.name, run.config, run.name) for run in runs], ray)
 
 
 def train_run(run_dir: Path, config: TrainConfig | dict[str, Any], name: str) -> dict[str, Any]:
