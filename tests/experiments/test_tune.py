@@ -1,6 +1,8 @@
-"""The validation split carved from the training set, and ``adaptformer tune`` (coordinate search + retrain)."""
+"""The validation split carved from the training set, and ``adaptformer tune`` (Optuna search, pruning, a time
+budget, folds where they settle a close call, retrain)."""
 
 import json
+import time
 from collections import Counter
 
 import pytest
@@ -39,33 +41,52 @@ def test_training_with_a_validation_split_never_evaluates_on_the_test_split(tmp_
     assert fit(tiny_train_config(tmp_path, out=str(tmp_path / "plain"), epochs=1))["evaluated_on"] == "test"
 
 
-def test_tune_searches_axes_in_order_then_retrains_the_winner(tmp_path):
+def test_tune_searches_with_optuna_then_retrains_the_winner_and_a_rerun_goes_on(tmp_path):
     base = tiny_train_values(tmp_path, epochs=2, tensorboard=False, method="adaptformer")
     space = [("lr", [0.001, 0.2]), ("hflip", [0.0, 0.5])]
     lines = []
-    result = tune(base, tmp_path / "tune", space, validation_split=0.25, log=lines.append, folds=1)
+    result = tune(base, tmp_path / "tune", space, validation_split=0.25, log=lines.append, trials=3, pruner="none")
     trials = result["trials"]
-    assert [t["values"]["lr"] for t in trials][:2] == [0.001, 0.2] and len(trials) == 3  # one trial reused
-    first_axis = {t["values"]["lr"]: t["validation_score"] for t in trials[:2]}
-    assert result["chosen"]["lr"] == max(first_axis, key=lambda lr: (first_axis[lr], -lr))
+    assert len(trials) == 3 and all(t["status"] == "complete" for t in trials)
+    best = max(trials, key=lambda t: t["validation_score"])
+    assert result["chosen"] == best["values"] and result["validation_score"] == best["validation_score"]
     summaries = [json.loads((tmp_path / "tune/trials" / t["run"] / "summary.json").read_text()) for t in trials]
     assert all(s["evaluated_on"] == "validation (0.25 of train)" for s in summaries)
+    assert [s["best_top1"] for s in summaries] == [t["validation_score"] for t in trials]  # a trial's best epoch
     final = json.loads((tmp_path / "tune/final/summary.json").read_text())
     assert final["evaluated_on"] == "test" and final["top1"] == result["test_score"]
     final_config = yaml.safe_load((tmp_path / "tune/final/config.yaml").read_text())
     assert final_config["lr"] == result["chosen"]["lr"] and final_config["hflip"] == result["chosen"]["hflip"]
     assert (tmp_path / "tune/final/last.safetensors").exists() and "Chosen:" in (tmp_path / "tune/tune.md").read_text()
-    # a rerun trains nothing
-    again = tune(base, tmp_path / "tune", space, validation_split=0.25, log=lines.append, folds=1)
-    assert {t["status"] for t in again["trials"]} == {"done already"} and again["chosen"] == result["chosen"]
+    # a rerun with a larger cap goes on with the same study: the three trials are kept, one more runs
+    again = tune(base, tmp_path / "tune", space, validation_split=0.25, log=lines.append, trials=4, pruner="none")
+    assert len(again["trials"]) == 4 and again["trials"][:3] == trials
+    assert again["seconds"] >= result["seconds"]
 
 
-def test_default_space_matters_for_the_method():
-    fields = ["lr", "train_crop", "scale_min", "hflip", "scale", "bottleneck", "lr"]
+def test_a_time_budget_stops_starting_trials_and_hopeless_trials_are_pruned(tmp_path):
+    base = tiny_train_values(tmp_path, epochs=4, tensorboard=False, method="linear")
+    space = [("lr", [1e-6, 0.3]), ("hflip", [0.0, 0.5]), ("scale_min", [0.5, 0.9])]
+    lines = []
+    began = time.perf_counter()
+    result = tune(base, tmp_path / "tune", space, validation_split=0.25, log=lines.append, time_budget=20.0)
+    trials = result["trials"]
+    last_start = sum(t["seconds"] or 0 for t in trials[:-1])  # the last trial started inside the budget
+    assert last_start <= 20.0 + 5 and time.perf_counter() - began < 20.0 + 4 * max(t["seconds"] for t in trials)
+    assert result["time_budget"] == 20.0 and "20 s budget" in (tmp_path / "tune/tune.md").read_text()
+    pruned = [t for t in trials if t["status"] == "pruned"]
+    for trial in pruned:  # stopped early, below the median of the trials before it at that epoch
+        assert trial["epochs"] < 4 and any(line.startswith(f"tune: trial {trial['run']} pruned") for line in lines)
+    assert all(t["epochs"] == 4 for t in trials if t["status"] == "complete")
+
+
+def test_default_space_is_the_methods_own():
+    fields = ["lr", "train_crop", "scale_min", "hflip", "scale", "bottleneck"]
     assert [field for field, _ in default_space("adaptformer")] == fields
-    assert [field for field, _ in default_space("linear")] == ["lr", "train_crop", "scale_min", "hflip", "lr"]
+    assert [field for field, _ in default_space("linear")] == ["lr", "train_crop", "scale_min", "hflip"]
     assert dict(default_space("linear"))["train_crop"] == ["random_resized", "pad"]
     assert dict(default_space("full"))["lr"] == [0.005, 0.025, 0.1]
+    assert "fact_scale" in dict(default_space("fact-tt")) and "convpass_scale" in dict(default_space("convpass"))
 
 
 def test_bad_spaces_fail_before_any_trial(tmp_path, capsys):
@@ -91,20 +112,20 @@ def test_folds_are_stratified_disjoint_cover_everything_and_fixed():
     assert sorted(held_all) == list(range(30)) and fold_split(labels, 2, 5) == fold_split(labels, 2, 5)
 
 
-def test_small_data_uses_k_fold_and_a_batch_the_trials_can_fill(tmp_path):
+def test_small_data_gets_a_batch_the_trials_can_fill_and_folds_on_request(tmp_path):
     """24 training images with the paper's batch 1024: every trial used to fail with empty logs. Now the batch
-    is lowered before any trial (said in one line), each trial is scored by 5-fold validation, and the test split
-    is used once, by the retrained winner."""
+    is lowered before any trial (said in one line); ``folds=5`` scores each trial by 5-fold validation, and the
+    test split is used once, by the retrained winner."""
     base = tiny_train_values(tmp_path, epochs=1, tensorboard=False, effective_batch=1024, batch_size=128)
     lines = []
-    result = tune(base, tmp_path / "tune", [("train_crop", ["random_resized", "pad"])], log=lines.append)
+    space = [("train_crop", ["random_resized", "pad"])]
+    result = tune(base, tmp_path / "tune", space, log=lines.append, folds=5, trials=1)
     assert result["folds"] == 5 and result["training_images"] == 24 and result["trial_training_images"] == 20
     assert (result["effective_batch"], result["batch_size"]) == (4, 4)  # 20 images: at least 4 steps an epoch
     assert any("--effective-batch 1024 -> 4 and --batch-size 128 -> 4" in line for line in lines)
-    trial = result["trials"][0]
-    assert len(trial["fold_scores"]) == 5 and trial["validation_score"] == pytest.approx(sum(trial["fold_scores"]) / 5)
-    fold = json.loads((tmp_path / "tune/trials/train_crop=random_resized/fold=3/summary.json").read_text())
-    assert fold["evaluated_on"] == "validation (fold 3 of 5 of train)"
+    folds = [json.loads((tmp_path / f"tune/trials/000/fold={k}/summary.json").read_text()) for k in range(5)]
+    assert [f["evaluated_on"] for f in folds] == [f"validation (fold {k} of 5 of train)" for k in range(5)]
+    assert result["trials"][0]["validation_score"] == pytest.approx(sum(f["best_top1"] for f in folds) / 5)
     assert "5-fold" in (tmp_path / "tune/tune.md").read_text()
     if result["chosen"]["train_crop"] == "pad":  # the small-image recipe evaluates the whole image
         meta = json.loads((tmp_path / "tune/final/last.json").read_text())
@@ -114,10 +135,10 @@ def test_small_data_uses_k_fold_and_a_batch_the_trials_can_fill(tmp_path):
 def test_a_failing_trial_says_why_in_one_line(tmp_path):
     base = tiny_train_values(tmp_path, epochs=1, tensorboard=False, lr=1e6)  # diverges at once
     lines = []
-    with pytest.raises(AdaptFormerError, match=r"tune: every trial of hflip failed; the first: training diverged"):
-        tune(base, tmp_path / "tune", [("hflip", [0.0, 0.5])], log=lines.append, folds=1)
-    assert any(line.startswith("tune: trial hflip=0.0 failed: training diverged") for line in lines)
-    assert "error: training diverged" in (tmp_path / "tune/trials/hflip=0.0/train.log").read_text()
+    with pytest.raises(AdaptFormerError, match=r"tune: no trial finished; the first error: training diverged"):
+        tune(base, tmp_path / "tune", [("hflip", [0.0, 0.5])], log=lines.append, trials=2)
+    assert any(line.startswith("tune: trial 000 failed: training diverged") for line in lines)
+    assert "error: training diverged" in (tmp_path / "tune/trials/000/train.log").read_text()
 
 
 def test_pad_crop_trains_on_whole_images_and_evaluates_them_whole(tmp_path):

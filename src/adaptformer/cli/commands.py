@@ -219,17 +219,22 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _tune_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_config_arguments(parser)
-    parser.add_argument(
+    group = parser.add_argument_group("search", "Optuna over the method's axes (pip install adaptformer[tune])")
+    group.add_argument(
         "--space",
         default=None,
-        help="YAML file of field: [values] axes, searched in order (default: lr, scale_min, hflip and the "
-        "method's own: adapter scale and bottleneck for adaptformer, tokens for vpt)",
+        help="YAML file of field: [values] axes (default: the method's learning rates, crop recipe, crop scale, "
+        "flips and its own axes: adaptformer methods --json lists them)",
     )
-    parser.add_argument(
+    group.add_argument("--time-budget", type=float, default=None, help="seconds after which no trial starts")
+    group.add_argument("--trials", type=int, default=None, help="at most this many trials (default: no cap)")
+    group.add_argument("--pruner", default="median", help="median | halving | none (%(default)s)")
+    group.add_argument(
         "--folds",
         type=int,
-        default=None,
-        help="score each trial by K-fold validation (default: 5 below 2,000 training images, else one split)",
+        default=1,
+        help="score every trial by K-fold validation, without pruning (default 1: one held-out split; two close "
+        "best trials are settled by 5 folds where the budget allows)",
     )
 
 
@@ -250,7 +255,17 @@ def run_tune(args: argparse.Namespace) -> int:
     out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.dataset}-{cfg.method}-tune"
     space = load_space(args.space) if args.space else None
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
-    result = tune(cfg.to_dict(), out, space, cfg.validation_split or 0.2, log=log, folds=args.folds)
+    result = tune(
+        cfg.to_dict(),
+        out,
+        space,
+        cfg.validation_split or 0.2,
+        log=log,
+        folds=args.folds,
+        time_budget=args.time_budget,
+        trials=args.trials,
+        pruner=args.pruner,
+    )
     print((out / "tune.md").read_text())
     return 0 if result["test_score"] is not None else 1
 

@@ -4,18 +4,23 @@ No single recipe fits every small dataset: the paper's ImageNet-scale crops and 
 cost several points on a few hundred images. ``tune`` never looks at the test split while choosing:
 
 1. every trial trains on the training set minus a held-out ``validation_split`` (stratified, the same for every
-   trial) and is scored by its final top-1 (mAP for a multi-label dataset) on that held-out part; below
-   ``SMALL_TRAINING_SET`` images it is scored by ``SMALL_FOLDS``-fold validation instead (the mean over the folds:
-   one split of 49 images moves top-1 by two points an image). Before any trial the data is read and the batch
-   checked: a batch the trials' training sets cannot fill a few times an epoch is lowered (and said so);
-2. the search is coordinate-wise: the axes are tried one after another (learning rate first, and again last),
-   each axis's values with the best values found so far and the base values for the rest; the best value is
-   kept (ties keep the earlier value), and a configuration already tried is not trained again;
-3. the winner is retrained on the whole training set and evaluated on the test split.
+   trial) and is scored by its best validation top-1 (mAP for a multi-label dataset). Before any trial the data
+   is read and the batch checked: a batch the trials' training sets cannot fill a few times an epoch is lowered;
+2. the search is Optuna's (a maintained library; ``pip install "adaptformer[tune]"``): a TPE sampler over the
+   axes (the method's learning rates, the crop recipe, crop scale, flips and the method's own axes,
+   ``MethodConfig.tune_axes``; or a ``--space`` file), and a pruner that stops a trial whose validation score
+   after an epoch is below the median of the earlier trials' at that epoch (``--pruner median``; ``halving``:
+   successive halving; ``none``). ``--time-budget SECONDS`` stops starting trials once spent (``--trials N``
+   caps their number); a trial already running finishes or is pruned;
+3. folds only where they change the decision: when the two best trials are closer than two validation images'
+   worth, both are scored again by ``SMALL_FOLDS``-fold validation (budget allowing) and the better mean wins
+   (``--folds K`` scores every trial by K folds instead, without pruning);
+4. the winner is retrained on the whole training set and evaluated on the test split.
 
-Trials are ordinary run directories under ``OUT/trials`` named by their searched values, so a rerun skips the
-finished ones and resumes an interrupted one, and ``adaptformer report OUT/trials/*`` plots them. ``OUT/tune.md``
-and ``OUT/tune.json`` hold the table; ``OUT/final`` is the retrained run (its task files are the result).
+The study lives in ``OUT/study.db`` (SQLite) and trials in ``OUT/trials/NNN``, so an interrupted ``tune`` rerun
+goes on with the same study (a trial that was running is failed and its configuration tried again) and the time
+already spent counts against the budget. ``OUT/tune.md`` and ``OUT/tune.json`` hold the table; ``OUT/final`` is
+the retrained run (its task files are the result); ``adaptformer report OUT/trials/*`` plots the trials.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,29 +37,28 @@ from ..methods.registry import get_method
 from ..objectives import METRIC_LABELS
 from ..train.config import TrainConfig, read_yaml_mapping
 from ..train.data import training_labels
+from ..utils.extras import require
 from .sweep import _name, train_run
 
-#: the axes every method searches (its learning rates, ``MethodConfig.learning_rates``, before and after them)
+#: the axes every method searches beside its learning rates (``MethodConfig.learning_rates``) and its own
 COMMON_AXES = [("train_crop", ["random_resized", "pad"]), ("scale_min", [0.08, 0.4, 0.9]), ("hflip", [0.0, 0.5])]
-#: below this many training images a trial is scored by k-fold validation: one split of a few dozen images
-#: moves top-1 by points per image
-SMALL_TRAINING_SET = 2000
+#: the folds that settle a close call between the two best trials
 SMALL_FOLDS = 5
 MIN_STEPS_PER_EPOCH = 4
+PRUNERS = ("median", "halving", "none")
 
 
 def default_space(method: str) -> list[tuple[str, list[Any]]]:
-    """The axes that matter for ``method``: lr, the crop recipe (RandomResizedCrop, or resize + pad + random
-    crop as small images train), crop scale, flips, the method's own (``MethodConfig.tune_axes``: adapter scale
-    and bottleneck for AdaptFormer, prompt tokens for VPT), then lr once more (the best lr moves with the crops)."""
+    """The axes that matter for ``method``: its learning rates, the crop recipe (RandomResizedCrop, or resize +
+    pad + random crop as small images train), crop scale, flips, then the method's own
+    (``MethodConfig.tune_axes``: adapter scale and bottleneck for AdaptFormer, prompt tokens for VPT, ...)."""
     config = get_method(method).config
-    lr = ("lr", list(config.learning_rates))
     own = [(field, list(values)) for field, values in config.tune_axes]
-    return [lr, *COMMON_AXES, *own, lr]
+    return [("lr", list(config.learning_rates)), *COMMON_AXES, *own]
 
 
 def load_space(path: str) -> list[tuple[str, list[Any]]]:
-    """A search space file: ``field: [values...]`` per axis, searched in the file's order."""
+    """A search space file: ``field: [values...]`` per axis."""
     data = read_yaml_mapping(Path(path), "--space")
     for field, values in data.items():
         if not isinstance(values, list) or not values:
@@ -80,68 +85,197 @@ def tune(
     space: list[tuple[str, list[Any]]] | None = None,
     validation_split: float = 0.2,
     log=print,
-    folds: int | None = None,
+    folds: int = 1,
+    time_budget: float | None = None,
+    trials: int | None = None,
+    pruner: str = "median",
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Search ``space`` (default: ``default_space(method)``) from the flat options ``base``, retrain the winner;
-    returns the result that ``OUT/tune.json`` holds. ``folds`` (default: ``SMALL_FOLDS`` below
-    ``SMALL_TRAINING_SET`` training images, else 1) > 1 scores each trial by k-fold validation."""
+    """Search ``space`` (default: ``default_space(method)``) from the flat options ``base`` with Optuna, then
+    retrain the winner; returns the result that ``OUT/tune.json`` holds (see the module docstring)."""
+    optuna = require("optuna", "adaptformer tune")
     out = Path(out)
     config = TrainConfig.from_flat(base)
     base = {k: v for k, v in config.to_dict().items() if k not in ("out", "resume", "overwrite")}
-    space = space or default_space(config.method)
+    space = _unique_axes(space or default_space(config.method))
     if not 0 < validation_split < 1:
         raise AdaptFormerError(f"--validation-split: expected a fraction in (0, 1) for tune, got {validation_split}")
+    if pruner not in PRUNERS:
+        raise AdaptFormerError(f"--pruner: expected one of {', '.join(PRUNERS)}, got {pruner!r}")
+    if time_budget is not None and not time_budget > 0:
+        raise AdaptFormerError(f"--time-budget: expected a positive number of seconds, got {time_budget}")
+    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
+        raise AdaptFormerError(f"--trials: expected a positive integer, got {trials!r}")
     size = len(training_labels(config))  # the data is readable before any trial
-    folds = folds if folds is not None else (SMALL_FOLDS if size < SMALL_TRAINING_SET else 1)
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1 or folds > max(1, size // 2):
         raise AdaptFormerError(f"--folds: expected 1 to {max(1, size // 2)} for {size} training images, got {folds}")
-    per_trial = size - (size // folds if folds > 1 else max(1, round(validation_split * size)))
-    base = feasible_batch(base, per_trial, log)
+    held_out = max(1, round(validation_split * size))
+    per_trial = size - (size // folds if folds > 1 else held_out)
+    base = feasible_batch({**base, "eval_every": 1}, per_trial, log)
     check_space(base, space)
-    validation = {"validation_split": validation_split} if folds == 1 else {"validation_split": 0.0}
+    out.mkdir(parents=True, exist_ok=True)
+    study = _study(optuna, out, pruner if folds == 1 else "none", seed)
+    spent = float(study.user_attrs.get("seconds", 0.0))
     started = time.perf_counter()
-    chosen: dict[str, Any] = {}
-    trials: dict[str, dict[str, Any]] = {}
-    for field, values in space:
-        scores = []
-        for value in values:
-            searched = _searched({**chosen, field: value}, base, space)
-            name = _name(searched)
-            if name not in trials:
-                log(f"tune: trial {len(trials) + 1}: {name}")
-                trials[name] = _trial(out / "trials" / name, {**base, **searched, **validation}, name, folds, log)
-                trials[name]["values"] = searched
-            scores.append((trials[name]["validation_score"], value))
-        best = max(scores, key=lambda pair: -1.0 if pair[0] is None else pair[0])  # the first of equal scores
-        if best[0] is None:
-            first = next(t["error"] for t in trials.values() if t.get("error"))
-            raise AdaptFormerError(f"tune: every trial of {field} failed; the first: {first}")
-        chosen[field] = best[1]
-        log(f"tune: {field} = {best[1]!r} (validation {metric_name(trials)} {best[0]:.2f})")
-    winner = _searched(chosen, base, space)
-    log(f"tune: retraining {_name(winner)} on the whole training set")
-    final = train_run(out / "final", {**base, **winner, "validation_split": 0.0}, "final")
+    validation = {"validation_split": validation_split} if folds == 1 else {"validation_split": 0.0}
+
+    def objective(trial) -> float:
+        values = {field: trial.suggest_categorical(field, values) for field, values in space}
+        name = f"{trial.number:03d}"
+        log(f"tune: trial {name}: {_name(values)}")
+        try:
+            score = _score(out / "trials" / name, {**base, **values, **validation}, name, folds, trial, optuna, log)
+        except AdaptFormerError as error:  # a diverging configuration: recorded, and the search goes on
+            trial.set_user_attr("error", str(error))
+            log(f"tune: trial {name} failed: {error}")
+            raise
+        study.set_user_attr("seconds", spent + time.perf_counter() - started)
+        return score
+
+    remaining = None if time_budget is None else max(0.0, time_budget - spent)
+    if remaining is None or remaining > 0:
+        study.optimize(objective, n_trials=_left(study, trials), timeout=remaining, catch=(AdaptFormerError,))
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not finished:
+        errors = [t.user_attrs.get("error") for t in study.trials if t.user_attrs.get("error")]
+        raise AdaptFormerError(f"tune: no trial finished; the first error: {errors[0] if errors else 'none ran'}")
+    ranked = sorted(finished, key=lambda t: -t.value)
+    winner, decided_by = ranked[0], "the held-out split"
+    if folds == 1 and len(ranked) > 1 and ranked[0].value - ranked[1].value < 2 * 100.0 / held_out:
+        winner, decided_by = _settle(ranked[:2], base, out, time_budget, spent + time.perf_counter() - started, log)
+    chosen = {field: winner.params[field] for field, _ in space}
+    log(f"tune: retraining {_name(chosen)} on the whole training set (decided by {decided_by})")
+    final = train_run(out / "final", {**base, **chosen, "validation_split": 0.0}, "final")
     if final.get("error"):
         log(f"tune: the final run failed: {final['error']}")
+    study.set_user_attr("seconds", spent + time.perf_counter() - started)
     result = {
-        "chosen": winner,
+        "chosen": chosen,
+        "decided_by": decided_by,
         "validation_split": validation_split if folds == 1 else None,
         "folds": folds,
         "training_images": size,
         "trial_training_images": per_trial,
         "batch_size": base.get("batch_size"),
         "effective_batch": base.get("effective_batch"),
-        "metric": final.get("metric") or next((t["metric"] for t in trials.values() if t.get("metric")), "top1"),
-        "validation_score": trials[_name(winner)]["validation_score"],
+        "metric": final.get("metric") or "top1",
+        "validation_score": winner.value,
         "test_score": final.get("score"),
         "final": {**final, "run_dir": str(out / "final")},
-        "trials": list(trials.values()),
-        "seconds": round(time.perf_counter() - started, 1),
+        "trials": [_row(t) for t in study.trials],
+        "pruner": pruner if folds == 1 else "none",
+        "time_budget": time_budget,
+        "seconds": round(spent + time.perf_counter() - started, 1),
     }
-    out.mkdir(parents=True, exist_ok=True)
     (out / "tune.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (out / "tune.md").write_text(tune_markdown(result, space))
     return result
+
+
+def _unique_axes(space: list[tuple[str, list[Any]]]) -> list[tuple[str, list[Any]]]:
+    """One axis per field (a field listed twice keeps its first values); values are Optuna's categories."""
+    seen: dict[str, list[Any]] = {}
+    for field, values in space:
+        seen.setdefault(field, list(values))
+    return list(seen.items())
+
+
+def _study(optuna, out: Path, pruner: str, seed: int):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():  # heartbeats and the retry callback are marked experimental (since v2.8)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            f"sqlite:///{out / 'study.db'}",
+            heartbeat_interval=30,
+            grace_period=60,  # a trial whose process died: failed, and tried again once
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+        )
+    pruners = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+        "none": optuna.pruners.NopPruner,
+    }
+    return optuna.create_study(
+        study_name="tune",
+        storage=storage,
+        load_if_exists=True,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4),
+        pruner=pruners[pruner](),
+    )
+
+
+def _left(study, cap: int | None) -> int | None:
+    return None if cap is None else max(0, cap - len(study.trials))
+
+
+def _score(directory: Path, values: dict[str, Any], name: str, folds: int, trial, optuna, log) -> float:
+    """A trial's validation score: its best epoch on the held-out split (reported each epoch, pruned where the
+    pruner says), or the mean over ``folds`` folds of each fold's best."""
+    if folds > 1:
+        scores = [_run(directory / f"fold={k}", {**values, "validation_fold": f"{k}/{folds}"}, f"{name}/fold={k}")
+                  for k in range(folds)]  # fmt: skip
+        return sum(scores) / len(scores)
+
+    def report(epoch: int, score: float) -> None:
+        trial.report(score, epoch)
+        if trial.should_prune():
+            log(f"tune: trial {name} pruned after epoch {epoch} (validation {score:.2f})")
+            raise optuna.TrialPruned()
+
+    return _run(directory, values, name, report)
+
+
+def _run(directory: Path, values: dict[str, Any], name: str, report=None) -> float:
+    from ..train.loop import fit
+
+    config = TrainConfig.from_flat({**values, "out": str(directory), "overwrite": True}, source=f"trial {name}")
+    try:
+        summary = fit(config, on_evaluated=report)
+    except AdaptFormerError as error:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / "train.log", "a") as log:  # the reason is in the trial's own log, too
+            log.write(f"error: {error}\n")
+        raise
+    best = summary.get(f"best_{summary.get('metric', 'top1')}")
+    if best is None:
+        raise AdaptFormerError(f"trial {name}: no validation score")
+    return float(best)
+
+
+def _settle(top: list, base: dict[str, Any], out: Path, budget: float | None, spent: float, log):
+    """The better of two close trials by ``SMALL_FOLDS``-fold validation, where the budget leaves room for it
+    (about twice a trial's time per fold set); else the held-out split's winner."""
+    cost = sum((t.duration.total_seconds() if t.duration else 0.0) for t in top) * SMALL_FOLDS
+    if budget is not None and spent + cost > budget * 1.25:
+        return top[0], "the held-out split (too close to call; no budget left for folds)"
+    means = []
+    for trial in top:
+        values = {**base, **trial.params, "validation_split": 0.0}
+        scores = [
+            _run(
+                out / "folds" / f"{trial.number:03d}" / f"fold={k}",
+                {**values, "validation_fold": f"{k}/{SMALL_FOLDS}"},
+                f"{trial.number:03d}/fold={k}",
+            )
+            for k in range(SMALL_FOLDS)
+        ]
+        means.append(sum(scores) / len(scores))
+        log(f"tune: trial {trial.number:03d}: {SMALL_FOLDS}-fold validation {means[-1]:.2f}")
+    better = max(range(len(top)), key=lambda i: means[i])
+    return top[better], f"{SMALL_FOLDS}-fold validation between the two best ({means[0]:.2f} vs {means[1]:.2f})"
+
+
+def _row(trial) -> dict[str, Any]:
+    return {
+        "run": f"{trial.number:03d}",
+        "values": dict(trial.params),
+        "status": trial.state.name.lower(),
+        "validation_score": trial.value,
+        "epochs": (max(trial.intermediate_values) if trial.intermediate_values else None),
+        "seconds": round(trial.duration.total_seconds(), 1) if trial.duration else None,
+        **({"error": trial.user_attrs["error"]} if "error" in trial.user_attrs else {}),
+    }
 
 
 def feasible_batch(base: dict[str, Any], images: int, log) -> dict[str, Any]:
@@ -161,76 +295,36 @@ def feasible_batch(base: dict[str, Any], images: int, log) -> dict[str, Any]:
     return {**base, "effective_batch": fitted, "batch_size": micro}
 
 
-def _trial(directory: Path, values: dict[str, Any], name: str, folds: int, log) -> dict[str, Any]:
-    """One configuration: one run on the held-out split, or one run per fold (scored by the folds' mean)."""
-    if folds == 1:
-        rows = [train_run(directory, values, name)]
-    else:
-        rows = [
-            train_run(directory / f"fold={k}", {**values, "validation_fold": f"{k}/{folds}"}, f"{name}/fold={k}")
-            for k in range(folds)
-        ]
-    errors = [row["error"] for row in rows if row.get("error")]
-    if errors:
-        log(f"tune: trial {name} failed: {errors[0]}")
-    scores = [row["score"] for row in rows if row.get("score") is not None]
-    score = sum(scores) / len(scores) if scores and not errors else None
-    status = "failed" if errors else ",".join(dict.fromkeys(row["status"] for row in rows))
-    return {
-        "run": name,
-        "status": status,
-        "metric": next((row["metric"] for row in rows if row.get("metric")), None),
-        "validation_score": score,
-        "fold_scores": scores if folds > 1 else None,
-        **({"error": errors[0]} if errors else {}),
-    }
-
-
-def _searched(chosen: dict[str, Any], base: dict[str, Any], space: list[tuple[str, list[Any]]]) -> dict[str, Any]:
-    """The value of every searched field for a trial: chosen, else the base's (or the axis's first value)."""
-    return {field: chosen.get(field, base.get(field, values[0])) for field, values in space}
-
-
-def _validation_text(result: dict[str, Any]) -> str:
-    if result.get("folds", 1) > 1:
-        return (
-            f"{result['folds']}-fold (stratified, fixed) over the {result['training_images']} training images; "
-            "a trial's score is the mean of its folds"
-        )
-    return f"{result['validation_split']:g} of the training set, held out (stratified, fixed)"
-
-
-def metric_name(trials: dict[str, dict[str, Any]]) -> str:
-    """How the trials' score is named in the log (top-1, or mAP for a multi-label dataset)."""
-    metric = next((t["metric"] for t in trials.values() if t.get("metric")), "top1")
-    return METRIC_LABELS.get(metric, metric)
-
-
 def tune_markdown(result: dict[str, Any], space: list[tuple[str, list[Any]]]) -> str:
-    fields = list(dict.fromkeys(field for field, _ in space))
+    fields = [field for field, _ in space]
     metric = METRIC_LABELS.get(result.get("metric"), "score")
+    validation = (
+        f"{result['folds']}-fold (stratified, fixed) over the {result['training_images']} training images"
+        if result.get("folds", 1) > 1
+        else f"{result['validation_split']:g} of the training set, held out (stratified, fixed)"
+    )
+    budget = f"{result['time_budget']:g} s budget" if result.get("time_budget") else "no time budget"
     lines = [
         "# Tuning",
         "",
-        f"Validation: {_validation_text(result)}. "
-        f"Coordinate search over {', '.join(f for f, _ in space)}, in that order.",
+        f"Validation: {validation}. Optuna TPE over {', '.join(fields)}; pruner {result['pruner']}; {budget}.",
         "",
-        "| trial | " + " | ".join(fields) + f" | validation {metric} | status |",
-        "|---|" + "---|" * len(fields) + "---|---|",
+        "| trial | " + " | ".join(fields) + f" | validation {metric} | epochs | s | status |",
+        "|---|" + "---|" * len(fields) + "---|---|---|---|",
     ]
-    for number, trial in enumerate(result["trials"], 1):
+    for trial in result["trials"]:
         score = trial["validation_score"]
-        cells = [str(trial["values"][f]) for f in fields]
+        cells = [str(trial["values"].get(f, "")) for f in fields]
         lines.append(
-            f"| {number} | "
-            + " | ".join(cells)
-            + f" | {'—' if score is None else f'{score:.2f}'} | {trial['status']} |"
+            f"| {trial['run']} | " + " | ".join(cells) + f" | {'—' if score is None else f'{score:.2f}'} | "
+            f"{trial['epochs'] or '—'} | {trial['seconds'] or '—'} | {trial['status']} |"
         )
     chosen = ", ".join(f"{k}={v}" for k, v in result["chosen"].items())
     test = result["test_score"]
     lines += [
         "",
-        f"**Chosen:** {chosen} (validation {metric} {result['validation_score']:.2f}).",
+        f"**Chosen:** {chosen} (validation {metric} {result['validation_score']:.2f}; decided by "
+        f"{result['decided_by']}).",
         "",
         f"**Retrained on the whole training set:** test {metric} {'—' if test is None else f'{test:.2f}'} "
         f"({result['final']['run_dir']}). Total time {result['seconds']:.0f} s.",

@@ -15,6 +15,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,12 +151,16 @@ def check_finite_weights(model: nn.Module, progress: Progress, lr: float) -> Non
         raise Diverged("a trained weight is NaN or inf", progress.global_step, epoch, lr)
 
 
-def fit(cfg: TrainConfig) -> dict[str, Any]:
-    """Train as configured; returns the summary (also written to ``summary.json``)."""
+def fit(cfg: TrainConfig, on_evaluated: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Train as configured; returns the summary (also written to ``summary.json``). ``on_evaluated(epoch,
+    score)`` is called after each evaluated epoch, once its files are written (a search prunes a trial there by
+    raising)."""
     cfg.validate()
     info = init_distributed(cfg.device)
     try:
-        return Trainer(cfg, info).run()
+        trainer = Trainer(cfg, info)
+        trainer.on_evaluated = on_evaluated
+        return trainer.run()
     finally:
         cleanup_distributed()
 
@@ -167,6 +172,7 @@ class Trainer:
         self.cfg, self.info = cfg, info
         self.progress = Progress()
         self.resumed = False
+        self.on_evaluated: Callable[[int, float], None] | None = None
         self.objective: Objective = get_objective(get_dataset(cfg.dataset).objective)
 
     def run(self) -> dict[str, Any]:
@@ -404,12 +410,16 @@ class Trainer:
         progress.step_in_epoch = 0
         record = {"epoch": progress.epoch, **stats, "train_seconds": round(progress.train_seconds, 2)}
         check_finite_weights(self.model, progress, self.lr)  # before any file is written
-        if progress.epoch % cfg.eval_every == 0 or progress.epoch == cfg.epochs:
+        evaluated = progress.epoch % cfg.eval_every == 0 or progress.epoch == cfg.epochs
+        if evaluated:
             self.evaluate_into(record)
         progress.history.append(record)
         self.metrics.log(progress.global_step, **record)
         self.save_task_file("last", record)
         self.save_checkpoint()
+        score = record.get(f"test_{self.objective.metric}")
+        if evaluated and self.on_evaluated is not None and score is not None:
+            self.on_evaluated(progress.epoch, float(score))
 
     def evaluate_into(self, record: dict[str, Any]) -> None:
         """Score the evaluation split into ``record`` (scalars; lists such as per-class AP go to the summary) and

@@ -25,6 +25,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "tensorboard": ("tensorboard", "report"),
     "skimage": ("scikit-image", "demo"),
     "ray": ("ray[serve]", "ray"),
+    "optuna": ("optuna", "tune"),
 }
 
 
