@@ -152,6 +152,8 @@ def run_methods(args: argparse.Namespace) -> int:
             "options": config.describe(),
             "merges": method.task.merge_refusal is None,
             "shares_backbone": method.config.shares_backbone,
+            "tune_axes": {field: list(values) for field, values in method.config.tune_axes},
+            "learning_rates": list(method.config.learning_rates),
             "reference": method.config.reference,
         }
         if args.json:

@@ -2,7 +2,7 @@
 in the papers' layout.
 
 Runs are ``OUT/<task>/<method>`` (``.../seed=K`` with ``--seeds``), trained with the sweep machinery
-(``experiments/sweep.train_run``): a rerun skips finished runs and resumes unfinished ones, ``--shard i/n``
+(``experiments/dispatch.train_run``): a rerun skips finished runs and resumes unfinished ones, ``--shard i/n``
 splits the runs over machines. Every run uses the same fixed hyper-parameters (``FIXED``: the protocol most
 comparisons use, so methods differ only in what they train), with the benchmark's own preprocessing
 (``data/vtab.py``, ``data/fgvc.py``); ``--set FIELD=VALUE`` changes them for every run. ``--tune`` adds a
@@ -29,6 +29,7 @@ from ..methods.registry import get_method, method_names
 from ..train.config import TrainConfig
 from ..utils.atomic import atomic_write_json, atomic_write_text
 from ..utils.extras import require
+from .dispatch import Job, run_jobs
 from .report import html_page, read_run
 from .sweep import shard
 
@@ -164,7 +165,6 @@ def best_tuned_lr(out: Path, run: BenchmarkRun) -> float | None:
 def run_benchmark(runs: list[BenchmarkRun], out: str | Path, ray=None) -> list[dict]:
     """Train (skip, resume) every run, here or on Ray (``dispatch.RayOptions``): the learning-rate search runs
     first, then the final runs (one after a search trains at the search's best rate)."""
-    from .dispatch import run_jobs
 
     out = Path(out)
     rows: dict[str, dict] = {}
@@ -188,8 +188,6 @@ def run_benchmark(runs: list[BenchmarkRun], out: str | Path, ray=None) -> list[d
 
 
 def _job(out: Path, run: BenchmarkRun, config):
-    from .dispatch import Job
-
     return Job(out / run.directory, config or _checked(run).config, run.directory)
 
 

@@ -11,14 +11,48 @@ use several GPUs inside one run.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import AdaptFormerError
+from ..objectives import primary_score
 from ..train.config import TrainConfig
 from ..utils.extras import require
-from .sweep import train_run
+
+
+def train_run(run_dir: Path, config: TrainConfig | dict[str, Any], name: str) -> dict[str, Any]:
+    """Train one run in ``run_dir`` (a typed config, or flat options from a file or a search): skipped when
+    finished, resumed when a checkpoint is there, started again when it died before its first checkpoint. A
+    failing run (a diverging loss, say) is returned as a row, not raised, so the runs after it still run."""
+    from ..train.loop import fit
+
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        return {"run": name, "status": "done already", **_score(json.loads(summary_path.read_text()))}
+    resume = (run_dir / "checkpoint.pt").exists()
+    where = {"out": str(run_dir), "resume": resume, "overwrite": False}
+    if isinstance(config, TrainConfig):
+        cfg = dataclasses.replace(config, **where).validate()
+    else:
+        cfg = TrainConfig.from_flat({**config, **where}, source=f"run {name}")
+    if not resume and any(run_dir.iterdir() if run_dir.exists() else []):
+        cfg.overwrite = True
+    try:
+        summary = fit(cfg)
+    except AdaptFormerError as error:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "train.log", "a") as log:  # the reason is in the run's own log, too
+            log.write(f"error: {error}\n")
+        return {"run": name, "status": "failed", "error": str(error)}
+    return {"run": name, "status": "resumed" if resume else "trained", **_score(summary)}
+
+
+def _score(summary: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's primary score (top-1, or mAP for multi-label runs) and its name."""
+    return {"score": primary_score(summary), "metric": summary.get("metric", "top1")}
 
 
 @dataclass(frozen=True)

@@ -19,17 +19,15 @@ split a sweep with no coordinator; each run may itself be under torchrun.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import AdaptFormerError
-from ..objectives import primary_score
 from ..train.config import TrainConfig, config_search_path, read_yaml_mapping
+from .dispatch import Job, run_jobs
 
 SWEEP_KEYS = ("base", "grid", "points")
 
@@ -101,43 +99,9 @@ def run_sweep(
 ) -> list[dict]:
     """Run (or skip, or resume) every run of this shard, here or on Ray (``dispatch.RayOptions``); returns one
     status row per run."""
-    from .dispatch import Job, run_jobs
-
     out = Path(out)
     runs = shard(load_sweep(name, seeds, overrides), shard_spec)
     return run_jobs([Job(out / run.name, run.config, run.name) for run in runs], ray)
-
-
-def train_run(run_dir: Path, config: TrainConfig | dict[str, Any], name: str) -> dict[str, Any]:
-    """Train one run in ``run_dir`` (a typed config, or flat options from a file or a search): skipped when
-    finished, resumed when a checkpoint is there, started again when it died before its first checkpoint. A
-    failing run (a diverging loss, say) is returned as a row, not raised, so the runs after it still run."""
-    from ..train.loop import fit
-
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists():
-        return {"run": name, "status": "done already", **_score(json.loads(summary_path.read_text()))}
-    resume = (run_dir / "checkpoint.pt").exists()
-    where = {"out": str(run_dir), "resume": resume, "overwrite": False}
-    if isinstance(config, TrainConfig):
-        cfg = dataclasses.replace(config, **where).validate()
-    else:
-        cfg = TrainConfig.from_flat({**config, **where}, source=f"run {name}")
-    if not resume and any(run_dir.iterdir() if run_dir.exists() else []):
-        cfg.overwrite = True
-    try:
-        summary = fit(cfg)
-    except AdaptFormerError as error:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "train.log", "a") as log:  # the reason is in the run's own log, too
-            log.write(f"error: {error}\n")
-        return {"run": name, "status": "failed", "error": str(error)}
-    return {"run": name, "status": "resumed" if resume else "trained", **_score(summary)}
-
-
-def _score(summary: dict[str, Any]) -> dict[str, Any]:
-    """A finished run's primary score (top-1, or mAP for multi-label runs) and its name."""
-    return {"score": primary_score(summary), "metric": summary.get("metric", "top1")}
 
 
 def _sweep_path(name: str) -> Path:

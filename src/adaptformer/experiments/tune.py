@@ -38,7 +38,8 @@ from ..objectives import METRIC_LABELS
 from ..train.config import TrainConfig, read_yaml_mapping
 from ..train.data import training_labels
 from ..utils.extras import require
-from .sweep import _name, train_run
+from .dispatch import train_run
+from .sweep import _name
 
 #: the axes every method searches beside its learning rates (``MethodConfig.learning_rates``) and its own
 COMMON_AXES = [("train_crop", ["random_resized", "pad"]), ("scale_min", [0.08, 0.4, 0.9]), ("hflip", [0.0, 0.5])]
