@@ -147,3 +147,15 @@ def test_pad_crop_trains_on_whole_images_and_evaluates_them_whole(tmp_path):
     fit(tiny_train_config(tmp_path, epochs=1, train_crop="pad"))
     meta, _ = read_task(tmp_path / "run" / "last.safetensors")
     assert meta["preprocessing"]["resize_mode"] == "squash"
+
+
+def test_a_configuration_proposed_again_is_not_trained_again(tmp_path):
+    base = tiny_train_values(tmp_path, epochs=1, tensorboard=False, method="linear")
+    result = tune(base, tmp_path / "tune", [("hflip", [0.0, 0.5])], log=lambda line: None, trials=5, pruner="none")
+    trained = [t for t in result["trials"] if t["status"] == "complete"]
+    repeats = [t for t in result["trials"] if t["status"].startswith("complete (as ")]
+    assert len(trained) <= 2 and len(trained) + len(repeats) == 5  # two configurations exist
+    assert sorted((tmp_path / "tune/trials").iterdir()) == sorted(tmp_path / "tune/trials" / t["run"] for t in trained)
+    for repeat in repeats:
+        first = next(t for t in trained if t["run"] == repeat["status"][len("complete (as ") : -1])
+        assert repeat["values"] == first["values"] and repeat["validation_score"] == first["validation_score"]

@@ -123,6 +123,10 @@ def tune(
     def objective(trial) -> float:
         values = {field: trial.suggest_categorical(field, values) for field, values in space}
         name = f"{trial.number:03d}"
+        for earlier in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if earlier.params == values:  # TPE proposes a finished configuration again: its score, not a rerun
+                trial.set_user_attr("same_as", f"{earlier.number:03d}")
+                return earlier.value
         log(f"tune: trial {name}: {_name(values)}")
         try:
             score = _score(out / "trials" / name, {**base, **values, **validation}, name, folds, trial, optuna, log)
@@ -136,7 +140,9 @@ def tune(
     remaining = None if time_budget is None else max(0.0, time_budget - spent)
     if remaining is None or remaining > 0:
         study.optimize(objective, n_trials=_left(study, trials), timeout=remaining, catch=(AdaptFormerError,))
-    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    finished = [
+        t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "same_as" not in t.user_attrs
+    ]
     if not finished:
         errors = [t.user_attrs.get("error") for t in study.trials if t.user_attrs.get("error")]
         raise AdaptFormerError(f"tune: no trial finished; the first error: {errors[0] if errors else 'none ran'}")
@@ -192,7 +198,8 @@ def _study(optuna, out: Path, pruner: str, seed: int):
             failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
         )
     pruners = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        # no pruning before the third evaluated epoch: the warm-up's first epochs say little about the end
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
         "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
         "none": optuna.pruners.NopPruner,
     }
@@ -271,7 +278,8 @@ def _row(trial) -> dict[str, Any]:
     return {
         "run": f"{trial.number:03d}",
         "values": dict(trial.params),
-        "status": trial.state.name.lower(),
+        "status": trial.state.name.lower()
+        + (f" (as {trial.user_attrs['same_as']})" if "same_as" in trial.user_attrs else ""),
         "validation_score": trial.value,
         "epochs": (max(trial.intermediate_values) if trial.intermediate_values else None),
         "seconds": round(trial.duration.total_seconds(), 1) if trial.duration else None,
