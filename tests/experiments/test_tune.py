@@ -72,7 +72,8 @@ def test_a_time_budget_stops_starting_trials_and_hopeless_trials_are_pruned(tmp_
     result = tune(base, tmp_path / "tune", space, validation_split=0.25, log=lines.append, time_budget=20.0)
     trials = result["trials"]
     last_start = sum(t["seconds"] or 0 for t in trials[:-1])  # the last trial started inside the budget
-    assert last_start <= 20.0 + 5 and time.perf_counter() - began < 20.0 + 4 * max(t["seconds"] for t in trials)
+    longest = max(t["seconds"] or 0 for t in trials)
+    assert last_start <= 20.0 + 5 and time.perf_counter() - began < 20.0 + 3 * longest + 15  # + the retrain
     assert result["time_budget"] == 20.0 and "20 s budget" in (tmp_path / "tune/tune.md").read_text()
     pruned = [t for t in trials if t["status"] == "pruned"]
     for trial in pruned:  # stopped early, below the median of the trials before it at that epoch
@@ -154,7 +155,7 @@ def test_a_configuration_proposed_again_is_not_trained_again(tmp_path):
     result = tune(base, tmp_path / "tune", [("hflip", [0.0, 0.5])], log=lambda line: None, trials=5, pruner="none")
     trained = [t for t in result["trials"] if t["status"] == "complete"]
     repeats = [t for t in result["trials"] if t["status"].startswith("complete (as ")]
-    assert len(trained) <= 2 and len(trained) + len(repeats) == 5  # two configurations exist
+    assert len(trained) == 2 and len(trained) + len(repeats) <= 5  # two configurations exist: then it stops
     assert sorted((tmp_path / "tune/trials").iterdir()) == sorted(tmp_path / "tune/trials" / t["run"] for t in trained)
     for repeat in repeats:
         first = next(t for t in trained if t["run"] == repeat["status"][len("complete (as ") : -1])

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from test_lora_bitfit_ssf import randomize, tokens
 from torch import nn
 
 import adaptformer
@@ -20,18 +21,6 @@ EXACT_START = ["lntune", "dora", "repadapter", "fact-tt", "fact-tk", "convpass"]
 MERGEABLE = ["lora", "dora", "repadapter", "fact-tt", "fact-tk", "bitfit", "ssf", "lntune", "linear"]
 NOT_MERGEABLE = ["adaptformer", "vpt", "houlsby", "pfeiffer", "adapterplus", "convpass", "full"]
 OPTIONS = {"dora": {"lora_targets": ("qkv", "proj", "mlp")}, "fact-tk": {"fact_rank": 4}}
-
-
-def tokens(model, x):
-    with torch.no_grad():
-        return model.forward_features(x)
-
-
-def randomize(task, std=0.1, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in task.parameters():
-            param.add_(torch.randn(param.shape, generator=generator, dtype=param.dtype) * std)
 
 
 def adapted(method, backbone=None, **options):

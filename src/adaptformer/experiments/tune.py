@@ -119,13 +119,17 @@ def tune(
     spent = float(study.user_attrs.get("seconds", 0.0))
     started = time.perf_counter()
     validation = {"validation_split": validation_split} if folds == 1 else {"validation_split": 0.0}
+    combinations = math.prod(len(values) for _, values in space)
 
     def objective(trial) -> float:
         values = {field: trial.suggest_categorical(field, values) for field, values in space}
         name = f"{trial.number:03d}"
-        for earlier in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        for earlier in done:
             if earlier.params == values:  # TPE proposes a finished configuration again: its score, not a rerun
                 trial.set_user_attr("same_as", f"{earlier.number:03d}")
+                if len({json.dumps(t.params, sort_keys=True, default=str) for t in done}) >= combinations:
+                    study.stop()  # every configuration of the space has been scored
                 return earlier.value
         log(f"tune: trial {name}: {_name(values)}")
         try:

@@ -20,8 +20,6 @@ class AdapterPlusConfig(BottleneckAdapterConfig):
     label: ClassVar[str] = "Adapter+"
     reference: ClassVar[str] = "Steitz & Roth, CVPR 2024 (arXiv 2406.06820); github.com/visinf/adapter_plus"
     benchmark_default: ClassVar[bool] = True
-    #: SGD at 0.4 diverged in one seed of three on digits (docs/results)
-    learning_rates: ClassVar[tuple[float, ...]] = (0.03, 0.1, 0.25)
 
 
 class AdapterPlusTask(PostBlockAdapterTask):
