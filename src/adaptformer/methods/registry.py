@@ -1,16 +1,5 @@
-"""Methods by name. Each entry pairs a typed config (its options) with the Task class that implements it.
-
-=============  ==========================================  ==============================
-method         adds                                        trains
-=============  ==========================================  ==============================
-adaptformer    an AdaptMLP beside the MLP of chosen blocks  adapters + head (+ fc_norm)
-linear         nothing                                     head (+ fc_norm)
-vpt            prompt tokens (deep, shallow or kv)         prompts + head (+ fc_norm)
-lora           s·B·A beside qkv (and proj, fc1, fc2)       A, B + head (+ fc_norm)
-bitfit         an offset on every bias of the blocks       bias offsets + head (+ fc_norm)
-ssf            a scale and shift after each operation      scales, shifts + head (+ fc_norm)
-full           nothing                                     everything
-=============  ==========================================  ==============================
+"""Methods by name. Each entry pairs a typed config (its options) with the Task class that implements it;
+``adaptformer methods`` (and the README's methods table) lists what each adds and trains.
 
 ``register_method(Config, Task)`` adds one: a package under ``methods/`` listed in ``BUILTIN_MODULES``, or any
 importable package of the user's, named in the environment variable ``ADAPTFORMER_PLUGINS`` (comma-separated
@@ -126,10 +115,10 @@ def load_plugins() -> None:
 
 
 def get_method(name: str) -> Method:
-    methods = registered_methods()
-    if name not in methods:
-        raise AdaptFormerError(f"method: expected one of {', '.join(methods)}, got {name!r}")
-    return methods[name]
+    load_plugins()
+    if name not in METHODS:  # the lookup needs no order; only the message lists them, in the table's order
+        raise AdaptFormerError(f"method: expected one of {', '.join(method_names())}, got {name!r}")
+    return METHODS[name]
 
 
 def option_names(method: str) -> list[str]:

@@ -152,9 +152,6 @@ class ConvpassTask(Task):
             return out + self.config.convpass_scale * bypass.to(out.dtype)
         return out
 
-    def wants_residual(self, index: int) -> bool:
-        return False
-
     def mlp_branch(self, index: int, m: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         if index not in self.points:
             return m
