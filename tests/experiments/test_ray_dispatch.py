@@ -1,6 +1,6 @@
-"""Sweeps and benchmarks on Ray (a local Ray of two worker processes): every run is a Ray task writing the same
-run directory as without Ray, a failing run is reported and tried once more, and a rerun without Ray skips what
-Ray finished."""
+"""Sweeps, benchmarks and tune on Ray (a local Ray of two worker processes): every run is a Ray task (a Ray Tune
+trial for tune) writing the same run directory as without Ray, a failing run is reported (and, for sweeps, tried
+once more), and a rerun skips what Ray finished."""
 
 import json
 
@@ -8,10 +8,12 @@ import pytest
 import yaml
 from test_benchmark import tiny_args
 
+from adaptformer import AdaptFormerError
 from adaptformer.cli import main
 from adaptformer.experiments.benchmark import TUNE_LRS, benchmark_runs, best_tuned_lr
 from adaptformer.experiments.dispatch import RayOptions
 from adaptformer.experiments.sweep import run_sweep
+from adaptformer.experiments.tune import tune
 from formats import write_vtab
 from training_helpers import tiny_train_values
 
@@ -66,3 +68,48 @@ def test_a_benchmark_with_a_learning_rate_search_on_ray(local_ray, tmp_path, cap
         "vtab", str(root), "vit_tiny_patch16_224", ["fact-tt"], only=["dtd"], tune=True) if not r.search))  # fmt: skip
     assert config["lr"] == best
     assert (tmp_path / "bench" / "report.md").exists()
+
+
+def test_tune_on_ray_runs_the_search_as_ray_tune_trials_in_the_same_layout(local_ray, tmp_path):
+    """The same axes, validation and retrain as without Ray; every trial a Ray Tune trial in OUT/trials/NNN; a
+    rerun restores Ray Tune's experiment instead of starting the search again."""
+    base = tiny_train_values(tmp_path, epochs=2, tensorboard=False, method="adaptformer")
+    space = [("lr", [0.001, 0.2]), ("hflip", [0.0, 0.5])]
+    lines = []
+    ray = RayOptions(cpus_per_run=1)
+    result = tune(base, tmp_path / "tune", space, 0.25, log=lines.append, trials=3, pruner="none", ray=ray)
+    trials = result["trials"]
+    assert result["searched_on"] == "ray" and [t["run"] for t in trials] == ["000", "001", "002"]
+    assert all(t["status"] == "complete" and t["epochs"] == 2 for t in trials)
+    for trial in trials:
+        assert set(trial["values"]) == {"lr", "hflip"} and trial["values"]["lr"] in (0.001, 0.2)
+        summary = json.loads((tmp_path / "tune/trials" / trial["run"] / "summary.json").read_text())
+        assert summary["evaluated_on"] == "validation (0.25 of train)"
+        assert summary["best_top1"] == trial["validation_score"]  # the best epoch, reported to Ray Tune
+        assert any(line.startswith(f"tune: trial {trial['run']} (on Ray): ") for line in lines)
+    best = max(trials, key=lambda t: t["validation_score"])
+    assert result["validation_score"] == best["validation_score"]
+    final = json.loads((tmp_path / "tune/final/summary.json").read_text())
+    assert final["evaluated_on"] == "test" and final["top1"] == result["test_score"]
+    assert yaml.safe_load((tmp_path / "tune/final/config.yaml").read_text())["lr"] == result["chosen"]["lr"]
+    again = tune(base, tmp_path / "tune", space, 0.25, log=lines.append, trials=3, pruner="none", ray=ray)
+    assert again["trials"] == trials and again["chosen"] == result["chosen"]  # restored, not searched again
+    assert any("going on with the Ray Tune experiment" in line for line in lines)
+
+
+def test_a_failing_trial_on_ray_says_why_in_one_line(local_ray, tmp_path):
+    base = tiny_train_values(tmp_path, epochs=1, tensorboard=False, lr=1e6)  # diverges at once
+    with pytest.raises(AdaptFormerError, match=r"tune: no trial finished; the first error: training diverged"):
+        tune(base, tmp_path / "tune", [("hflip", [0.0])], log=lambda line: None, trials=1, ray=RayOptions())
+    assert "error: training diverged" in (tmp_path / "tune/trials/000/train.log").read_text()
+
+
+def test_tune_on_ray_refuses_folds_in_one_line(tmp_path, capsys):
+    config = tmp_path / "base.yaml"
+    config.write_text(yaml.safe_dump(tiny_train_values(tmp_path, epochs=1)))
+    arguments = ["tune", "--config", str(config), "--out", str(tmp_path / "t"), "--trials", "1"]
+    assert main([*arguments, "--ray", "--folds", "3"]) == 2
+    refusal = "error: tune --ray: --folds scores every trial by several runs; use it without --ray"
+    assert capsys.readouterr().err.strip() == refusal
+    assert main([*arguments, "--ray-address", "10.0.0.1:6379"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --ray-address: needs --ray"

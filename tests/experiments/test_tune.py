@@ -90,6 +90,25 @@ def test_default_space_is_the_methods_own():
     assert "fact_scale" in dict(default_space("fact-tt")) and "convpass_scale" in dict(default_space("convpass"))
 
 
+def test_the_first_trial_is_the_recipe_the_search_would_replace(tmp_path):
+    """The default space holds the base's own values (its rate by the scaling rule, which the method's rates
+    leave out), and the base is the first trial: the search is scored against what it would replace."""
+    base = {**tiny_train_values(tmp_path, epochs=1, tensorboard=False, method="adaptformer"), "lr": None}
+    base["blr"] = 0.2
+    result = tune(base, tmp_path / "tune", log=lambda line: None, trials=1, pruner="none")
+    first = result["trials"][0]["values"]
+    rate = 0.2 * result["effective_batch"] / 256
+    assert first == {"lr": rate, "train_crop": "random_resized", "scale_min": 0.08, "hflip": 0.5, "scale": 0.1,
+                     "bottleneck": 64}  # fmt: skip
+    assert result["space"]["lr"] == sorted([rate, *default_space("adaptformer")[0][1]])
+    summary = json.loads((tmp_path / "tune/trials/000/summary.json").read_text())
+    assert summary["lr"] == pytest.approx(rate)
+    # a space of the user's that leaves the base out is searched as given
+    space = [("lr", [0.3]), ("hflip", [0.0])]
+    other = tune(base, tmp_path / "other", space, log=lambda line: None, trials=1, pruner="none")
+    assert other["trials"][0]["values"] == {"lr": 0.3, "hflip": 0.0} and other["space"] == {"lr": [0.3], "hflip": [0.0]}
+
+
 def test_bad_spaces_fail_before_any_trial(tmp_path, capsys):
     base = tiny_train_values(tmp_path)
     with pytest.raises(AdaptFormerError, match="tune: bottleneck: expected an integer"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -57,3 +58,7 @@ def stop_server(process: subprocess.Popen) -> None:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
+        process.wait()
+    # the log was kept for a failing test to print; once the server is down it is only litter in /tmp
+    with contextlib.suppress(OSError):
+        os.unlink(process.log_path)

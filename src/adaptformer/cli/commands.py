@@ -238,6 +238,7 @@ def _tune_arguments(parser: argparse.ArgumentParser) -> None:
         help="score every trial by K-fold validation, without pruning (default 1: one held-out split; two close "
         "best trials are settled by 5 folds where the budget allows)",
     )
+    _add_ray_options(parser, "trials")
 
 
 @command(
@@ -267,6 +268,7 @@ def run_tune(args: argparse.Namespace) -> int:
         time_budget=args.time_budget,
         trials=args.trials,
         pruner=args.pruner,
+        ray=_ray_options(args),
     )
     print((out / "tune.md").read_text())
     return 0 if result["test_score"] is not None else 1
@@ -621,12 +623,12 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     _add_ray_options(parser)
 
 
-def _add_ray_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("Ray", "every run a Ray task (pip install adaptformer[ray]); see README")
-    group.add_argument("--ray", action="store_true", help="train the runs as Ray tasks, as many at once as fit")
+def _add_ray_options(parser: argparse.ArgumentParser, runs: str = "runs") -> None:
+    group = parser.add_argument_group("Ray", f"the {runs} on Ray (pip install adaptformer[ray]); see README")
+    group.add_argument("--ray", action="store_true", help=f"train the {runs} on Ray, as many at once as fit")
     group.add_argument("--ray-address", default=None, help="a running Ray cluster (default: start a local Ray)")
-    group.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs each run asks Ray for (%(default)s)")
-    group.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each run asks Ray for (%(default)s)")
+    group.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs each one asks Ray for (%(default)s)")
+    group.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each one asks Ray for (%(default)s)")
 
 
 def _ray_options(args: argparse.Namespace):

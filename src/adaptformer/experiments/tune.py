@@ -11,7 +11,10 @@ cost several points on a few hundred images. ``tune`` never looks at the test sp
    ``MethodConfig.tune_axes``; or a ``--space`` file), and a pruner that stops a trial whose validation score
    after an epoch is below the median of the earlier trials' at that epoch (``--pruner median``; ``halving``:
    successive halving; ``none``). ``--time-budget SECONDS`` stops starting trials once spent (``--trials N``
-   caps their number); a trial already running finishes or is pruned;
+   caps their number); a trial already running finishes or is pruned. The first trial is the base
+   configuration itself (the default space gains the base's values, its rate by the scaling rule), so the search
+   is scored against the recipe it would replace. ``tune(..., ray=RayOptions(...))`` runs the same search on
+   Ray Tune (``tune_ray``);
 3. folds only where they change the decision: when the two best trials are closer than two validation images'
    worth, both are scored again by ``SMALL_FOLDS``-fold validation (budget allowing) and the better mean wins
    (``--folds K`` scores every trial by K folds instead, without pruning);
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,9 +39,12 @@ from ..methods.registry import get_method
 from ..objectives import METRIC_LABELS
 from ..train.config import TrainConfig, read_yaml_mapping
 from ..train.data import training_labels
+from ..train.optim import scaled_lr
 from ..utils.extras import require
-from .dispatch import train_run
+from .dispatch import RayOptions, train_run
 from .sweep import _name
+from .trials import Clock, Scored, Search, run_trial
+from .tune_ray import search_on_ray
 
 #: the axes every method searches beside its learning rates (``MethodConfig.learning_rates``) and its own
 COMMON_AXES = [("train_crop", ["random_resized", "pad"]), ("scale_min", [0.08, 0.4, 0.9]), ("hflip", [0.0, 0.5])]
@@ -69,6 +74,23 @@ def load_space(path: str) -> list[tuple[str, list[Any]]]:
     return list(data.items())
 
 
+def base_point(base: dict[str, Any], space: list[tuple[str, list[Any]]]) -> dict[str, Any]:
+    """The values the flat options ``base`` train with on the search's axes (``lr``: the absolute rate it trains
+    at, by the linear scaling rule when only ``blr`` is set)."""
+    point = {field: base.get(field) for field, _ in space}
+    if "lr" in point and point["lr"] is None:
+        point["lr"] = scaled_lr(base["blr"], base.get("effective_batch") or base["batch_size"])
+    return point
+
+
+def _with(values: list[Any], value: Any) -> list[Any]:
+    """An axis's values with ``value`` among them (numbers kept in order)."""
+    if value in values or value is None:
+        return list(values)
+    joined = [*values, value]
+    return sorted(joined) if all(isinstance(v, int | float) and not isinstance(v, bool) for v in joined) else joined
+
+
 def check_space(base: dict[str, Any], space: list[tuple[str, list[Any]]]) -> None:
     """Every value of every axis is a valid training configuration with the base (before any trial runs)."""
     for field, values in space:
@@ -91,13 +113,16 @@ def tune(
     trials: int | None = None,
     pruner: str = "median",
     seed: int = 0,
+    ray: RayOptions | None = None,
 ) -> dict[str, Any]:
-    """Search ``space`` (default: ``default_space(method)``) from the flat options ``base`` with Optuna, then
-    retrain the winner; returns the result that ``OUT/tune.json`` holds (see the module docstring)."""
+    """Search ``space`` (default: ``default_space(method)``) from the flat options ``base`` with Optuna (here, or
+    with Ray Tune on a cluster when ``ray`` is given), then retrain the winner; returns the result that
+    ``OUT/tune.json`` holds (see the module docstring)."""
     optuna = require("optuna", "adaptformer tune")
     out = Path(out)
     config = TrainConfig.from_flat(base)
     base = {k: v for k, v in config.to_dict().items() if k not in ("out", "resume", "overwrite")}
+    searched_default = not space
     space = _unique_axes(space or default_space(config.method))
     if not 0 < validation_split < 1:
         raise AdaptFormerError(f"--validation-split: expected a fraction in (0, 1) for tune, got {validation_split}")
@@ -107,59 +132,42 @@ def tune(
         raise AdaptFormerError(f"--time-budget: expected a positive number of seconds, got {time_budget}")
     if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
         raise AdaptFormerError(f"--trials: expected a positive integer, got {trials!r}")
+    if ray is not None and folds != 1:
+        raise AdaptFormerError("tune --ray: --folds scores every trial by several runs; use it without --ray")
     size = len(training_labels(config))  # the data is readable before any trial
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1 or folds > max(1, size // 2):
         raise AdaptFormerError(f"--folds: expected 1 to {max(1, size // 2)} for {size} training images, got {folds}")
     held_out = max(1, round(validation_split * size))
     per_trial = size - (size // folds if folds > 1 else held_out)
     base = feasible_batch({**base, "eval_every": 1}, per_trial, log)
+    start = base_point(base, space)
+    if searched_default:  # the recipe the search would replace is one of its points (its rate, say)
+        space = [(field, _with(values, start[field])) for field, values in space]
+    elif any(start[field] not in values for field, values in space):
+        start = None  # a user's space that leaves the base out: the search starts where the sampler says
     check_space(base, space)
     out.mkdir(parents=True, exist_ok=True)
-    study = _study(optuna, out, pruner if folds == 1 else "none", seed)
-    spent = float(study.user_attrs.get("seconds", 0.0))
-    started = time.perf_counter()
     validation = {"validation_split": validation_split} if folds == 1 else {"validation_split": 0.0}
-    combinations = math.prod(len(values) for _, values in space)
-
-    def objective(trial) -> float:
-        values = {field: trial.suggest_categorical(field, values) for field, values in space}
-        name = f"{trial.number:03d}"
-        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        for earlier in done:
-            if earlier.params == values:  # TPE proposes a finished configuration again: its score, not a rerun
-                trial.set_user_attr("same_as", f"{earlier.number:03d}")
-                if len({json.dumps(t.params, sort_keys=True, default=str) for t in done}) >= combinations:
-                    study.stop()  # every configuration of the space has been scored
-                return earlier.value
-        log(f"tune: trial {name}: {_name(values)}")
-        try:
-            score = _score(out / "trials" / name, {**base, **values, **validation}, name, folds, trial, optuna, log)
-        except AdaptFormerError as error:  # a diverging configuration: recorded, and the search goes on
-            trial.set_user_attr("error", str(error))
-            log(f"tune: trial {name} failed: {error}")
-            raise
-        study.set_user_attr("seconds", spent + time.perf_counter() - started)
-        return score
-
-    remaining = None if time_budget is None else max(0.0, time_budget - spent)
-    if remaining is None or remaining > 0:
-        study.optimize(objective, n_trials=_left(study, trials), timeout=remaining, catch=(AdaptFormerError,))
-    finished = [
-        t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "same_as" not in t.user_attrs
-    ]
+    search = Search(base, space, validation, folds, pruner if folds == 1 else "none", seed, time_budget, trials, start)
+    clock = Clock(out)
+    if ray is None:
+        scored = _search_here(optuna, search, out, clock, log)
+    else:
+        scored = search_on_ray(search, out, ray.check(), clock, log)
+    finished = [t for t in scored if t.status == "complete"]
     if not finished:
-        errors = [t.user_attrs.get("error") for t in study.trials if t.user_attrs.get("error")]
+        errors = [t.error for t in scored if t.error]
         raise AdaptFormerError(f"tune: no trial finished; the first error: {errors[0] if errors else 'none ran'}")
     ranked = sorted(finished, key=lambda t: -t.value)
     winner, decided_by = ranked[0], "the held-out split"
     if folds == 1 and len(ranked) > 1 and ranked[0].value - ranked[1].value < 2 * 100.0 / held_out:
-        winner, decided_by = _settle(ranked[:2], base, out, time_budget, spent + time.perf_counter() - started, log)
+        winner, decided_by = _settle(ranked[:2], base, out, time_budget, clock.seconds(), log)
     chosen = {field: winner.params[field] for field, _ in space}
     log(f"tune: retraining {_name(chosen)} on the whole training set (decided by {decided_by})")
     final = train_run(out / "final", {**base, **chosen, "validation_split": 0.0}, "final")
     if final.get("error"):
         log(f"tune: the final run failed: {final['error']}")
-    study.set_user_attr("seconds", spent + time.perf_counter() - started)
+    clock.save()
     result = {
         "chosen": chosen,
         "decided_by": decided_by,
@@ -173,10 +181,12 @@ def tune(
         "validation_score": winner.value,
         "test_score": final.get("score"),
         "final": {**final, "run_dir": str(out / "final")},
-        "trials": [_row(t) for t in study.trials],
-        "pruner": pruner if folds == 1 else "none",
+        "trials": [t.row() for t in scored],
+        "space": {field: list(values) for field, values in space},
+        "pruner": search.pruner,
+        "searched_on": "ray" if ray is not None else "here",
         "time_budget": time_budget,
-        "seconds": round(spent + time.perf_counter() - started, 1),
+        "seconds": round(clock.seconds(), 1),
     }
     (out / "tune.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (out / "tune.md").write_text(tune_markdown(result, space))
@@ -189,6 +199,58 @@ def _unique_axes(space: list[tuple[str, list[Any]]]) -> list[tuple[str, list[Any
     for field, values in space:
         seen.setdefault(field, list(values))
     return list(seen.items())
+
+
+def _search_here(optuna, search: Search, out: Path, clock: Clock, log) -> list[Scored]:
+    """Optuna's study in ``OUT/study.db``, its trials trained one after another in this process."""
+    study = _study(optuna, out, search.pruner, search.seed)
+    if search.start is not None and not study.trials:
+        study.enqueue_trial(search.start)
+
+    def objective(trial) -> float:
+        values = {field: trial.suggest_categorical(field, values) for field, values in search.space}
+        name = f"{trial.number:03d}"
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        for earlier in done:
+            if earlier.params == values:  # TPE proposes a finished configuration again: its score, not a rerun
+                trial.set_user_attr("same_as", f"{earlier.number:03d}")
+                if len({json.dumps(t.params, sort_keys=True, default=str) for t in done}) >= search.combinations:
+                    study.stop()  # every configuration of the space has been scored
+                return earlier.value
+        log(f"tune: trial {name}: {_name(values)}")
+        try:
+            score = _score(out / "trials" / name, search.values(values), name, search.folds, trial, optuna, log)
+        except AdaptFormerError as error:  # a diverging configuration: recorded, and the search goes on
+            trial.set_user_attr("error", str(error))
+            log(f"tune: trial {name} failed: {error}")
+            raise
+        finally:
+            clock.save()
+        return score
+
+    remaining = clock.remaining(search.time_budget)
+    if remaining is None or remaining > 0:
+        waiting = optuna.trial.TrialState.WAITING  # the enqueued base point is a trial to run, not one run
+        ran = [t for t in study.trials if t.state != waiting]
+        left = None if search.trials is None else max(0, search.trials - len(ran))
+        study.optimize(objective, n_trials=left, timeout=remaining, catch=(AdaptFormerError,))
+    return [_scored(t) for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
+
+
+def _scored(trial) -> Scored:
+    same_as = trial.user_attrs.get("same_as")
+    state = trial.state.name.lower()
+    if state == "fail":
+        state = "failed"
+    return Scored(
+        number=trial.number,
+        params=dict(trial.params),
+        value=trial.value,
+        status=f"{state} (as {same_as})" if same_as else state,
+        epochs=max(trial.intermediate_values) if trial.intermediate_values else None,
+        seconds=trial.duration.total_seconds() if trial.duration else None,
+        error=trial.user_attrs.get("error"),
+    )
 
 
 def _study(optuna, out: Path, pruner: str, seed: int):
@@ -217,15 +279,11 @@ def _study(optuna, out: Path, pruner: str, seed: int):
     )
 
 
-def _left(study, cap: int | None) -> int | None:
-    return None if cap is None else max(0, cap - len(study.trials))
-
-
 def _score(directory: Path, values: dict[str, Any], name: str, folds: int, trial, optuna, log) -> float:
     """A trial's validation score: its best epoch on the held-out split (reported each epoch, pruned where the
     pruner says), or the mean over ``folds`` folds of each fold's best."""
     if folds > 1:
-        scores = [_run(directory / f"fold={k}", {**values, "validation_fold": f"{k}/{folds}"}, f"{name}/fold={k}")
+        scores = [run_trial(directory / f"fold={k}", {**values, "validation_fold": f"{k}/{folds}"}, f"{name}/fold={k}")
                   for k in range(folds)]  # fmt: skip
         return sum(scores) / len(scores)
 
@@ -235,37 +293,20 @@ def _score(directory: Path, values: dict[str, Any], name: str, folds: int, trial
             log(f"tune: trial {name} pruned after epoch {epoch} (validation {score:.2f})")
             raise optuna.TrialPruned()
 
-    return _run(directory, values, name, report)
-
-
-def _run(directory: Path, values: dict[str, Any], name: str, report=None) -> float:
-    from ..train.loop import fit
-
-    config = TrainConfig.from_flat({**values, "out": str(directory), "overwrite": True}, source=f"trial {name}")
-    try:
-        summary = fit(config, on_evaluated=report)
-    except AdaptFormerError as error:
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / "train.log", "a") as log:  # the reason is in the trial's own log, too
-            log.write(f"error: {error}\n")
-        raise
-    best = summary.get(f"best_{summary.get('metric', 'top1')}")
-    if best is None:
-        raise AdaptFormerError(f"trial {name}: no validation score")
-    return float(best)
+    return run_trial(directory, values, name, report)
 
 
 def _settle(top: list, base: dict[str, Any], out: Path, budget: float | None, spent: float, log):
     """The better of two close trials by ``SMALL_FOLDS``-fold validation, where the budget leaves room for it
     (about twice a trial's time per fold set); else the held-out split's winner."""
-    cost = sum((t.duration.total_seconds() if t.duration else 0.0) for t in top) * SMALL_FOLDS
+    cost = sum(t.seconds or 0.0 for t in top) * SMALL_FOLDS
     if budget is not None and spent + cost > budget * 1.25:
         return top[0], "the held-out split (too close to call; no budget left for folds)"
     means = []
     for trial in top:
         values = {**base, **trial.params, "validation_split": 0.0}
         scores = [
-            _run(
+            run_trial(
                 out / "folds" / f"{trial.number:03d}" / f"fold={k}",
                 {**values, "validation_fold": f"{k}/{SMALL_FOLDS}"},
                 f"{trial.number:03d}/fold={k}",
@@ -276,19 +317,6 @@ def _settle(top: list, base: dict[str, Any], out: Path, budget: float | None, sp
         log(f"tune: trial {trial.number:03d}: {SMALL_FOLDS}-fold validation {means[-1]:.2f}")
     better = max(range(len(top)), key=lambda i: means[i])
     return top[better], f"{SMALL_FOLDS}-fold validation between the two best ({means[0]:.2f} vs {means[1]:.2f})"
-
-
-def _row(trial) -> dict[str, Any]:
-    return {
-        "run": f"{trial.number:03d}",
-        "values": dict(trial.params),
-        "status": trial.state.name.lower()
-        + (f" (as {trial.user_attrs['same_as']})" if "same_as" in trial.user_attrs else ""),
-        "validation_score": trial.value,
-        "epochs": (max(trial.intermediate_values) if trial.intermediate_values else None),
-        "seconds": round(trial.duration.total_seconds(), 1) if trial.duration else None,
-        **({"error": trial.user_attrs["error"]} if "error" in trial.user_attrs else {}),
-    }
 
 
 def feasible_batch(base: dict[str, Any], images: int, log) -> dict[str, Any]:
