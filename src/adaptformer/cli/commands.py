@@ -184,6 +184,43 @@ def run_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..export import FORMATS
+
+    parser.add_argument("task", metavar="TASK", help="the task file (.safetensors) to export")
+    parser.add_argument("--format", default="onnx", choices=list(FORMATS), help="%(default)s")
+    parser.add_argument("--out", required=True, help="folder for the program, preprocessing.json, labels.json")
+    parser.add_argument("--merge", action="store_true", help="fold a linear method into the weights first")
+    parser.add_argument("--checkpoint", default=None, help="local weights of the task's backbone")
+    parser.add_argument(
+        "--no-check-backbone",
+        dest="check_backbone",
+        action="store_false",
+        help="export even if the backbone weights differ from those the task was trained on",
+    )
+
+
+@command(
+    "export",
+    "one task as one ONNX or torch.export program (dynamic batch), checked against the eager model, with its "
+    "preprocessing and labels beside it",
+    _export_arguments,
+)
+def run_export(args: argparse.Namespace) -> int:
+    from ..export import export_task
+
+    exported = export_task(
+        args.task, args.out, args.format, merge=args.merge, checkpoint=args.checkpoint,
+        pretrained=args.checkpoint is None, check_backbone=args.check_backbone,
+    )  # fmt: skip
+    manifest = exported.manifest
+    worst = max(manifest["check"]["max_abs_difference"].values())
+    print(f"{manifest['format']} program: {exported.directory / manifest['file']}")
+    print(f"checked at batch {manifest['check']['batch']}: outputs within {worst:.1e} of the eager model")
+    print(f"predict with: adaptformer predict --exported {exported.directory} IMAGES")
+    return 0
+
+
 # ---- train -------------------------------------------------------------------------------------------------
 def add_train_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field and per method option; defaults come from --config (then the code)."""
@@ -383,6 +420,13 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     _task_arguments(parser, several=True)
     parser.add_argument("images", nargs="+", metavar="FILE", help="image or video files and/or folders")
     parser.add_argument("--top-k", type=int, default=5)
+    exported = parser.add_mutually_exclusive_group()
+    exported.add_argument(
+        "--onnx", default=None, metavar="DIR", help="run the ONNX program adaptformer export wrote in DIR (onnxruntime)"
+    )
+    exported.add_argument(
+        "--exported", default=None, metavar="DIR", help="run the program adaptformer export wrote in DIR (any format)"
+    )
     parser.add_argument(
         "--threshold",
         type=float,
@@ -398,15 +442,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
     threshold = check_threshold(DEFAULT_THRESHOLD if args.threshold is None else args.threshold)
     files = collect_media(args.images)
-    bank, chosen = _bank_from_args(args)
+    predict = _exported_predict(args) if args.onnx or args.exported else _bank_predict(args)
     answered = 0
     for start in range(0, len(files), args.batch_size):
         chunk = files[start : start + args.batch_size]
         media, errors = open_media(chunk)
         opened = [path for path in chunk if str(path) not in errors]
-        results = bank.predict(
-            [media[str(p)] for p in opened], tasks=chosen or None, top_k=args.top_k, threshold=threshold
-        )
+        results = predict([media[str(p)] for p in opened], args.top_k, threshold)
         by_file: dict[str, list[dict]] = {}
         for row in results:
             if "error" in row:
@@ -417,6 +459,22 @@ def run_predict(args: argparse.Namespace) -> int:
         for path in chunk:
             _print_predictions(str(path), by_file.get(str(path), []), errors.get(str(path)), args.json)
     return 0 if answered else 1
+
+
+def _bank_predict(args: argparse.Namespace):
+    bank, chosen = _bank_from_args(args)
+    return lambda media, top_k, threshold: bank.predict(media, tasks=chosen or None, top_k=top_k, threshold=threshold)
+
+
+def _exported_predict(args: argparse.Namespace):
+    """``predict --onnx DIR`` / ``--exported DIR``: the exported program with its recorded preprocessing."""
+    from ..export import ExportedTask
+
+    if args.task or args.task_dir or args.model or args.checkpoint:
+        raise AdaptFormerError(f"--{'onnx' if args.onnx else 'exported'}: the folder holds the whole task; drop "
+                               "--task, --task-dir, --model and --checkpoint")  # fmt: skip
+    task = ExportedTask.open(args.onnx or args.exported, want="onnx" if args.onnx else None)
+    return task.predict
 
 
 def _task_store_arguments(parser: argparse.ArgumentParser, task_dir_help: str) -> None:

@@ -2,7 +2,8 @@
 
 ``pip install adaptformer`` brings the core (torch, torchvision, timm, safetensors, numpy, pillow, pyyaml, tqdm,
 scikit-learn for validation splits); the rest are extras: ``[hf]`` Hugging Face models, ``[video]`` PyAV,
-``[serve]`` the HTTP server, ``[report]`` plots and TensorBoard, ``[demo]`` the demos' datasets, ``[all]``.
+``[serve]`` the HTTP server, ``[report]`` plots and TensorBoard, ``[demo]`` the demos' datasets, ``[export]``
+ONNX programs (onnx, onnxscript, onnxruntime), ``[all]``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "matplotlib": ("matplotlib", "report"),
     "tensorboard": ("tensorboard", "report"),
     "skimage": ("scikit-image", "demo"),
-    "ray": ("ray[serve]", "ray"),
+    "ray": ("ray[serve,tune]", "ray"),
     "optuna": ("optuna", "tune"),
+    "onnx": ("onnx", "export"),
+    "onnxscript": ("onnxscript", "export"),
+    "onnxruntime": ("onnxruntime", "export"),
 }
 
 

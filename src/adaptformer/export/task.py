@@ -1,0 +1,39 @@
+"""A task file to a program folder: the task loaded on its recorded backbone (merged first with ``merge``), then
+``export_model`` (``program.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import AdaptFormerError
+from ..methods.registry import get_method
+from ..tasks.files import load_task, preprocessing_of
+from ..tasks.format import method_config_of, read_task_file
+from ..tasks.merge import merged_model
+from .program import FORMATS, Exported, export_model
+
+
+def export_task(
+    path: str | Path,
+    out: str | Path,
+    format: str = "onnx",
+    merge: bool = False,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = True,
+    check_backbone: bool = True,
+) -> Exported:
+    """Export the task file ``path`` into ``out`` as ``format`` (``onnx`` or ``torch-export``)."""
+    if format not in FORMATS:
+        raise AdaptFormerError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+    header, _ = read_task_file(path)
+    config = method_config_of(header.meta, path)
+    if merge and get_method(config.name).task.merge_refusal is not None:  # said before any backbone is built
+        refusal = get_method(config.name).task.merge_refusal
+        raise AdaptFormerError(f"--merge: task file {path}: method {config.name} cannot be merged: {refusal}")
+    model = load_task(path, pretrained=pretrained, checkpoint=checkpoint, check_backbone=check_backbone)
+    spec = preprocessing_of(header.meta, model)
+    task = model.tasks[model.active_task]
+    about = {"task": model.active_task, "task_file": Path(path).name, "merged": merge}
+    if merge:
+        model, _ = merged_model(model)
+    return export_model(model, out, format, spec, list(task.classes), task.objective, about=about)
