@@ -3,6 +3,8 @@ through onnxruntime on the CPU, a ``torch.export`` program through ``torch.expor
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +19,17 @@ INPUT = "pixel_values"
 OUTPUTS = ("logits", "probabilities")
 
 
+@contextlib.contextmanager
+def _quiet(logger: str):
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def load_program(path: Path, format: str, feature: str) -> Callable[[np.ndarray], list[np.ndarray]]:
     """A function from float32 pixels to ``[logits, probabilities]``; a damaged or foreign file is one line."""
     if format == "onnx":
@@ -27,7 +40,8 @@ def load_program(path: Path, format: str, feature: str) -> Callable[[np.ndarray]
             raise AdaptFormerError(f"{path}: not a readable ONNX program ({type(error).__name__})") from None
         return lambda pixels: session.run(list(OUTPUTS), {INPUT: pixels.astype(np.float32)})
     try:
-        module = torch.export.load(str(path)).module()
+        with _quiet("torch.export"):  # it logs a traceback of its own before raising on a damaged file
+            module = torch.export.load(str(path)).module()
     except Exception as error:  # noqa: BLE001
         raise AdaptFormerError(f"{path}: not a readable torch.export program ({type(error).__name__})") from None
 

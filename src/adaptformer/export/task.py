@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from ..errors import AdaptFormerError
@@ -34,6 +35,8 @@ def export_task(
     spec = preprocessing_of(header.meta, model)
     task = model.tasks[model.active_task]
     about = {"task": model.active_task, "task_file": Path(path).name, "merged": merge}
-    if merge:
-        model, _ = merged_model(model)
-    return export_model(model, out, format, spec, list(task.classes), task.objective, about=about)
+    if not merge:
+        return export_model(model, out, format, spec, list(task.classes), task.objective, about=about)
+    with tempfile.TemporaryDirectory(prefix="adaptformer-merge-") as scratch:  # the program holds the weights
+        merged, _ = merged_model(model, scratch)
+        return export_model(merged, out, format, spec, list(task.classes), task.objective, about=about)

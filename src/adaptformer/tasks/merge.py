@@ -69,24 +69,29 @@ def merge_task(
     if refusal is not None:  # said before any backbone is built
         raise AdaptFormerError(f"task file {path}: method {config.name} cannot be merged: {refusal}")
     model = load_task(path, pretrained=pretrained, checkpoint=checkpoint)
-    merged, state = merged_model(model)
-    out.mkdir(parents=True, exist_ok=True)
-    merged_path = out / MERGED_FILE
-    atomic_write(merged_path, lambda temporary: save_file(state, str(temporary), metadata={"task": Path(path).name}))
+    merged, merged_path = merged_model(model, out, metadata={"task": Path(path).name})
     spec = preprocessing_of(header.meta, model)
     extra = {**(header.meta.get("extra") or {}), "merged_from": Path(path).name}
     head_path = save_task(merged, out / HEAD_FILE, extra=extra, preprocessing=spec)
     return merged_path, head_path
 
 
-def merged_model(model: AdaptedModel) -> tuple[AdaptedModel, dict[str, torch.Tensor]]:
-    """A new model: ``model``'s backbone with its active task folded in, and a head-only (linear) task of the same
-    name, classes and objective; and the merged backbone's state dict. ``model`` is left as it was."""
+def merged_model(
+    model: AdaptedModel, out: str | Path, metadata: dict[str, str] | None = None
+) -> tuple[AdaptedModel, Path]:
+    """``model``'s active task folded into its backbone's weights, written to ``out/merged.safetensors``, and a
+    new model of those weights (loaded from the file, as a user loads them) with a head-only (linear) task of the
+    same name, classes and objective. ``model`` is left as it was."""
     state = merged_state_dict(model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    merged_path = out / MERGED_FILE
+    atomic_write(merged_path, lambda temporary: save_file(state, str(temporary), metadata=metadata))
     source = model.source
-    backbone = create_backbone(source.name, pretrained=False, **(source.kwargs or {}))
-    backbone.load_state_dict(state, strict=True)
-    merged = AdaptedModel(backbone, BackboneSource(source.name, source.kwargs, MERGED_FILE, source.family))
+    merged = AdaptedModel(
+        create_backbone(source.name, pretrained=False, checkpoint=merged_path, **(source.kwargs or {})),
+        BackboneSource(source.name, source.kwargs, MERGED_FILE, source.family),
+    )
     task = model.tasks[model.active_task]
     merged.add_task(
         model.active_task, LinearConfig(head_batchnorm=task.config.head_batchnorm), list(task.classes),
@@ -94,4 +99,4 @@ def merged_model(model: AdaptedModel) -> tuple[AdaptedModel, dict[str, torch.Ten
     )  # fmt: skip
     head_state = {k: v for k, v in task.state_dict().items() if k.startswith(("head.", "fc_norm."))}
     merged.load_task_state(head_state, model.active_task, f"task {model.active_task}")
-    return merged, state
+    return merged, merged_path
