@@ -52,13 +52,13 @@ def server_log(process: subprocess.Popen) -> str:
         return f.read()
 
 
-def stop_server(process: subprocess.Popen) -> None:
+def stop_server(process: subprocess.Popen, remove_log: bool = True) -> None:
     process.terminate()
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-    # the log was kept for a failing test to print; once the server is down it is only litter in /tmp
-    with contextlib.suppress(OSError):
-        os.unlink(process.log_path)
+    if remove_log:  # kept for a failing test to print; once the server is down it is only litter in /tmp
+        with contextlib.suppress(OSError):
+            os.unlink(process.log_path)

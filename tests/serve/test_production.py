@@ -3,6 +3,7 @@ next to ones that must not, limits that hold while the body streams, slow client
 checks, decoding off the event loop, the access log and the Prometheus metrics."""
 
 import io
+import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -257,8 +258,9 @@ def test_metrics_and_the_access_log(server):
         assert name in text, name
     health = httpx.get(f"{url}/health", timeout=10).json()
     assert health["status"] == "ok" and health["admission"]["max_queue"] == 20
-    stop_server(process)
+    stop_server(process, remove_log=False)
     log = server_log(process)
+    os.unlink(process.log_path)
     assert '"POST /predict/colour?top_k=4 HTTP/1.1" 200' in log
     assert KEY not in log
 

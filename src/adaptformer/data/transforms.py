@@ -52,6 +52,13 @@ class InputSpec:
         return int(round(self.size / self.crop_pct))
 
     @property
+    def sample_shape(self) -> list[int]:
+        """One input's shape: (3, H, W), or (3, T, H, W) for a clip."""
+        if self.frames > 1:
+            return [3, self.frames, self.size, self.size]
+        return [3, self.size, self.size]
+
+    @property
     def input_ndim(self) -> int:
         """Dimensions of one batch of inputs: (B, C, H, W) or (B, C, T, H, W); one more with test views."""
         return 4 if self.frames == 1 else 5

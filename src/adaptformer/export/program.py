@@ -90,7 +90,7 @@ def export_model(
     classes = list(classes if classes is not None else task.classes)
     goal = get_objective(objective if objective is not None else task.objective)
     program = TaskProgram(model.float().cpu().eval(), goal).eval()
-    shape = _input_shape(spec)
+    shape = spec.sample_shape
     example = torch.randn(TRACE_BATCH, *shape, generator=torch.Generator().manual_seed(0))
     what = f"method {task.config.name} on {model.source.name if model.source else type(model.backbone).__name__}"
     with _explicit_attention(program if format == "onnx" else None):
@@ -122,12 +122,6 @@ def export_model(
     atomic_write_json(out / "labels.json", classes)
     atomic_write_json(out / "export.json", manifest)
     return Exported(out, manifest)
-
-
-def _input_shape(spec: InputSpec) -> list[int]:
-    if spec.frames > 1:
-        return [3, spec.frames, spec.size, spec.size]
-    return [3, spec.size, spec.size]
 
 
 @contextlib.contextmanager

@@ -52,19 +52,13 @@ class ExportedTask:
                    directory.name), load_program(program, format, "predict --onnx"))  # fmt: skip
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        if pixels.shape[1:] != torch.Size(self.input_shape):
-            shape = ", ".join(map(str, self.input_shape))
+        if pixels.shape[1:] != torch.Size(self.spec.sample_shape):
+            shape = ", ".join(map(str, self.spec.sample_shape))
             raise AdaptFormerError(
                 f"{self.directory}: the program takes {INPUT} of shape (batch, {shape}), got {tuple(pixels.shape)}"
             )
         logits, _ = self.run(pixels.float().numpy())
         return torch.from_numpy(np.asarray(logits))
-
-    @property
-    def input_shape(self) -> list[int]:
-        if self.spec.frames > 1:
-            return [3, self.spec.frames, self.spec.size, self.spec.size]
-        return [3, self.spec.size, self.spec.size]
 
     def predict(
         self, media: list[Image.Image | Clip], top_k: int = 5, threshold: float = DEFAULT_THRESHOLD

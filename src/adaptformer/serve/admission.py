@@ -1,6 +1,6 @@
 """What reaches the app: the Host header, the API key, and the size and pace of the request body.
 
-A pure ASGI middleware in front of the routes; every refusal is a JSON ``{"detail": ...}``:
+A pure ASGI middleware in front of the routes; every refusal is a JSON ``{"detail": ..., "error": ...}``:
 
 * **Host** (400): a Host header the settings do not allow (``ServeSettings.host_allowed``: the loopback names,
   ``--host``, ``--allowed-host``; on 0.0.0.0 also IP literals and the machine's name) is refused, so a page on
@@ -14,7 +14,8 @@ A pure ASGI middleware in front of the routes; every refusal is a JSON ``{"detai
   in constant time.
 * **Body size** (413): a ``Content-Length`` over the limit is refused before a byte of the body is read; a body
   sent without one (chunked) is counted while it streams and cut off at the limit, so nothing over the limit is
-  ever received or spooled. Uploads (``/predict``) are bounded by ``--max-upload-mb``, every other body by
+  ever received or spooled. Uploads (``/predict``, ``/v2/models/{task}/infer``) are bounded by
+  ``--max-upload-mb``, every other body by
   ``--max-json-kb``.
 * **Body pace** (408): a body chunk that takes longer than ``--body-timeout`` to arrive ends the request.
 """
@@ -34,7 +35,7 @@ from .settings import ServeSettings
 CLOSE = {"connection": "close"}
 #: reachable without a key even with --auth-everything: orchestrators' probes, and pages that hold no data (the
 #: page asks for the key and sends it with every call it makes; the API docs and their assets)
-OPEN_PATHS = ("/ready", "/", "/docs", "/redoc", "/openapi.json", "/favicon.ico")
+OPEN_PATHS = ("/ready", "/v2/health/live", "/v2/health/ready", "/", "/docs", "/redoc", "/openapi.json", "/favicon.ico")
 OPEN_PREFIXES = ("/assets/docs/",)
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around an upload of the full allowed size
 STATE_CHANGING = ("/tasks",)  # POST /tasks, POST /tasks/refresh, DELETE /tasks/{name}
@@ -107,7 +108,7 @@ class Admission:
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
 
     def _body_limit(self, path: str) -> int:
-        if path.startswith("/predict"):
+        if path.startswith("/predict") or (path.startswith("/v2/models/") and path.endswith("/infer")):
             return self.settings.max_upload_bytes + MULTIPART_OVERHEAD
         return self.settings.max_json_bytes
 
@@ -138,7 +139,7 @@ def _host_name(host: str) -> str:
 
 
 async def _json(send, status: int, detail: str, extra_headers: dict[str, str]) -> None:
-    body = json.dumps({"detail": detail}).encode()
+    body = json.dumps({"detail": detail, "error": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.encode(), v.encode()) for k, v in extra_headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -11,12 +11,14 @@
 ``DELETE /tasks/{name}`` remove a task
 ``POST /predict/{task}`` multipart ``file`` (an image, or a clip for a video task): ``{"task", "top_k"}``
 ``POST /predict``        multipart ``file`` (+ ``tasks=a,b`` to choose): ``{"results": [{"task", "top_k"}, ...]}``
+``/v2/...``              the Open Inference Protocol (KServe v2): every task a model (``routes/inference.py``)
 =======================  =====================================================================================
 
 A multi-label task answers with sigmoid probabilities and adds ``"labels"``: every class at least ``threshold``
 probable (query parameter, default 0.5), most probable first; single- and multi-label tasks share one batch.
 
-Every error is JSON ``{"detail": "<one line>"}``: 400 a bad task file or request, 401 a missing or wrong API key,
+Every error is JSON ``{"detail": "<one line>", "error": "<the same line>"}`` (``error`` is what Open Inference
+Protocol clients read): 400 a bad task file or request, 401 a missing or wrong API key,
 403 a path outside the task directory, 404 an unknown task or file, 408 a body too slow, 409 a name taken or a
 task file changed on disk, 413 too large, 415 not an image or video, 422 a request the task cannot take, 500 an
 internal failure (details in the server log only), 503 busy (with ``Retry-After``). Messages never hold absolute
@@ -39,7 +41,7 @@ from .decoding import DecodePool
 from .docs import add_offline_docs
 from .errors import Contained, add_error_handlers, path_scrubber
 from .metrics import ServerMetrics
-from .routes import predict, status, tasks
+from .routes import inference, predict, status, tasks
 from .settings import ServeSettings
 
 
@@ -71,7 +73,7 @@ def create_app(bank: TaskBank, task_dir: str | Path | None = None, settings: Ser
     app.state.bank, app.state.batcher, app.state.settings = bank, batcher, settings
     add_offline_docs(app)
     reply = add_error_handlers(app, metrics, server.scrub)
-    for routes in (status, tasks, predict):
+    for routes in (status, tasks, predict, inference):
         app.include_router(routes.router(server))
     app.add_middleware(Contained, reply=reply)  # the innermost: every middleware outside it sees its 500s
     app.add_middleware(Admission, settings=settings, on_refusal=lambda kind: metrics.errors.labels(kind).inc())

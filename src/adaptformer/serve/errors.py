@@ -1,4 +1,5 @@
-"""How the server answers what goes wrong: every error one line of JSON ``{"detail": ...}`` with its status, the
+"""How the server answers what goes wrong: every error one line of JSON ``{"detail": ..., "error": ...}`` (the
+same line twice: FastAPI's key and the Open Inference Protocol's) with its status, the
 errors counted by kind, absolute paths shortened, and an exception that escapes a route contained (``Contained``).
 """
 
@@ -25,6 +26,7 @@ log = logging.getLogger("adaptformer.serve")
 
 class ErrorBody(BaseModel):
     detail: str
+    error: str  # the same line, where Open Inference Protocol clients (Triton's) read it
 
 
 def responses(*codes: int) -> dict:
@@ -52,7 +54,8 @@ def add_error_handlers(app: FastAPI, metrics: ServerMetrics, scrub):
 
     def reply(status: int, detail: str, kind: str, headers: dict | None = None) -> JSONResponse:
         metrics.errors.labels(kind).inc()
-        return JSONResponse({"detail": scrub(detail)}, status_code=status, headers=headers)
+        line = scrub(detail)
+        return JSONResponse({"detail": line, "error": line}, status_code=status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
