@@ -119,8 +119,9 @@ def run_describe(args: argparse.Namespace) -> int:
     if args.task:
         from ..tasks.files import recorded_backbone
         from ..tasks.format import read_task_file
+        from ..tasks.hub import local_task_file
 
-        header, _ = read_task_file(args.task)
+        header, _ = read_task_file(local_task_file(args.task))
         backbone, source = recorded_backbone(header.meta, args.task, pretrained=False)
         recorded = header.meta["backbone"]
     else:
@@ -176,9 +177,11 @@ def _merge_arguments(parser: argparse.ArgumentParser) -> None:
     _merge_arguments,
 )
 def run_merge(args: argparse.Namespace) -> int:
+    from ..tasks.hub import local_task_file
     from ..tasks.merge import merge_task
 
-    merged, head = merge_task(args.task, args.out, checkpoint=args.checkpoint, pretrained=args.checkpoint is None)
+    task = local_task_file(args.task)
+    merged, head = merge_task(task, args.out, checkpoint=args.checkpoint, pretrained=args.checkpoint is None)
     print(f"merged backbone: {merged}\nhead-only task:  {head}")
     print(f"predict with: adaptformer predict --task {head} --checkpoint {merged} IMAGES")
     return 0
@@ -208,9 +211,10 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 )
 def run_export(args: argparse.Namespace) -> int:
     from ..export import export_task
+    from ..tasks.hub import local_task_file
 
     exported = export_task(
-        args.task, args.out, args.format, merge=args.merge, checkpoint=args.checkpoint,
+        local_task_file(args.task), args.out, args.format, merge=args.merge, checkpoint=args.checkpoint,
         pretrained=args.checkpoint is None, check_backbone=args.check_backbone,
     )  # fmt: skip
     manifest = exported.manifest
@@ -218,6 +222,33 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"{manifest['format']} program: {exported.directory / manifest['file']}")
     print(f"checked at batch {manifest['check']['batch']}: outputs within {worst:.1e} of the eager model")
     print(f"predict with: adaptformer predict --exported {exported.directory} IMAGES")
+    return 0
+
+
+def _push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", metavar="TASK", help="the task file (.safetensors) to push")
+    parser.add_argument("--repo", required=True, help="the Hub repository, USER/NAME (created when missing)")
+    parser.add_argument("--revision", default=None, help="a branch to push to (default: main)")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--message", default=None, help="the commit message")
+    parser.add_argument("--folder", default=None, metavar="DIR", help="write the folder here instead of pushing")
+
+
+@command(
+    "push",
+    "push a task to the Hugging Face Hub as a task repository (task file, config.json, model card); pull it back "
+    "with --task hf:USER/NAME anywhere a task file is accepted",
+    _push_arguments,
+)
+def run_push(args: argparse.Namespace) -> int:
+    from ..tasks.hub import push_task, write_task_folder
+
+    if args.folder:
+        folder = write_task_folder(args.task, args.folder, repo=args.repo)
+        print(f"task repository folder: {folder} (push it with: adaptformer push {args.task} --repo {args.repo})")
+        return 0
+    url = push_task(args.task, args.repo, revision=args.revision, private=args.private, message=args.message)
+    print(f"pushed: {url}\nuse it with: adaptformer predict --task hf:{args.repo} IMAGES")
     return 0
 
 
@@ -362,9 +393,10 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load_task(args: argparse.Namespace):
     from ..inference import load_for_inference
+    from ..tasks.hub import local_task_file
 
     return load_for_inference(
-        args.task,
+        local_task_file(args.task),
         args.model,
         args.checkpoint,
         device=args.device,
@@ -498,13 +530,14 @@ def _bank_from_args(args: argparse.Namespace):
     """The task bank of ``predict`` and ``serve`` and the tasks named on the command line: the --task files and
     every task file of --task-dir, on their recorded (or --model) backbone, loaded on first use."""
     from ..bank import ResidencyLimits, TaskBank, parse_task_argument
+    from ..tasks.hub import is_hub_task
 
     limits = ResidencyLimits(args.max_resident, args.max_resident_mb)
     if args.task_dir is not None and not Path(args.task_dir).is_dir():
         raise AdaptFormerError(f"--task-dir {args.task_dir}: not a directory")
     files, names = [], []
     for text in args.task:
-        if args.task_dir is not None and "=" not in text and not Path(text).is_file():
+        if args.task_dir is not None and "=" not in text and not Path(text).is_file() and not is_hub_task(text):
             names.append(text)  # a task of --task-dir, by name
         else:
             files.append(text)

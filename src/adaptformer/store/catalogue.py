@@ -25,6 +25,7 @@ from ..data.transforms import InputSpec
 from ..errors import AdaptFormerError, UnknownTask
 from ..objectives import get_objective
 from ..tasks.format import FileStamp, TaskHeader, TensorEntry, read_task_header, task_path
+from ..tasks.hub import is_hub_task, local_task_file, parse_hub_task
 
 # Task names: safe in a URL path, a file name, a log line and a metric label. No '.': the model keys its tasks in
 # a ModuleDict, where a dot separates submodules.
@@ -72,8 +73,14 @@ class Listing:
 
 def parse_task_argument(text: str) -> tuple[str, Path]:
     """``NAME=FILE`` or ``FILE`` (named by its stem). A path that exists is a file even when it holds ``=`` (sweep
-    run directories are named ``bottleneck=4``)."""
+    run directories are named ``bottleneck=4``). ``FILE`` may be ``hf:USER/NAME[@REVISION]`` (named ``NAME``):
+    the task repository's file from the Hugging Face Hub's cache (``tasks/hub.py``)."""
+    if is_hub_task(text):
+        repo, _ = parse_hub_task(text)
+        return repo.split("/")[1], local_task_file(text)
     name, sep, file = text.partition("=")
+    if sep and is_hub_task(file):
+        return name, local_task_file(file)
     if not sep or Path(text).is_file() or Path(f"{text}.safetensors").is_file():
         return Path(text).stem, Path(text)
     if not name or not file:

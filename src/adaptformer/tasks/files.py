@@ -25,6 +25,7 @@ from ..methods.base import Task
 from ..objectives import get_objective
 from ..version import __version__
 from .format import FORMAT, FORMAT_VERSION, method_config_of, read_task_file, write_task
+from .hub import TASK_FILE, write_task_folder
 
 
 def task_metadata(
@@ -70,9 +71,12 @@ def save_task(
     fingerprint: str | None = None,
     task: str | None = None,
     preprocessing: InputSpec | None = None,
+    folder: bool = False,
 ) -> Path:
     """Write ``path`` (.safetensors, atomically) and its ``.json`` description; returns the weights path.
-    ``classes`` renames the task's classes first (their count must match the head)."""
+    ``classes`` renames the task's classes first (their count must match the head). ``folder=True``: ``path``
+    is a folder in the Hugging Face Hub layout (``task.safetensors``, ``config.json``, a ``README.md`` model
+    card: ``tasks/hub.py``), as ``adaptformer push`` uploads it."""
     _require_adapted(model)
     name = task or model.active_task
     if classes is not None:
@@ -82,7 +86,11 @@ def save_task(
             )
         model.tasks[name].classes = list(classes)
     meta = task_metadata(model, name, extra, fingerprint, preprocessing)
-    return write_task(path, meta, model.task_state_dict(name))
+    if not folder:
+        return write_task(path, meta, model.task_state_dict(name))
+    written = write_task(Path(path) / TASK_FILE, meta, model.task_state_dict(name))
+    write_task_folder(written, path)
+    return written
 
 
 def apply_task(
