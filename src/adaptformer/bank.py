@@ -30,7 +30,7 @@ from .errors import AdaptFormerError
 from .media import Clip, image_tensor
 from .objectives import DEFAULT_THRESHOLD, get_objective
 from .runtime.device import pick_device
-from .runtime.precision import autocast, resolve_precision
+from .runtime.precision import autocast, serving_precision
 from .store.catalogue import (
     TASK_NAME,
     TASK_NAME_RULE,
@@ -96,10 +96,12 @@ class TaskBank:
         check_backbone: bool = True,
         limits: ResidencyLimits | None = None,
         task_precision: str = "auto",
+        quantize: str | None = None,
     ) -> TaskBank:
         """A bank listing the ``tasks`` files (``FILE`` or ``NAME=FILE``; refused in one line when unusable) and
         every task file of ``task_dir`` (an unusable one is listed with its reason), on the backbone ``model_name``
-        or, by default, the one the first task file records. Nothing is loaded until a task is used."""
+        or, by default, the one the first task file records. Nothing is loaded until a task is used.
+        ``quantize="int8"``: the frozen backbone's Linear layers in int8 (``AdaptedModel.quantize_backbone``)."""
         files = directory_files(task_dir) if task_dir is not None else []
         if model_name is None:
             first = first_description(tasks, files)
@@ -111,10 +113,14 @@ class TaskBank:
             backbone = create_backbone(model_name, pretrained=pretrained, checkpoint=checkpoint)
             source = BackboneSource(model_name, {}, Path(checkpoint).name if checkpoint else None)
         torch_device = pick_device(device)
+        resolved = serving_precision(precision, torch_device, quantize)
+        model = AdaptedModel(backbone, source)
+        if quantize is not None:
+            model.quantize_backbone(quantize)
         bank = cls(
-            AdaptedModel(backbone, source),
+            model,
             torch_device,
-            resolve_precision(precision, torch_device),
+            resolved,
             check_backbone,
             limits,
             task_dir,

@@ -22,7 +22,7 @@ from .evaluation import evaluate
 from .media import Clip, decode_image, looks_like_video
 from .objectives import Objective, get_objective
 from .runtime.device import pick_device
-from .runtime.precision import resolve_precision
+from .runtime.precision import serving_precision
 from .tasks import preprocessing_of
 from .tasks.files import apply_task_tensors, recorded_backbone
 from .tasks.format import read_task_file
@@ -47,19 +47,23 @@ def load_for_inference(
     precision: str = "auto",
     check_backbone: bool = True,
     compile: bool = False,
+    quantize: str | None = None,
 ) -> LoadedTask:
     header, tensors = read_task_file(task)  # the file is read once, and before any backbone is built
     meta = header.meta
     backbone, source = recorded_backbone(meta, task, model_name, checkpoint, pretrained)
     model = apply_task_tensors(AdaptedModel(backbone, source), meta, tensors, task, check_backbone=check_backbone)
     torch_device = pick_device(device)
+    resolved = serving_precision(precision, torch_device, quantize)
     model = model.to(torch_device).eval()
+    if quantize is not None:  # after the backbone check above: the fingerprint is of the float weights
+        model.quantize_backbone(quantize)
     return LoadedTask(
         torch.compile(model) if compile else model,
         list(meta["classes"]),
         preprocessing_of(meta, model),
         torch_device,
-        resolve_precision(precision, torch_device),
+        resolved,
         get_objective(meta.get("objective")),
     )
 

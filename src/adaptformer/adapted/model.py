@@ -38,6 +38,7 @@ from ..objectives import get_objective
 from ..report import ParameterReport
 from ..utils.hashing import hash_tensors
 from .checkpointing import checkpoint_blocks
+from .int8 import float_state_dict, quantize_linear_layers
 from .routing import GATHER_FROM_GROUPS, Router
 from .taps import install_taps, key_value_dim, sites_per_block
 
@@ -90,6 +91,8 @@ class AdaptedModel(nn.Module):
         #: from how many task groups with an adapter at a block a mixed batch gathers them (``routing.py``)
         self.gather_from = GATHER_FROM_GROUPS
         self._fingerprint: tuple[tuple, str] | None = None  # (state key, hash) of the frozen weights
+        self.quantized: str | None = None  # "int8" once quantize_backbone ran
+        self._quantized_from: str | None = None  # the fingerprint of the weights it was quantized from
         #: frames of the clips a video backbone takes (1 for image backbones): images are seen as static clips
         self.clip_frames = self.family.input_spec(backbone).frames
         family = "hf" if isinstance(backbone, HFBackbone) else "timm"
@@ -330,7 +333,7 @@ class AdaptedModel(nn.Module):
         prefix = 0 if getattr(backbone, "no_embed_class", False) else backbone.num_prefix_tokens
         with torch.no_grad():
             resampled = resample_abs_pos_embed(backbone.pos_embed, new_size=(grid, grid), num_prefix_tokens=prefix)
-        state = dict(self.backbone.state_dict())
+        state = float_state_dict(self.backbone)  # the float weights, also when the backbone serves in int8
         state["pos_embed"] = resampled
         return hash_tensors(sorted(state.items()))[:32]
 
@@ -411,11 +414,39 @@ class AdaptedModel(nn.Module):
         a thousand task files hashes the backbone once."""
         if self.backbone_trains:
             return None
+        if self._quantized_from is not None:  # the weights' identity, not their int8 packing
+            return self._quantized_from
         state = sorted(self.backbone.state_dict(keep_vars=True).items())
         key = tuple((name, id(t), t._version) for name, t in state)
         if self._fingerprint is None or self._fingerprint[0] != key:
             self._fingerprint = (key, hash_tensors(state)[:32])
         return self._fingerprint[1]
+
+    def quantize_backbone(self, kind: str = "int8") -> int:
+        """The frozen backbone's ``nn.Linear`` layers as int8 for CPU serving; returns how many were quantized.
+
+        PyTorch's dynamic quantization run per sample (``adapted/int8.py``): weights int8, each sample's
+        activations quantized on the fly, fbgemm's int8 GEMMs. The hooks every task runs through move to the
+        int8 layers with them, so adapters, prompts, LoRA/BitFit/SSF sites and heads stay as trained (fp32) and
+        mixed-task batches work as before: a sample's answer does not depend on the others in its batch (but
+        for a VPT task's prompt slots, which join every sample of a batch that holds one). The
+        fingerprint stays that of the float weights, so the backbone check still tells foreign weights from
+        these. The model then runs in fp32 around the int8 layers. Refused for a model whose backbone trains
+        (full fine-tuning)."""
+        if kind != "int8":
+            raise AdaptFormerError(f"--quantize {kind!r}: expected int8")
+        if self.backbone_trains:
+            raise AdaptFormerError(
+                "--quantize int8: a full fine-tuning task trains the backbone; it cannot be quantized"
+            )
+        if self.quantized is not None:
+            return 0
+        if any(p.device.type != "cpu" for p in self.backbone.parameters()):
+            raise AdaptFormerError("--quantize int8: int8 backbones run on the CPU (--device cpu)")
+        fingerprint = self.backbone_fingerprint()  # of the float weights, before they are packed
+        count = quantize_linear_layers(self.backbone)
+        self.quantized, self._quantized_from = kind, fingerprint
+        return count
 
     def parameters_per_stage(self, name: str | None = None) -> dict[str, int]:
         """The task's parameters that belong to a block (``blocks.{i}.*``: adapters, LoRA, BitFit, SSF), summed

@@ -366,6 +366,12 @@ def _task_arguments(parser: argparse.ArgumentParser, several: bool = False) -> N
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (%(default)s)")
     parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (%(default)s)")
+    parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="the frozen backbone's Linear layers in int8 (CPU; tasks stay as trained, fp32 around them)",
+    )
     if not several:
         parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
     parser.add_argument("--batch-size", type=int, default=128, help="%(default)s")
@@ -403,6 +409,7 @@ def _load_task(args: argparse.Namespace):
         precision=args.precision,
         check_backbone=args.check_backbone,
         compile=args.compile,
+        quantize=args.quantize,
     )
 
 
@@ -554,6 +561,7 @@ def _bank_from_args(args: argparse.Namespace):
         check_backbone=args.check_backbone,
         limits=limits,
         task_precision=args.task_precision,
+        quantize=args.quantize,
     )
     for name in names:
         bank.info(name)  # a name that is not a usable task of the bank: one line, before any work
@@ -641,6 +649,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-check-backbone", dest="check_backbone", action="store_false")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument(
+        "--quantize", choices=("int8",), default=None, help="the frozen backbone's Linear layers in int8 (CPU)"
+    )
     from ..serve.settings import ServeSettings
 
     parser.set_defaults(serve_settings=add_grouped_options(parser, ServeSettings))

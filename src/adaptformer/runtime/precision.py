@@ -34,6 +34,23 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+QUANTIZATIONS = ("int8",)
+
+
+def serving_precision(precision: str, device: torch.device, quantize: str | None = None) -> str:
+    """``resolve_precision``, or with ``--quantize int8`` fp32 around the int8 layers on the CPU (their kernels);
+    another precision or device beside it is refused in one line."""
+    if quantize is None:
+        return resolve_precision(precision, device)
+    if quantize not in QUANTIZATIONS:
+        raise AdaptFormerError(f"--quantize {quantize!r}: expected one of {', '.join(QUANTIZATIONS)}")
+    if device.type != "cpu":
+        raise AdaptFormerError(f"--quantize {quantize}: int8 backbones run on the CPU; pass --device cpu")
+    if precision not in ("auto", "fp32"):
+        raise AdaptFormerError(f"--quantize {quantize} runs fp32 around the int8 layers; drop --precision {precision}")
+    return "fp32"
+
+
 def autocast(precision: str, device: torch.device):
     """The autocast context for a resolved precision (a no-op context for fp32)."""
     if precision == "fp32":
