@@ -21,6 +21,8 @@ BLOCKER = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, Blocker())
+    for name in BLOCKED:  # importing one fails, and importlib.util.find_spec (torch probes onnx so) says None
+        sys.modules[name] = None
     sys.argv = ["adaptformer", *sys.argv[2:]]
     from adaptformer.cli import main
     sys.exit(main(sys.argv[1:]))
