@@ -28,6 +28,10 @@ from test_video import TINY as VIDEO_TINY  # noqa: E402
 
 BUILDERS = {**{n: (families.make, families.inputs) for n in families.FAMILIES},
             **{n: (discovered.make, discovered.inputs) for n in discovered.FAMILIES}}  # fmt: skip
+#: one of each kind of block and layout (every family, both formats: python benchmarks/export_families.py)
+TRACED = ["deit_tiny_distilled_patch16_224", "eva02_tiny_patch14_224", "swin_tiny_patch4_window7_224",
+          "samvit_base_patch16", "hiera_tiny_224", "mvitv2_tiny", "convnext", "gmixer", "levit",
+          "plain-module", "hf-dinov2-registers"]  # fmt: skip
 
 
 def perturbed(model):
@@ -66,8 +70,8 @@ def test_every_method_exports_with_a_dynamic_batch_and_equals_eager(method, tmp_
         assert_program_equals_eager(tmp_path / "out", model, families.inputs("deit_tiny_distilled_patch16_224", batch))
 
 
-@pytest.mark.parametrize("name", list(BUILDERS))
-def test_every_family_traces_into_a_program_equal_to_eager(name, tmp_path):
+@pytest.mark.parametrize("name", TRACED)
+def test_families_trace_into_programs_equal_to_eager(name, tmp_path):
     make, inputs = BUILDERS[name]
     model = perturbed(adaptformer.adapt(make(name), "adaptformer", num_classes=3))
     x = inputs(name, 4)
