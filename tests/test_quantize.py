@@ -88,6 +88,12 @@ def test_the_bank_and_the_cli_serve_on_int8_and_still_refuse_foreign_weights(tra
     task, other, images, checkpoint = trained
     bank = TaskBank.open([str(task)], checkpoint=str(checkpoint), device="cpu", quantize="int8")
     assert bank.precision == "fp32" and bank.model.quantized == "int8"
+    from fastapi.testclient import TestClient
+
+    from adaptformer.serve.app import create_app
+
+    with TestClient(create_app(bank)) as client:
+        assert client.get("/health").json()["quantized"] == "int8"
     with pytest.raises(AdaptFormerError, match="backbone"):
         bank.add(str(other))  # the fingerprint is of the float weights: these are not them
     arguments = ["predict", "--task", str(task), "--checkpoint", str(checkpoint), "--json", str(images)]

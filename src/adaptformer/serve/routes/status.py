@@ -27,6 +27,7 @@ def router(server: Server) -> APIRouter:
             "tasks": len(bank.tasks),
             "device": str(bank.device),
             "precision": bank.precision,
+            "quantized": bank.model.quantized,  # "int8" with --quantize int8, else null
             "bank": bank.stats(),
             "batching": stats.to_dict(),
             "admission": {"in_progress": pool.admitted, "max_queue": pool.max_queue, "refused": pool.refused},
