@@ -92,7 +92,7 @@ def test_the_bank_and_the_cli_serve_on_int8_and_still_refuse_foreign_weights(tra
 
     from adaptformer.serve.app import create_app
 
-    with TestClient(create_app(bank)) as client:
+    with TestClient(create_app(bank), base_url="http://localhost") as client:
         assert client.get("/health").json()["quantized"] == "int8"
     with pytest.raises(AdaptFormerError, match="backbone"):
         bank.add(str(other))  # the fingerprint is of the float weights: these are not them
