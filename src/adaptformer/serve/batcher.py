@@ -74,6 +74,12 @@ class Batcher:
     def running(self) -> bool:
         return self._collector is not None and not self._collector.done()
 
+    @property
+    def ready(self) -> bool:
+        """Able to answer: the model thread runs and the model is not failing (``/ready``, ``/v2/health/ready``,
+        ``/health``'s status)."""
+        return self.running and not self.stats.failing
+
     async def stop(self) -> None:
         if self._collector is not None:
             self._collector.cancel()

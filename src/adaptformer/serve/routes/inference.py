@@ -61,8 +61,7 @@ def router(server: Server) -> APIRouter:
 
     @routes.get("/health/ready", responses=responses(503))
     async def ready() -> JSONResponse:
-        ok = batcher.running and not batcher.stats.failing
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        return JSONResponse({"ready": batcher.ready}, status_code=200 if batcher.ready else 503)
 
     @routes.get("/models/{task}", responses=responses(401, 404))
     async def model_metadata(task: str) -> dict:

@@ -23,7 +23,7 @@ def router(server: Server) -> APIRouter:
     async def health() -> dict:
         stats = batcher.stats
         return {
-            "status": "degraded" if stats.failing or not batcher.running else "ok",
+            "status": "ok" if batcher.ready else "degraded",
             "tasks": len(bank.tasks),
             "device": str(bank.device),
             "precision": bank.precision,
@@ -35,8 +35,7 @@ def router(server: Server) -> APIRouter:
 
     @routes.get("/ready", responses=responses(503))
     async def ready() -> JSONResponse:
-        ok = batcher.running and not batcher.stats.failing
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        return JSONResponse({"ready": batcher.ready}, status_code=200 if batcher.ready else 503)
 
     @routes.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
