@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import AdaptFormerError
+from ..errors import AdaptFormerError, first_line
 
 WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
@@ -36,8 +36,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             with torch.serialization.safe_globals([argparse.Namespace]):
                 blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt file, foreign pickle class, wrong format
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise AdaptFormerError(f"checkpoint {path}: cannot be read ({first_line})") from None
+        raise AdaptFormerError(f"checkpoint {path}: cannot be read ({first_line(error)})") from None
     return unwrap_state_dict(blob, path)
 
 

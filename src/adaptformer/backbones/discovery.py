@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from ..errors import AdaptFormerError
+from ..errors import AdaptFormerError, first_line
 from .anatomy import Anatomy, BlockAnatomy, first_tensor
 from .mlps import MLP, find_mlps
 from .probe import BlockRecord, Probe
@@ -68,7 +68,7 @@ def discover(
                     record.runs, record.result = 0, None
         else:
             example, error = failure
-            message = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+            message = first_line(error, 160)
             raise AdaptFormerError(
                 f"{cls}: the probe forward (a batch of {tuple(example.shape)}) failed, so its blocks cannot be "
                 f"found: {message}"

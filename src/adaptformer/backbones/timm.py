@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import AdaptFormerError
+from ..errors import AdaptFormerError, first_line
 from .checkpoints import drop_mismatched_head, read_state_dict, to_timm_vit
 from .embedded import EMBEDDED, EmbeddedBackbone, get_embedded
 from .hf import HF_PREFIX
@@ -54,10 +54,9 @@ def _create_video(
     except TypeError as error:
         raise AdaptFormerError(f"model {name}: {error}") from None
     except (OSError, RuntimeError) as error:  # offline, hub errors: one line, with the way out
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise AdaptFormerError(
-            f"model {name}: cannot fetch {VIDEOMAE_HUB[name]} ({first[:160]}); pass --checkpoint FILE (VideoMAE or "
-            "Hugging Face layout) or --no-pretrained"
+            f"model {name}: cannot fetch {VIDEOMAE_HUB[name]} ({first_line(error, 160)}); pass --checkpoint FILE "
+            "(VideoMAE or Hugging Face layout) or --no-pretrained"
         ) from None
     if checkpoint is not None:
         load_video_weights(model, read_video_state_dict(checkpoint), checkpoint)

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..adapted.model import AdaptedModel
 from ..data.transforms import InputSpec
-from ..errors import AdaptFormerError
+from ..errors import AdaptFormerError, first_line
 from ..objectives import Objective, get_objective
 from ..utils.atomic import atomic_write, atomic_write_json
 from ..utils.extras import require
@@ -190,6 +190,4 @@ def _blocking_operation(error: BaseException) -> str:
 
 
 def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[0] if lines else type(error).__name__
-    return f"{type(error).__name__}: {text[:300]}"
+    return f"{type(error).__name__}: {first_line(error, 300)}"

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdaptFormerError
+from ..errors import AdaptFormerError, first_line
 from ..utils.atomic import atomic_write_json, atomic_write_text
 from ..utils.extras import require
 from ..version import __version__
@@ -55,8 +55,9 @@ def local_task_file(text: str | Path) -> Path:
     try:
         folder = hub.snapshot_download(repo_id=repo, revision=revision, allow_patterns=FOLDER_FILES)
     except Exception as error:  # noqa: BLE001 - offline and not cached, no such repo or revision, no network
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise AdaptFormerError(f"--task {text}: cannot get it from the Hugging Face Hub ({first[:200]})") from None
+        raise AdaptFormerError(
+            f"--task {text}: cannot get it from the Hugging Face Hub ({first_line(error, 200)})"
+        ) from None
     path = Path(folder) / TASK_FILE
     if not path.is_file():
         raise AdaptFormerError(f"--task {text}: the repository holds no {TASK_FILE} (not a task repository?)")
@@ -119,8 +120,7 @@ def push_task(
                 commit_message=message or f"adaptformer task {Path(task).stem}",
             )  # fmt: skip
         except Exception as error:  # noqa: BLE001 - no token, no network, no right to the repository
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise AdaptFormerError(f"push {repo}: {first[:200]}") from None
+            raise AdaptFormerError(f"push {repo}: {first_line(error, 200)}") from None
     return str(getattr(commit, "commit_url", commit))
 
 
