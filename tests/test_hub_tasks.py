@@ -94,6 +94,11 @@ def test_a_pushed_task_comes_back_through_the_cache_and_answers_as_its_file(run,
     training = yaml.safe_load((snapshot / "training.yaml").read_text())
     assert training["data_root"] == "data" and training["method"] == "adaptformer"  # no local paths pushed
 
+    downloads = []
+    snapshot_download = huggingface_hub.snapshot_download
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", lambda **kw: downloads.append(kw) or snapshot_download(**kw)
+    )
     from_hub = answers(["--task", "hf:someone/tiny", *weights, str(images)], capsys)
     from_file = answers(["--task", str(out / "last.safetensors"), *weights, str(images)], capsys)
     assert [r["top_k"] for r in from_hub] == [r["top_k"] for r in from_file] and len(from_hub) == 3
@@ -102,6 +107,7 @@ def test_a_pushed_task_comes_back_through_the_cache_and_answers_as_its_file(run,
     assert main(["eval", "--task", "hf:someone/tiny", *weights, "--dataset", "imagefolder", "--data-root",
                  str(data), "--json", "--workers", "0"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["task"] == "hf:someone/tiny"
+    assert len(downloads) == 1  # listed, added, predicted and evaluated from one resolution
 
 
 def test_save_task_folder_writes_the_same_layout_and_a_revision_is_pinned(tmp_path, offline_cache, capsys):

@@ -15,6 +15,7 @@ Pushing is ``huggingface_hub``'s ``upload_folder``; resolving ``hf:`` is its ``s
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -50,7 +51,14 @@ def local_task_file(text: str | Path) -> Path:
     (downloaded first unless ``HF_HUB_OFFLINE=1``)."""
     if not is_hub_task(str(text)):
         return Path(text)
-    repo, revision = parse_hub_task(str(text))
+    return _from_hub(str(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _from_hub(text: str) -> Path:
+    """Resolved once per process: listing a bank reads the first task's header and then adds it, and both must
+    see the same snapshot without asking the Hub twice (a failure is not cached: a later call tries again)."""
+    repo, revision = parse_hub_task(text)
     hub = require("huggingface_hub", f"--task {text}")
     try:
         folder = hub.snapshot_download(repo_id=repo, revision=revision, allow_patterns=FOLDER_FILES)
