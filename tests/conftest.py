@@ -23,6 +23,17 @@ def images() -> torch.Tensor:
     return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
+def perturb_task(model, scale: float, seed: int = 0, task: str | None = None):
+    """``model`` with its task's tensors (``task``, default the active one) moved off their (often zero)
+    initialisation by seeded noise of size ``scale``, so a check sees the task at work; returns the model."""
+    generator = torch.Generator().manual_seed(seed)
+    parameters = (model.tasks[task] if task is not None else model.task).parameters()
+    with torch.no_grad():
+        for parameter in parameters:
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+    return model
+
+
 def features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Pooled, pre-head features of a timm ViT (what the head sees)."""
     return model.forward_head(model.forward_features(x), pre_logits=True)

@@ -7,15 +7,11 @@ import torch
 import torch.nn.functional as F
 
 import adaptformer
-from conftest import tiny_vit
+from conftest import perturb_task, tiny_vit
 
 
 def randomize(model):
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.task.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * 0.2)
-    return model
+    return perturb_task(model, 0.2)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from adaptformer.cli import main
 from adaptformer.export import ExportedTask, export_model
 from adaptformer.methods.registry import method_names
 from adaptformer.train.loop import fit
+from conftest import perturb_task
 from formats import write_imagefolder
 from training_helpers import tiny_checkpoint, tiny_train_config
 
@@ -35,11 +36,7 @@ TRACED = ["deit_tiny_distilled_patch16_224", "eva02_tiny_patch14_224", "swin_tin
 
 def perturbed(model):
     """The task's tensors moved off their (often zero) initialisation, so the check sees the task at work."""
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for parameter in model.task.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    return model
+    return perturb_task(model, 0.05, seed=3)
 
 
 def eager_outputs(model, x):

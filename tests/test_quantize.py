@@ -12,6 +12,7 @@ from adaptformer import AdaptFormerError
 from adaptformer.bank import TaskBank
 from adaptformer.cli import main
 from adaptformer.train.loop import fit
+from conftest import perturb_task
 from formats import write_imagefolder
 from training_helpers import TINY_KWARGS, tiny_checkpoint, tiny_train_config
 
@@ -27,11 +28,8 @@ def tiny_model(tmp_path):
     )  # fmt: skip
     for method in METHODS[1:]:
         model.add_task(method, method, classes=3, activate=False)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # off the zero initialisation, so every task changes the features
-        for name in METHODS:
-            for parameter in model.tasks[name].parameters():
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    for seed, name in enumerate(METHODS):  # off the zero initialisation, so every task changes the features
+        perturb_task(model, 0.05, seed=seed, task=name)
     return model.eval()
 
 

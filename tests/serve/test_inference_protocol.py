@@ -16,6 +16,7 @@ from PIL import Image
 import adaptformer
 from adaptformer.data.transforms import InputSpec
 from adaptformer.media import image_tensor
+from conftest import perturb_task
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -44,9 +45,7 @@ def server(tmp_path_factory):
     for seed, (name, (method, classes, objective)) in enumerate(kinds.items()):
         torch.manual_seed(seed)
         model = adaptformer.create_model(MODEL, method, classes=classes, objective=objective)
-        with torch.no_grad():  # off the zero initialisation: the task changes the features
-            for parameter in model.task.parameters():
-                parameter.add_(torch.randn_like(parameter) * 0.1)
+        perturb_task(model, 0.1, seed=seed)  # off the zero initialisation: the task changes the features
         adaptformer.save_task(model, tasks / f"{name}.safetensors")
     arguments = ["--task-dir", str(tasks), "--precision", "fp32", "--api-key", KEY, "--auth-everything"]
     process, url = start_server([*arguments, "--max-wait-ms", "5"])
