@@ -108,3 +108,27 @@ def test_the_bank_and_the_cli_serve_on_int8_and_still_refuse_foreign_weights(tra
         capsys.readouterr().err.strip()
         == "error: --quantize int8 runs fp32 around the int8 layers; drop --precision bf16"
     )
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_the_int8_kernels_follow_the_cpu_and_give_the_same_answers(amx, monkeypatch):
+    from adaptformer.adapted.int8 import Int8Linear, int8_engine
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    expected = "onednn" if amx and "onednn" in torch.backends.quantized.supported_engines else "fbgemm"
+    assert int8_engine() == expected
+    linear = torch.nn.Linear(64, 96)
+    before = torch.backends.quantized.engine
+    engines = [e for e in ("fbgemm", "onednn") if e in torch.backends.quantized.supported_engines]
+    layers = {engine: Int8Linear(linear, engine) for engine in engines}
+    assert torch.backends.quantized.engine == before  # the process-wide setting is only borrowed for packing
+    x = torch.randn(4, 10, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = {engine: layer(x) for engine, layer in layers.items()}
+        reference = linear(x)
+    first = out[engines[0]]
+    for engine in engines:
+        assert f"int8 ({engine})" in repr(layers[engine])
+        assert torch.allclose(out[engine], first, atol=1e-5)  # the same scales and rounding
+        assert not torch.equal(out[engine], reference)  # int8, not the float layer
+        assert (out[engine] - reference).abs().max() < 0.05 * reference.abs().max()

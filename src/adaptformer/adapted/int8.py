@@ -1,10 +1,15 @@
 """A frozen backbone's Linear layers in int8 for CPU serving, with PyTorch's own dynamic quantization.
 
-Each ``nn.Linear`` becomes ``Int8Linear``: its weights packed as int8 for fbgemm (PyTorch's x86 kernels,
-``torch.ao.nn.quantized.dynamic.Linear``, which quantizes its input on the fly and dequantizes in the GEMM's
-epilogue), run per sample. Per sample, because fbgemm takes one activation scale for the whole tensor it is given:
-over a batch, a sample's answer would move with the other samples in the batch (other requests, other tasks). A
-sample of a ViT is a few hundred tokens, a GEMM large enough for the int8 kernels.
+Each ``nn.Linear`` becomes ``Int8Linear``: its weights packed as int8 (``torch.ao.nn.quantized.dynamic.Linear``,
+which quantizes its input on the fly and dequantizes in the GEMM's epilogue), run per sample. Per sample, because
+the kernels take one activation scale for the whole tensor they are given: over a batch, a sample's answer would
+move with the other samples in the batch (other requests, other tasks). A sample of a ViT is a few hundred tokens,
+a GEMM large enough for the int8 kernels.
+
+The weights are packed for one of PyTorch's two x86 int8 back ends, chosen by the CPU (``int8_engine``): oneDNN
+where the CPU has AMX tiles (its int8 tile kernels ran a ViT-B/16 ``fc1`` 2.2-2.7x faster than fbgemm here), fbgemm
+elsewhere (oneDNN capped at AVX512-VNNI only tied with it, and at AVX2 ran 2.5x slower). Both give the same
+numbers: the same per-tensor scales, the same rounding.
 
 Measured (``benchmarks/int8_serving.py``, README): per-token scales with ``torch._int_mm`` (exact independence,
 torchao's W8A8 scheme) spent more on quantizing and rescaling outside the GEMM than the int8 GEMM saved on this
@@ -17,6 +22,7 @@ layer with their settings, so every method works on an int8 backbone unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -32,17 +38,42 @@ HOOK_TABLES = (
 )
 
 
+def int8_engine() -> str:
+    """The quantized back end to pack for on this CPU: ``onednn`` with AMX, else ``fbgemm`` (module docstring)."""
+    engines = torch.backends.quantized.supported_engines
+    try:
+        amx = bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # a private helper: a build without it gets the portable choice
+        amx = False
+    if amx and "onednn" in engines:
+        return "onednn"
+    return "fbgemm" if "fbgemm" in engines else torch.backends.quantized.engine
+
+
+@contextlib.contextmanager
+def packing_for(engine: str):
+    """Pack weights for ``engine``: PyTorch's engine is process-wide, so it is set only while packing (a packed
+    layer keeps its back end whatever the setting is later)."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
 class Int8Linear(nn.Module):
     """An ``nn.Linear`` with int8 weights, run per sample (see the module docstring)."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, engine: str | None = None):
         super().__init__()
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
         from torch.ao.quantization import default_dynamic_qconfig
 
+        self.engine = engine or int8_engine()
         linear.qconfig = default_dynamic_qconfig
-        with warnings.catch_warnings():  # torch.ao.quantization is marked for migration to torchao
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), packing_for(self.engine):
+            warnings.simplefilter("ignore")  # torch.ao.quantization is marked for migration to torchao
             self.packed = DynamicLinear.from_float(linear)
         del linear.qconfig
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -68,16 +99,18 @@ class Int8Linear(nn.Module):
         return self.source_bias
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 ({self.engine})"
 
 
-def quantize_linear_layers(root: nn.Module) -> int:
-    """Replace every ``nn.Linear`` under ``root`` by an ``Int8Linear`` carrying its hooks; returns how many."""
+def quantize_linear_layers(root: nn.Module, engine: str | None = None) -> int:
+    """Replace every ``nn.Linear`` under ``root`` by an ``Int8Linear`` (packed for ``engine``, by default this
+    CPU's) carrying its hooks; returns how many."""
+    engine = engine or int8_engine()
     replaced = 0
     for parent in list(root.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:  # subclasses may be read, not called (MultiheadAttention's out_proj)
-                layer = Int8Linear(child).to(child.weight.device)
+                layer = Int8Linear(child, engine).to(child.weight.device)
                 for table in HOOK_TABLES:
                     setattr(layer, table, getattr(child, table))
                 setattr(parent, name, layer)

@@ -426,13 +426,13 @@ class AdaptedModel(nn.Module):
         """The frozen backbone's ``nn.Linear`` layers as int8 for CPU serving; returns how many were quantized.
 
         PyTorch's dynamic quantization run per sample (``adapted/int8.py``): weights int8, each sample's
-        activations quantized on the fly, fbgemm's int8 GEMMs. The hooks every task runs through move to the
-        int8 layers with them, so adapters, prompts, LoRA/BitFit/SSF sites and heads stay as trained (fp32) and
-        mixed-task batches work as before: a sample's answer does not depend on the others in its batch (but
-        for a VPT task's prompt slots, which join every sample of a batch that holds one). The
-        fingerprint stays that of the float weights, so the backbone check still tells foreign weights from
-        these. The model then runs in fp32 around the int8 layers. Refused for a model whose backbone trains
-        (full fine-tuning)."""
+        activations quantized on the fly, oneDNN's int8 GEMMs on a CPU with AMX, fbgemm's elsewhere. The hooks
+        every task runs through move to the int8 layers with them, so adapters, prompts, LoRA/BitFit/SSF sites
+        and heads stay as trained (fp32) and mixed-task batches work as before: a sample's answer does not
+        depend on the others in its batch (but for a VPT task's prompt slots, which join every sample of a batch
+        that holds one). The fingerprint stays that of the float weights, so the backbone check still tells
+        foreign weights from these. The model then runs in fp32 around the int8 layers. Refused for a model
+        whose backbone trains (full fine-tuning)."""
         if kind != "int8":
             raise AdaptFormerError(f"--quantize {kind!r}: expected int8")
         if self.backbone_trains:
