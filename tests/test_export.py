@@ -3,6 +3,7 @@ batch (torch.export; ONNX through onnxruntime for a spread of them) whose output
 its preprocessing and labels beside it; ``predict --onnx`` answers as ``predict --task``; ``--merge`` folds a
 linear method first; folders that are wrong inside are one line."""
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -64,6 +65,17 @@ def test_every_method_exports_with_a_dynamic_batch_and_equals_eager(method, tmp_
     assert json.loads((tmp_path / "out" / "labels.json").read_text()) == model.task.classes
     for batch in (1, 5):  # neither the traced batch (2) nor the checked one (3)
         assert_program_equals_eager(tmp_path / "out", model, families.inputs("deit_tiny_distilled_patch16_224", batch))
+
+
+def test_exporting_leaves_the_callers_model_as_it_was(tmp_path):
+    model = perturbed(adaptformer.adapt(families.make("deit_tiny_distilled_patch16_224"), "adaptformer", num_classes=3))
+    x = families.inputs("deit_tiny_distilled_patch16_224", 3)
+    float_model = copy.deepcopy(model)
+    model.to(torch.bfloat16).train()  # a model mid-training, in another precision
+    export_model(model, tmp_path / "out", "torch-export")
+    assert model.training and all(p.dtype == torch.bfloat16 for p in model.parameters())
+    # the program is the fp32 model: the bf16 weights widened, checked against eager fp32 on them
+    assert_program_equals_eager(tmp_path / "out", float_model.to(torch.bfloat16).float(), x)
 
 
 @pytest.mark.parametrize("name", TRACED)

@@ -22,6 +22,7 @@ refused in one line naming the operation that blocks it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import platform
 import re
 import sys
@@ -89,7 +90,28 @@ def export_model(
     spec = spec or model.input_spec()
     classes = list(classes if classes is not None else task.classes)
     goal = get_objective(objective if objective is not None else task.objective)
-    program = TaskProgram(model.float().cpu().eval(), goal).eval()
+    with _traceable(model) as traced:
+        return _export(traced, out, format, spec, classes, goal, about)
+
+
+@contextlib.contextmanager
+def _traceable(model: AdaptedModel):
+    """``model`` as it is traced (CPU, fp32, eval) without changing the caller's: a copy where it is elsewhere or
+    in another precision, and its train/eval mode given back afterwards."""
+    tensors = [*model.parameters(), *model.buffers()]
+    as_traced = all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point()) for t in tensors)
+    was_training = model.training
+    try:
+        yield (model if as_traced else copy.deepcopy(model).float().cpu()).eval()
+    finally:
+        model.train(was_training)
+
+
+def _export(
+    model: AdaptedModel, out, format: str, spec: InputSpec, classes: list[str], goal, about: dict[str, Any] | None
+) -> Exported:
+    task = model.task
+    program = TaskProgram(model, goal).eval()
     shape = spec.sample_shape
     example = torch.randn(TRACE_BATCH, *shape, generator=torch.Generator().manual_seed(0))
     what = f"method {task.config.name} on {model.source.name if model.source else type(model.backbone).__name__}"
