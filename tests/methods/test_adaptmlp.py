@@ -72,3 +72,24 @@ def test_forward_matches_the_formula_with_dropout_only_in_training():
     torch.testing.assert_close(adapter(x), expected, rtol=0, atol=1e-6)
     adapter.train()
     assert not torch.allclose(adapter(x), expected)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_joining_the_mlp_branch_equals_the_sum_with_or_without_a_graph(bf16):
+    """``add_to``: m + a in one product; without a graph (serving) it accumulates into m itself."""
+    torch.manual_seed(0)
+    adapter = AdaptMLP(16, AdaptFormerConfig(bottleneck=4, scale=0.3)).eval()
+    torch.nn.init.normal_(adapter.up_proj.weight)
+    torch.nn.init.normal_(adapter.up_proj.bias)
+    x, m = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        expected = (m.to(torch.bfloat16) if bf16 else m) + adapter(x)  # the branch alone, then the sum
+        with_graph = adapter(x, add_to=m.to(torch.bfloat16) if bf16 else m.clone())
+        branch = m.to(torch.bfloat16) if bf16 else m.clone()
+        with torch.no_grad():
+            served = adapter(x, add_to=branch)
+    assert with_graph.requires_grad and not served.requires_grad
+    assert served.data_ptr() == branch.data_ptr()  # accumulated in place: no copy of the (tokens x d) branch
+    assert torch.equal(served, with_graph.detach())
+    tolerance = 0.05 if bf16 else 1e-5
+    assert torch.allclose(served.float(), expected.detach().float(), atol=tolerance, rtol=tolerance)

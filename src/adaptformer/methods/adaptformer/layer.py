@@ -72,9 +72,14 @@ class AdaptMLP(nn.Module):
         shape = add_to.shape
         ones = F.pad(hidden.reshape(-1, hidden.shape[-1]), (0, 1), value=1.0)
         weight = torch.cat([weight, bias[:, None]], dim=1).t().to(ones.dtype)
-        return torch.addmm(
-            add_to.reshape(-1, shape[-1]), ones, weight.to(add_to.dtype) if not torch.is_autocast_enabled() else weight
-        ).view(shape)
+        flat = add_to.reshape(-1, shape[-1])
+        if not torch.is_grad_enabled() and flat.is_contiguous() and flat.dtype == ones.dtype:
+            # inference: accumulate into the branch's own fresh tensor (no graph keeps it), which spares the copy
+            # of it an out-of-place product makes (1-2 % of a bf16 ViT-B forward)
+            return flat.addmm_(ones, weight).view(shape)
+        return torch.addmm(flat, ones, weight.to(add_to.dtype) if not torch.is_autocast_enabled() else weight).view(
+            shape
+        )
 
     def packed(self, source: str) -> PackedBranch | object:
         """This branch in the router's stackable layout (``methods/base.py``), reading ``source`` ("residual" or
