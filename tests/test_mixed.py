@@ -71,3 +71,18 @@ def test_refusals(images):
     full = adaptformer.adapt(tiny_vit(), "full")
     with pytest.raises(AdaptFormerError, match="full fine-tuning"):
         full(images, tasks=["default"] * 4)
+
+
+def test_serving_without_a_graph_answers_as_with_one(images):
+    """Without autograd the adapters accumulate into the MLP branch in place (single task and gathered mixed
+    batch): the same numbers as the out-of-place products that training takes."""
+    model = bank()
+    x = torch.cat([images, images.flip(0)])
+    names = [n for n in TASKS if n.startswith("af_")]
+    assignment = [names[i % len(names)] for i in range(len(x))]
+    mixed_graph, alone_graph = model(x, tasks=assignment), model(x, task="af_parallel")  # out of place
+    with torch.no_grad():
+        mixed, alone = model(x, tasks=assignment), model(x, task="af_parallel")
+    assert torch.equal(alone, alone_graph.detach())
+    for served, trained in zip(mixed, mixed_graph, strict=True):
+        assert torch.equal(served, trained.detach())

@@ -231,7 +231,10 @@ class Router:
         else:
             per_group = torch.stack([torch.as_tensor(b.scale, device=m.device).reshape(()) for b in branches])
             hidden = hidden * per_group.to(hidden.dtype)[index][:, None, None]
-        return torch.baddbmm(m, hidden.to(m.dtype), up.transpose(1, 2).to(m.dtype), alpha=alpha)
+        hidden, up = hidden.to(m.dtype), up.transpose(1, 2).to(m.dtype)
+        if not torch.is_grad_enabled() and m.is_contiguous():
+            return m.baddbmm_(hidden, up, alpha=alpha)  # serving: into the branch's own tensor, sparing a copy
+        return torch.baddbmm(m, hidden, up, alpha=alpha)
 
     def _sample_index(self, device: torch.device) -> torch.Tensor:
         """Each sample's group as a tensor (made once per forward)."""
