@@ -337,9 +337,12 @@ def test_a_request_still_running_when_the_grace_ends_gets_a_json_503(tmp_path):
     thread = threading.Thread(target=lambda: answers.append(predict(url, "/predict/one")))
     thread.start()
     time.sleep(1.5)
-    process.terminate()  # SIGTERM: 1 s of grace, then the request is cut
-    thread.join(timeout=30)
-    process.wait(timeout=30)
+    try:
+        process.terminate()  # SIGTERM: 1 s of grace, then the request is cut
+        thread.join(timeout=30)
+        process.wait(timeout=30)
+    finally:
+        stop_server(process)  # already down: this only removes its log
     (answer,) = answers
     assert answer.status_code == 503 and answer.headers["content-type"] == "application/json"
     assert answer.json()["detail"] == "the server is shutting down; try again"
