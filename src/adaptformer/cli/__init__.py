@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import AdaptFormerError
+from ..runtime.allocator import tune_allocator
 from ..version import __version__
 from .commands import COMMANDS
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_allocator()  # before any tensor: large activations reused, not page-faulted in again per forward
     try:
         parser = build_parser()  # imports the method plugins: the flags of their options are built here
     except AdaptFormerError as error:
