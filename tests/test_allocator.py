@@ -51,3 +51,11 @@ def test_large_blocks_come_from_the_heap_unless_the_user_keeps_glibcs_defaults()
 def test_nothing_is_set_off_linux(monkeypatch):
     monkeypatch.setattr(allocator.sys, "platform", "darwin")
     assert allocator.tune_allocator() is False
+
+
+def test_an_unknown_setting_is_one_line_and_exit_2(monkeypatch, capsys):
+    from adaptformer.cli import main
+
+    monkeypatch.setenv("ADAPTFORMER_MALLOC", "off")
+    assert main(["methods"]) == 2
+    assert capsys.readouterr().err == "error: ADAPTFORMER_MALLOC='off': expected tuned or default\n"

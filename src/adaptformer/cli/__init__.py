@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    tune_allocator()  # before any tensor: large activations reused, not page-faulted in again per forward
     try:
+        tune_allocator()  # before any tensor: large activations reused, not page-faulted in again per forward
         parser = build_parser()  # imports the method plugins: the flags of their options are built here
     except AdaptFormerError as error:
         print(f"error: {error}", file=sys.stderr)

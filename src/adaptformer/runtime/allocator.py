@@ -15,6 +15,8 @@ import ctypes
 import os
 import sys
 
+from ..errors import AdaptFormerError
+
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's maximum on 64-bit (HEAP_MAX_SIZE / 2)
@@ -24,7 +26,10 @@ USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMA
 
 def tune_allocator() -> bool:
     """Set glibc's thresholds as the module docstring says; True when they were set."""
-    if os.environ.get("ADAPTFORMER_MALLOC", "tuned") == "default" or not sys.platform.startswith("linux"):
+    choice = os.environ.get("ADAPTFORMER_MALLOC", "tuned")
+    if choice not in ("tuned", "default"):
+        raise AdaptFormerError(f"ADAPTFORMER_MALLOC={choice!r}: expected tuned or default")
+    if choice == "default" or not sys.platform.startswith("linux"):
         return False
     if any(name in os.environ for name in USER_SETTINGS):
         return False

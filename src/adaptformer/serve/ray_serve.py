@@ -21,6 +21,7 @@ from typing import Any
 
 from ..bank import ResidencyLimits, TaskBank
 from ..errors import AdaptFormerError
+from ..runtime.allocator import tune_allocator
 from .app import create_app
 from .settings import ServeSettings
 
@@ -52,6 +53,7 @@ def deployment(
     @serve.ingress()
     class AdaptformerReplica:
         def __init__(self, options: dict[str, Any], settings: ServeSettings):
+            tune_allocator()  # a replica is its own process: the command line's setting did not reach it
             self.options, self.settings = dict(options), settings
             self.bank = open_bank(dict(options))
 
