@@ -7,10 +7,9 @@ import tempfile
 from pathlib import Path
 
 from ..errors import AdaptFormerError
-from ..methods.registry import get_method
 from ..tasks.files import load_task, preprocessing_of
-from ..tasks.format import method_config_of, read_task_file
-from ..tasks.merge import merged_model
+from ..tasks.format import read_task_header
+from ..tasks.merge import merged_model, refuse_unmergeable
 from .program import FORMATS, Exported, export_model
 
 
@@ -26,11 +25,9 @@ def export_task(
     """Export the task file ``path`` into ``out`` as ``format`` (``onnx`` or ``torch-export``)."""
     if format not in FORMATS:
         raise AdaptFormerError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
-    header, _ = read_task_file(path)
-    config = method_config_of(header.meta, path)
-    if merge and get_method(config.name).task.merge_refusal is not None:  # said before any backbone is built
-        refusal = get_method(config.name).task.merge_refusal
-        raise AdaptFormerError(f"--merge: task file {path}: method {config.name} cannot be merged: {refusal}")
+    header = read_task_header(path)  # the tensors are read once, by load_task
+    if merge:
+        refuse_unmergeable(header.meta, path, "--merge")
     model = load_task(path, pretrained=pretrained, checkpoint=checkpoint, check_backbone=check_backbone)
     spec = preprocessing_of(header.meta, model)
     task = model.tasks[model.active_task]

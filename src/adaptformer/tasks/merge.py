@@ -27,7 +27,7 @@ from ..methods.linear import LinearConfig
 from ..methods.registry import get_method
 from ..utils.atomic import atomic_write
 from .files import load_task, preprocessing_of, save_task
-from .format import method_config_of, read_task_file
+from .format import method_config_of, read_task_header
 
 MERGED_FILE = "merged.safetensors"
 HEAD_FILE = "head.safetensors"
@@ -54,6 +54,16 @@ def merged_state_dict(model: AdaptedModel, task: str | None = None) -> dict[str,
         chosen.train(was_training)
 
 
+def refuse_unmergeable(meta: dict, path: str | Path, option: str = "") -> None:
+    """One line, before any backbone is built, for a task file whose method cannot be folded into the weights;
+    ``option``: the flag that asked for it (``--merge``), named first."""
+    config = method_config_of(meta, path)
+    refusal = get_method(config.name).task.merge_refusal
+    if refusal is not None:
+        prefix = f"{option}: " if option else ""
+        raise AdaptFormerError(f"{prefix}task file {path}: method {config.name} cannot be merged: {refusal}")
+
+
 def merge_task(
     path: str | Path,
     out: str | Path,
@@ -63,11 +73,8 @@ def merge_task(
     """Write ``out/merged.safetensors`` and ``out/head.safetensors`` for the task file ``path`` (see the module
     docstring); returns their paths. ``checkpoint``/``pretrained``: the backbone's weights, as for ``predict``."""
     out = Path(out)
-    header, _ = read_task_file(path)
-    config = method_config_of(header.meta, path)
-    refusal = get_method(config.name).task.merge_refusal
-    if refusal is not None:  # said before any backbone is built
-        raise AdaptFormerError(f"task file {path}: method {config.name} cannot be merged: {refusal}")
+    header = read_task_header(path)  # the tensors are read once, by load_task
+    refuse_unmergeable(header.meta, path)
     model = load_task(path, pretrained=pretrained, checkpoint=checkpoint)
     merged, merged_path = merged_model(model, out, metadata={"task": Path(path).name})
     spec = preprocessing_of(header.meta, model)
