@@ -170,5 +170,14 @@ def test_errors_are_one_line_the_client_reads_and_do_not_spill_onto_other_reques
         assert response.status_code == 400, (body, response.text)
         error = response.json()
         assert expected in error["error"] and error["error"] == error["detail"] and "\n" not in error["error"]
+    batches = httpx.get(f"{server}/health", headers=auth(), timeout=10).json()["batching"]["batches"]
+    image = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(png(3)).decode()]}
+    for extra, expected in (({"outputs": [{"name": "logits"}]}, "'logits': expected probabilities or labels"),
+                            ({"parameters": {"top_k": 0}}, "parameters.top_k '0'")):  # fmt: skip
+        response = httpx.post(
+            f"{server}/v2/models/digits/infer", json={"inputs": [image], **extra}, headers=auth(), timeout=10
+        )
+        assert response.status_code == 400 and expected in response.json()["error"], response.text
     health = httpx.get(f"{server}/health", headers=auth(), timeout=10).json()
     assert health["status"] == "ok"
+    assert health["batching"]["batches"] == batches  # refused before the model ran

@@ -83,9 +83,10 @@ def router(server: Server) -> APIRouter:
             except ProtocolError as error:
                 raise HTTPException(400, str(error)) from None
             tensor = _the_input(parsed)
+            wanted, top_k = _wanted_outputs(parsed), _top_k(parsed, len(bank.info(task).classes))  # before any work
             rows = await pool.run(_rows, task, tensor)
             logits = await batcher.logits(rows, [task] * len(rows)) if rows else []
-        content, headers = write_infer_response(task, parsed, _outputs(task, parsed, logits))
+        content, headers = write_infer_response(task, parsed, _outputs(task, wanted, top_k, logits))
         return Response(content, headers=headers)
 
     def metadata(task: str) -> dict:
@@ -142,13 +143,8 @@ def router(server: Server) -> APIRouter:
                 raise HTTPException(422, f"input {IMAGE_INPUT!r}[{index}]: {error}") from None
         return rows
 
-    def _outputs(task: str, request: InferRequest, logits: list[torch.Tensor]) -> list[Output]:
+    def _outputs(task: str, wanted: list[str], top_k: int, logits: list[torch.Tensor]) -> list[Output]:
         info = bank.info(task)
-        wanted = [o.get("name") for o in request.outputs] if request.outputs else list(OUTPUTS)
-        unknown = [str(name)[:64] for name in wanted if name not in OUTPUTS]
-        if unknown:
-            raise HTTPException(400, f"outputs: {', '.join(map(repr, unknown))}: expected {' or '.join(OUTPUTS)}")
-        top_k = _top_k(request, len(info.classes))
         stacked = torch.stack(logits).float() if logits else torch.zeros(0, len(info.classes))
         probabilities = get_objective(info.objective).probabilities(stacked)
         results = {
@@ -176,6 +172,14 @@ def _the_input(request: InferRequest) -> Tensor:
     if tensor.name == IMAGE_INPUT and len(tensor.shape) != 1:
         raise HTTPException(400, f"input {IMAGE_INPUT!r}: shape {tensor.shape}; expected [batch]")
     return tensor
+
+
+def _wanted_outputs(request: InferRequest) -> list[str]:
+    wanted = [o.get("name") for o in request.outputs] if request.outputs else list(OUTPUTS)
+    unknown = [str(name)[:64] for name in wanted if name not in OUTPUTS]
+    if unknown:
+        raise HTTPException(400, f"outputs: {', '.join(map(repr, unknown))}: expected {' or '.join(OUTPUTS)}")
+    return wanted
 
 
 def _top_k(request: InferRequest, classes: int) -> int:
