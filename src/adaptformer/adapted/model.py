@@ -37,6 +37,7 @@ from ..methods.registry import get_method, make_method_config
 from ..objectives import get_objective
 from ..report import ParameterReport
 from ..utils.hashing import hash_tensors
+from ..utils.options import is_int
 from .checkpointing import checkpoint_blocks
 from .int8 import float_state_dict, quantize_linear_layers
 from .routing import GATHER_FROM_GROUPS, Router
@@ -525,7 +526,7 @@ class AdaptedModel(nn.Module):
         (``global_pool``: the backbone pools as it was built to; only None is accepted)."""
         if global_pool is not None:
             raise AdaptFormerError("reset_classifier: global_pool: the backbone's pooling is fixed; pass None")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        if not is_int(num_classes, 1):
             raise AdaptFormerError(f"num_classes: expected a positive integer, got {num_classes!r}")
         self.task.reset_head(num_classes)
 
@@ -594,7 +595,7 @@ def describe_backbone(backbone: nn.Module, family: Family, anatomy: Anatomy, fc_
 
 
 def _int_or_none(value: Any) -> int | None:
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+    return int(value) if is_int(value) else None
 
 
 def _grid_of(backbone: nn.Module) -> tuple[int, ...] | None:
@@ -731,7 +732,7 @@ def adapt(
             raise AdaptFormerError(
                 f"num_classes: {class_name(model)} has no class count of its own; pass num_classes (--num-classes)"
             )
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        if not is_int(num_classes, 1):
             raise AdaptFormerError(f"num_classes: expected a positive integer, got {num_classes!r}")
         classes = [str(i) for i in range(num_classes)]
     # the task is built once on a description of the untouched backbone first: a method this family cannot host

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AdaptFormerError
+from ..utils.options import is_int
 from .image import FileImageDataset, require_listed_images
 from .registry import DatasetEntry, Split, check_benchmark_split, register_dataset
 
@@ -61,7 +62,7 @@ def read_split_json(path: Path) -> dict[str, int]:
         raise AdaptFormerError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(data, dict) or not data:
         raise AdaptFormerError(f"{path}: expected a JSON object of image path -> class id")
-    wrong = [k for k, v in data.items() if isinstance(v, bool) or not isinstance(v, int)]
+    wrong = [k for k, v in data.items() if not is_int(v)]
     if wrong:
         raise AdaptFormerError(f"{path}: {wrong[0]!r} maps to {data[wrong[0]]!r}; expected an integer class id")
     return data

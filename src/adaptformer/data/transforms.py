@@ -17,6 +17,7 @@ from typing import Any
 from torchvision import transforms as T
 
 from ..errors import AdaptFormerError
+from ..utils.options import is_int
 
 TRAIN_CROPS = ("random_resized", "pad")  # RandomResizedCrop, or the small-image recipe: resize, pad, random crop
 RESIZE_MODES = ("crop", "squash")  # short side + centre crop, or both sides to the input size
@@ -120,7 +121,7 @@ class InputSpec:
         if isinstance(self.frames, bool) or not isinstance(self.frames, int) or not 1 <= self.frames <= 1024:
             raise AdaptFormerError(f"frames: expected 1-1024 frames, got {self.frames!r}")
         rate = self.sampling_rate
-        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate < 1):
+        if rate is not None and not is_int(rate, 1):
             raise AdaptFormerError(f"sampling_rate: expected a positive integer, got {rate!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise AdaptFormerError(

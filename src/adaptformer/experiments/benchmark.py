@@ -29,6 +29,7 @@ from ..methods.registry import get_method, method_names
 from ..train.config import TrainConfig
 from ..utils.atomic import atomic_write_json, atomic_write_text
 from ..utils.extras import require
+from ..utils.options import is_int
 from .dispatch import Job, run_jobs
 from .report import html_page, read_run
 from .sweep import shard
@@ -82,7 +83,7 @@ def benchmark_runs(
     tune: bool = False,
 ) -> list[BenchmarkRun]:
     """Every final run (and with ``tune``, every search run first), each configuration validated up front."""
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+    if not is_int(seeds, 1):
         raise AdaptFormerError(f"--seeds: expected a positive integer, got {seeds!r}")
     known = method_names()
     wrong = [m for m in methods if m not in known]

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import AdaptFormerError
 from ..train.config import TrainConfig, config_search_path, read_yaml_mapping
+from ..utils.options import is_int
 from .dispatch import Job, run_jobs
 
 SWEEP_KEYS = ("base", "grid", "points")
@@ -58,7 +59,7 @@ def load_sweep(name: str, seeds: int = 1, overrides: dict[str, Any] | None = Non
     points = data.get("points") or [{}]
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
         raise AdaptFormerError(f"sweep {path}: points: expected a list of mappings of options")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+    if not is_int(seeds, 1):
         raise AdaptFormerError(f"--seeds: expected a positive integer, got {seeds!r}")
     runs = []
     for point in points:

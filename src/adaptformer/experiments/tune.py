@@ -41,6 +41,7 @@ from ..train.config import TrainConfig, read_yaml_mapping
 from ..train.data import training_labels
 from ..train.optim import scaled_lr
 from ..utils.extras import require
+from ..utils.options import is_int
 from .dispatch import RayOptions, train_run
 from .sweep import _name
 from .trials import Clock, Scored, Search, run_trial
@@ -130,12 +131,12 @@ def tune(
         raise AdaptFormerError(f"--pruner: expected one of {', '.join(PRUNERS)}, got {pruner!r}")
     if time_budget is not None and not time_budget > 0:
         raise AdaptFormerError(f"--time-budget: expected a positive number of seconds, got {time_budget}")
-    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
+    if trials is not None and not is_int(trials, 1):
         raise AdaptFormerError(f"--trials: expected a positive integer, got {trials!r}")
     if ray is not None and folds != 1:
         raise AdaptFormerError("tune --ray: --folds scores every trial by several runs; use it without --ray")
     size = len(training_labels(config))  # the data is readable before any trial
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1 or folds > max(1, size // 2):
+    if not is_int(folds, 1) or folds > max(1, size // 2):
         raise AdaptFormerError(f"--folds: expected 1 to {max(1, size // 2)} for {size} training images, got {folds}")
     held_out = max(1, round(validation_split * size))
     per_trial = size - (size // folds if folds > 1 else held_out)

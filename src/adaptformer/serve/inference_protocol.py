@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AdaptFormerError
+from ..utils.options import is_int
 
 HEADER_LENGTH = "inference-header-content-length"
 DATATYPES = ("FP32", "BYTES")
@@ -100,7 +101,7 @@ def _input(item: Any, index: int, binary: memoryview) -> tuple[Tensor, int]:
     where = f"input {name[:64]!r}"
     if datatype not in DATATYPES:
         raise ProtocolError(f'{where}: "datatype" {str(datatype)[:20]!r}: expected one of {", ".join(DATATYPES)}')
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(is_int(d, 0) for d in shape):
         raise ProtocolError(f'{where}: "shape": expected a list of non-negative integers')
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
@@ -110,7 +111,7 @@ def _input(item: Any, index: int, binary: memoryview) -> tuple[Tensor, int]:
         raise ProtocolError(f'{where}: "parameters": expected an object')
     size = parameters.get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > len(binary):
+        if not is_int(size, 0) or size > len(binary):
             raise ProtocolError(f"{where}: binary_data_size {size!r}: expected 0 to the {len(binary)} bytes left")
         data = _from_binary(bytes(binary[:size]), datatype, count, where)
         return Tensor(name, datatype, shape, data, parameters), size

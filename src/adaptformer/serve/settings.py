@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AdaptFormerError
-from ..utils.options import option
+from ..utils.options import is_int, option
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 ANY_INTERFACE = ("0.0.0.0", "::", "")
@@ -173,12 +173,12 @@ def read_api_key(key: str | None, key_file: str | None) -> str | None:
 
 
 def _port(value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+    if not is_int(value, 0) or value > 65535:
         raise AdaptFormerError(f"--port {value}: expected 0-65535")
 
 
 def _positive_int(option: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value, 1):
         raise AdaptFormerError(f"{option} {value}: expected a positive integer")
 
 

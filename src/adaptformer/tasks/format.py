@@ -44,6 +44,7 @@ from ..methods.base import MethodConfig
 from ..methods.registry import get_method, method_config_from_dict, option_names
 from ..objectives import get_objective
 from ..utils.atomic import atomic_write, atomic_write_json
+from ..utils.options import is_int
 
 FORMAT = "adaptformer.task"
 FORMAT_VERSION = 2
@@ -217,18 +218,14 @@ def _tensor_entry(path: Path, key: str, entry: Any, data_bytes: int) -> TensorEn
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in DTYPE_BYTES:
         raise AdaptFormerError(f"{where}: dtype {str(dtype)[:20]!r} is not a safetensors dtype)")
-    if not isinstance(shape, list) or not all(_natural(n) for n in shape):
+    if not isinstance(shape, list) or not all(is_int(n, 0) for n in shape):
         raise AdaptFormerError(f"{where}: shape {str(shape)[:40]}: expected a list of non-negative integers)")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_natural(n) for n in offsets)):
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(n, 0) for n in offsets)):
         raise AdaptFormerError(f"{where}: data_offsets: expected two non-negative integers)")
     begin, end = offsets
     if not begin <= end <= data_bytes or end - begin != math.prod(shape) * DTYPE_BYTES[dtype]:
         raise AdaptFormerError(f"{where}: its data_offsets do not hold its shape inside the file)")
     return TensorEntry(dtype, tuple(shape), begin, end)
-
-
-def _natural(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def read_task_file(path: str | Path, expected: FileStamp | None = None) -> tuple[TaskHeader, dict[str, torch.Tensor]]:

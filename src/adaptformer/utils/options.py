@@ -37,10 +37,15 @@ def help_of(field: dataclasses.Field) -> str:
     return field.metadata.get("help", "")
 
 
+def is_int(value: Any, minimum: int | None = None) -> bool:
+    """An integer (JSON's and YAML's ``true`` is not one) of at least ``minimum``."""
+    return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+
+
 def check_int(name: str, value: Any, minimum: int | None = None, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+    if not is_int(value, minimum):
         bound = f" >= {minimum}" if minimum is not None else ""
         raise AdaptFormerError(f"{name}: expected an integer{bound}, got {value!r}")
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from ...errors import AdaptFormerError
+from ...utils.options import is_int
 from ..registry import DatasetEntry, Split, register_dataset
 from .decode import probe, read_clip
 from .sampling import SAMPLING_MODES, TorchRandom, clip_indices
@@ -48,7 +49,7 @@ class ClipOptions:
     def __post_init__(self) -> None:
         for name in ("num_frames", "sampling_rate", "test_clips"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value, 1):
                 raise AdaptFormerError(f"--{name.replace('_', '-')}: expected a positive integer, got {value!r}")
         if self.mode not in SAMPLING_MODES:
             raise AdaptFormerError(f"sampling: expected one of {', '.join(SAMPLING_MODES)}, got {self.mode!r}")

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from ...errors import AdaptFormerError, UnknownTask
 from ...media import MediaTooLarge, UnreadableMedia
 from ...objectives import get_objective
+from ...utils.options import is_int
 from ...version import __version__
 from ..context import Server
 from ..errors import COMMON, responses
@@ -184,6 +185,6 @@ def _wanted_outputs(request: InferRequest) -> list[str]:
 
 def _top_k(request: InferRequest, classes: int) -> int:
     value = request.parameters.get("top_k", DEFAULT_TOP_K)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not is_int(value, 1):
         raise HTTPException(400, f"parameters.top_k {str(value)[:20]!r}: expected a positive integer")
     return min(value, classes)
