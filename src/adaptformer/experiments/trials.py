@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import AdaptFormerError
 from ..train.config import TrainConfig
+from ..utils.atomic import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class Clock:
         return None if budget is None else max(0.0, budget - self.seconds())
 
     def save(self) -> None:
-        self.path.write_text(json.dumps({"seconds": round(self.seconds(), 3)}) + "\n")
+        atomic_write_text(self.path, json.dumps({"seconds": round(self.seconds(), 3)}) + "\n")  # a kill keeps the last
 
 
 def run_trial(directory: Path, values: dict[str, Any], name: str, report=None) -> float:

@@ -40,6 +40,7 @@ from ..objectives import METRIC_LABELS
 from ..train.config import TrainConfig, read_yaml_mapping
 from ..train.data import training_labels
 from ..train.optim import scaled_lr
+from ..utils.atomic import atomic_write_text
 from ..utils.extras import require
 from ..utils.options import is_int
 from .dispatch import RayOptions, train_run
@@ -189,8 +190,8 @@ def tune(
         "time_budget": time_budget,
         "seconds": round(clock.seconds(), 1),
     }
-    (out / "tune.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out / "tune.md").write_text(tune_markdown(result, space))
+    atomic_write_text(out / "tune.json", json.dumps(result, indent=2, default=str) + "\n")
+    atomic_write_text(out / "tune.md", tune_markdown(result, space))
     return result
 
 
