@@ -5,6 +5,9 @@
     python benchmarks/multitask.py --only-many --tasks 10000   # the scale targets alone (task files made once)
     python benchmarks/multitask.py --only-many --tasks 10000 --device cuda --precision bf16   # the GPU check
 
+The process and its fresh children set glibc's allocator as ``adaptformer serve`` does (``runtime/allocator.py``):
+the figures are those of a server; ``ADAPTFORMER_MALLOC=default`` measures with glibc's defaults instead.
+
 Prints, with the CPU's flags, each figure with its target:
 * a batch of 32 mixed over 8 AdaptFormer tasks / the same batch all of one task (target >= 0.95);
 * a batch of 32 over 2, 4, 8 and 32 distinct tasks / all one task, the per-group and the gathered paths side by
@@ -45,6 +48,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_speed import cpu_flags  # noqa: E402
+
+from adaptformer.runtime.allocator import tune_allocator  # noqa: E402
 
 
 def interleaved(functions: dict, repeats: int) -> dict[str, float]:
@@ -167,7 +172,7 @@ def memory(args) -> dict:
     out = {}
     for tasks in (1, 20):
         queue = ctx.Queue()
-        process = ctx.Process(target=_rss_child, args=(queue, args.model, tasks))
+        process = ctx.Process(target=_child, args=(_rss_child, queue, args.model, tasks))
         process.start()
         out[tasks] = queue.get()
         process.join()
@@ -435,11 +440,17 @@ def _open_store(args, folder: Path, task_dir: bool = True, device: str | None = 
     )
 
 
+def _child(function, queue, *arguments) -> None:
+    """A fresh process's entry: the allocator set as in the parent (the environment decides), then the work."""
+    tune_allocator()
+    function(queue, *arguments)
+
+
 def _in_child(function, *arguments) -> dict:
     """``function(queue, *arguments)`` in a fresh process (memory figures must not inherit this one's)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    process = ctx.Process(target=function, args=(queue, *arguments))
+    process = ctx.Process(target=_child, args=(function, queue, *arguments))
     process.start()
     while True:  # a child that dies (out of memory, an error) ends the benchmark instead of hanging it
         try:
@@ -715,7 +726,8 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-    print(f"{args.model}, CPU flags: {cpu_flags()}", flush=True)
+    allocator = "tuned as the command line sets it" if tune_allocator() else "glibc's defaults"
+    print(f"{args.model}, CPU flags: {cpu_flags()}; allocator: {allocator} (ADAPTFORMER_MALLOC)", flush=True)
     if args.only_server:
         figures = {"server": server(args)}
         if args.json:
