@@ -415,7 +415,12 @@ def test_a_listing_pass_looks_up_the_backbone_fingerprint_once_whatever_the_numb
 
 def test_tasks_of_one_kind_are_copies_of_one_template_and_share_nothing_mutable(task_dir, monkeypatch):
     """A store builds each kind of task once (on the meta device) and copies it per file: every copy has its own
-    modules, hooks, parameters and classes, and answers as the file loaded the usual way does."""
+    modules, parameters and classes, and answers as the file loaded the usual way does; the empty hook tables are
+    one read-only table (a hook cannot reach every task of the kind through it: registering one is refused, on a
+    copy too, whose tables must not become one table either)."""
+    import copy
+    import pickle
+
     from adaptformer.adapted.model import AdaptedModel
 
     builds = []
@@ -430,7 +435,18 @@ def test_tasks_of_one_kind_are_copies_of_one_template_and_share_nothing_mutable(
     modules_a, modules_b = dict(a.named_modules()), dict(b.named_modules())
     assert modules_a.keys() == modules_b.keys()
     assert all(modules_a[k] is not modules_b[k] for k in modules_a)
-    assert all(modules_a[k]._forward_hooks is not modules_b[k]._forward_hooks for k in modules_a)
+    assert all(modules_a[k]._forward_hooks is modules_b[k]._forward_hooks for k in modules_a)
+    assert all(modules_a[k]._parameters is not modules_b[k]._parameters for k in modules_a)
+    head = a.head[-1]
+    with pytest.raises(AdaptFormerError, match="task store"):
+        head.register_forward_hook(lambda module, args, out: out * 0)
+    with pytest.raises(AdaptFormerError, match="task store"):
+        head.register_forward_pre_hook(lambda module, args: None)
+    assert not head._forward_hooks and not b.head[-1]._forward_hooks
+    for duplicate in (copy.deepcopy(a), pickle.loads(pickle.dumps(a))):
+        with pytest.raises(AdaptFormerError, match="task store"):
+            duplicate.head[-1].register_forward_hook(lambda module, args, out: out * 0)
+        assert not duplicate.head[-1]._forward_hooks_with_kwargs and not duplicate.head[-1]._forward_hooks
     assert all(p.data_ptr() != q.data_ptr() for p, q in zip(a.parameters(), b.parameters(), strict=True))
     a.classes.append("extra")
     assert "extra" not in b.classes
