@@ -175,6 +175,31 @@ def test_one_failing_request_never_fails_its_batch():
     assert sorted(set(bank.prefetched)) == ["poison", "removed", "t0", "t1", "t2"]  # read ahead as they queued
 
 
+def test_the_batcher_hands_free_memory_back_on_the_model_thread_after_batches_even_failed_ones():
+    """With the allocator tuned, free memory is handed back between batches, on the model thread (never during a
+    forward), at most once per interval: here every batch, the poisoned one included."""
+    import threading
+
+    from adaptformer.runtime.allocator import PeriodicReturn
+
+    bank, threads = _PoisonBank(), []
+
+    async def scenario():
+        batcher = Batcher(bank, max_batch=1, max_wait_ms=0)
+        batcher.memory = PeriodicReturn(
+            every_s=0, tuned=lambda: True, release=lambda: threads.append(threading.current_thread().name)
+        )
+        batcher.start()
+        results = [await batcher.logits([torch.ones(2)], [task]) for task in ("t0", "t1")]
+        results += await asyncio.gather(batcher.logits([torch.zeros(2)], ["poison"]), return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert isinstance(results[-1], RuntimeError)
+    assert len(threads) == 3 and all(name.startswith("adaptformer-model") for name in threads)
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

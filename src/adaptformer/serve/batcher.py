@@ -25,6 +25,7 @@ import torch
 
 from ..bank import TaskBank
 from ..errors import AdaptFormerError, UnknownTask
+from ..runtime.allocator import PeriodicReturn
 
 log = logging.getLogger("adaptformer.serve")
 
@@ -65,6 +66,7 @@ class Batcher:
         self.queue: asyncio.Queue[_Request] | None = None
         self.stats = BatchStats()
         self._collector: asyncio.Task | None = None
+        self.memory = PeriodicReturn()  # a tuned allocator's free memory handed back between batches, now and then
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -142,10 +144,17 @@ class Batcher:
     async def _forward(self, requests: list[_Request]) -> list[torch.Tensor]:
         rows = [row for r in requests for row in r.rows]
         tasks = [task for r in requests for task in r.tasks]
-        logits = await self.on_model_thread(self.bank.logits, rows, tasks)
+        logits = await self.on_model_thread(self._logits, rows, tasks)
         self._record(len(rows), len(set(tasks)))
         self.stats.failing = False
         return logits
+
+    def _logits(self, rows: list[torch.Tensor], tasks: list[str]) -> list[torch.Tensor]:
+        """On the model thread: the batch, then the free memory handed back if it is time (``runtime/allocator``)."""
+        try:
+            return self.bank.logits(rows, tasks)
+        finally:
+            self.memory.maybe()
 
     def _tasks_known(self, request: _Request) -> bool:
         missing = next((t for t in request.tasks if not self.bank.has(t)), None)
