@@ -10,7 +10,8 @@ do. The cost is that a process keeps the memory its busiest moment needed. The c
 
 A server also frees memory on threads other than the model's (the decoders of uploads, the web framework's), and
 with these thresholds each thread's arena keeps what it freed: a soak of ``adaptformer serve`` grew by about 9
-MiB a minute (flat with glibc's defaults). So a server hands every arena's free pages back now and then, between
+MiB a minute (flat with glibc's defaults). So the arenas are limited to one per CPU (glibc's default is eight
+per CPU; ``MALLOC_ARENA_MAX`` wins), and a server hands every arena's free pages back now and then, between
 batches on the model thread (``PeriodicReturn``: ``malloc_trim(0)`` at most every ``RETURN_EVERY_S``), which
 costs the next forward its page faults once.
 """
@@ -27,6 +28,7 @@ from ..errors import AdaptFormerError
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's maximum on 64-bit (HEAP_MAX_SIZE / 2)
 TRIM_THRESHOLD = 1024 * 1024 * 1024  # hand memory back only when a whole GiB is free at the heap's top
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_")
@@ -50,6 +52,8 @@ def tune_allocator() -> bool:
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     global _tuned
     _tuned = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    if _tuned and "MALLOC_ARENA_MAX" not in os.environ:  # fewer arenas, each keeping what it freed
+        mallopt(M_ARENA_MAX, max(2, os.cpu_count() or 2))
     return _tuned
 
 
