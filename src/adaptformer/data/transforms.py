@@ -110,7 +110,7 @@ class InputSpec:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or not 1 <= self.size <= 8192:
+        if not is_int(self.size, 1) or self.size > 8192:
             raise AdaptFormerError(f"input_size: expected a side of 1-8192 pixels, got {self.size!r}")
         for name in ("mean", "std"):
             values = getattr(self, name)
@@ -118,7 +118,7 @@ class InputSpec:
                 raise AdaptFormerError(f"{name}: expected three finite numbers (R, G, B), got {list(values)!r}")
         if not all(v > 0 for v in self.std):
             raise AdaptFormerError(f"std: expected three positive numbers, got {list(self.std)!r}")
-        if isinstance(self.frames, bool) or not isinstance(self.frames, int) or not 1 <= self.frames <= 1024:
+        if not is_int(self.frames, 1) or self.frames > 1024:
             raise AdaptFormerError(f"frames: expected 1-1024 frames, got {self.frames!r}")
         rate = self.sampling_rate
         if rate is not None and not is_int(rate, 1):
