@@ -84,12 +84,10 @@ class PeriodicReturn:
     ):
         self.every_s, self.clock, self.tuned, self.release = every_s, clock, tuned, release
         self.last = clock()
-        self.count = 0
 
     def maybe(self) -> bool:
         if not self.tuned() or self.clock() - self.last < self.every_s:
             return False
         self.last = self.clock()
-        self.count += 1
         self.release()
         return True
