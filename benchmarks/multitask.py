@@ -181,14 +181,7 @@ def _rss_child(queue, model_name, tasks):
 
 
 def memory(args) -> dict:
-    ctx = mp.get_context("spawn")
-    out = {}
-    for tasks in (1, 20):
-        queue = ctx.Queue()
-        process = ctx.Process(target=_child, args=(_rss_child, queue, args.model, tasks))
-        process.start()
-        out[tasks] = queue.get()
-        process.join()
+    out = {tasks: _in_child(_rss_child, args.model, tasks) for tasks in (1, 20)}
     return {"rss_1_mb": out[1]["rss_mb"], "rss_20_mb": out[20]["rss_mb"], "ratio": out[20]["rss_mb"] / out[1]["rss_mb"]}
 
 
