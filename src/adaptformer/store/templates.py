@@ -33,7 +33,7 @@ from ..tasks.format import method_config_of
 
 _CONTAINERS = (dict, OrderedDict, set, list)
 #: nn.Module's hook tables (``_forward_hooks``, ``_state_dict_pre_hooks``, ...), as this torch names them
-HOOK_TABLES = frozenset(k for k, v in vars(nn.Module()).items() if isinstance(v, OrderedDict) and "hooks" in k)
+MODULE_HOOK_TABLES = frozenset(k for k, v in vars(nn.Module()).items() if isinstance(v, OrderedDict) and "hooks" in k)
 
 
 class _EmptyHookTable(OrderedDict):
@@ -160,7 +160,7 @@ def _plan(template: nn.Module) -> list[_Node]:
 
 
 def _shared(key: str, value: Any) -> bool:
-    return key in HOOK_TABLES and isinstance(value, OrderedDict) and not value
+    return key in MODULE_HOOK_TABLES and isinstance(value, OrderedDict) and not value
 
 
 def _filled_copy(plan: list[_Node], tensors: dict[str, torch.Tensor], reference: torch.Tensor) -> nn.Module:
