@@ -69,7 +69,9 @@ class TaskBank:
         #: which task files are listed, usable or not (``store/catalogue.py``)
         self.catalogue = Catalogue(self._describe, task_dir)
         #: which of them have their tensors in the model (``store/residency.py``)
-        self.residency = Residency(self.model, self.catalogue, limits, _block_dtype(task_precision, precision))
+        self.residency = Residency(
+            self.model, self.catalogue, limits, _block_dtype(task_precision, precision), task_precision == "int8"
+        )
 
     @property
     def task_dir(self) -> Path | None:
@@ -377,11 +379,14 @@ class TaskBank:
         return sorted(results, key=lambda r: (r["index"], order.get(r.get("task"), -1)))
 
 
-TASK_PRECISIONS = ("auto", "fp32")
+#: how resident tasks hold the tensors inside the blocks: auto = in the serving precision, fp32 = as trained,
+#: int8 = the Linear layers' weight matrices as int8 (with a few scales), the rest as auto (``store/int8_weights.py``)
+TASK_PRECISIONS = ("auto", "fp32", "int8")
 
 
 def _block_dtype(task_precision: str, precision: str) -> torch.dtype | None:
-    """Resident tasks' block tensors: in the serving precision (``auto``: bf16 or fp16 when serving so), or fp32."""
+    """Resident tasks' block tensors: in the serving precision (``auto`` and ``int8``: bf16 or fp16 when serving
+    so), or fp32."""
     if task_precision not in TASK_PRECISIONS:
         raise AdaptFormerError(f"--task-precision {task_precision!r}: expected one of {', '.join(TASK_PRECISIONS)}")
     if task_precision == "fp32":

@@ -526,10 +526,11 @@ def _task_store_arguments(parser: argparse.ArgumentParser, task_dir_help: str) -
     )
     parser.add_argument(
         "--task-precision",
-        choices=("auto", "fp32"),
+        choices=("auto", "fp32", "int8"),
         default="auto",
         help="resident tasks' adapters, prompts and updates: auto = the serving precision (bf16 halves their "
-        "memory), fp32 = as trained; heads stay fp32 (%(default)s)",
+        "memory), fp32 = as trained, int8 = their weight matrices in int8 with a scale per row or column (half of "
+        "bf16 again, lossy); heads stay fp32 (%(default)s)",
     )
 
 

@@ -11,7 +11,8 @@ task leave it out rather than fail. Evicting and reloading a task gives bit-iden
 and builds the tasks that will be needed on an I/O thread, so loading overlaps the model's work. A store serving
 in half precision keeps the tensors inside the blocks (adapters, prompts, updates) in that precision while
 resident: half the memory, the same arithmetic (autocast computes in it anyway); heads and norms keep the
-backbone's.
+backbone's. One with int8 weights (``int8_weights.py``) holds the weight matrices of the Linear layers inside
+the blocks as int8, one scale per row or column: half the memory again, at the cost of one rounding.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from ..errors import AdaptFormerError
 from ..methods.base import Task
 from ..tasks.format import DTYPE_BYTES, FLOAT_DTYPES, read_task_file
 from .catalogue import Catalogue
-from .templates import TaskTemplates
+from .int8_weights import held_as_int8, int8_bytes, with_int8_weights
+from .templates import MODULE_HOOK_TABLES, SHARED_EMPTY_HOOKS, TaskTemplates
 
 #: the part of the cache that tasks used more than once may hold against tasks used once
 PROTECTED_SHARE = 0.8
+_SHARED_HOOKS = {key: SHARED_EMPTY_HOOKS for key in MODULE_HOOK_TABLES}
 
 
 @dataclass
@@ -71,12 +74,15 @@ class Residency:
         catalogue: Catalogue,
         limits: ResidencyLimits | None = None,
         block_dtype: torch.dtype | None = None,
+        int8_weights: bool = False,
     ):
         self.model, self.catalogue = model, catalogue
         self.limits = limits or ResidencyLimits()
         self.counters = ResidencyCounters()
         #: the precision of the tensors inside the blocks while resident (None: the backbone's); heads keep theirs
         self.block_dtype = block_dtype
+        #: the Linear layers' weight matrices inside the blocks as int8 with a few scales (``int8_weights.py``)
+        self.int8_weights = int8_weights
         self._resident: OrderedDict[str, int] = OrderedDict()  # name -> bytes, least recently used first
         self._protected: OrderedDict[str, None] = OrderedDict()  # used again while resident, least recent first
         self._element_size = next(model.backbone.parameters()).element_size()
@@ -86,7 +92,8 @@ class Residency:
         self._ahead: dict[str, tuple[object, Future]] = {}
         self._ahead_lock = threading.Lock()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptformer-io")
-        self.templates = TaskTemplates(model, block_dtype)
+        # int8 weights are quantized from the file's own values, so the templates place the blocks as read
+        self.templates = TaskTemplates(model, None if int8_weights else block_dtype)
 
     @property
     def names(self) -> list[str]:
@@ -100,12 +107,14 @@ class Residency:
     def estimate_bytes(self, name: str) -> int:
         """Memory the task's tensors take once loaded (their element count at the model's precision)."""
         tensors = self.catalogue.listing(name).tensors
-        return sum(math.prod(entry.shape) * self._bytes_each(key, entry.dtype) for key, entry in tensors.items())
+        return sum(self._bytes_of(key, entry.dtype, entry.shape) for key, entry in tensors.items())
 
-    def _bytes_each(self, key: str, dtype: str) -> int:
+    def _bytes_of(self, key: str, dtype: str, shape: tuple[int, ...]) -> int:
         if dtype not in FLOAT_DTYPES:  # integers (BatchNorm's counter) stay as the file has them
-            return DTYPE_BYTES[dtype]
-        return self._block_size if key.startswith("blocks.") else self._element_size
+            return math.prod(shape) * DTYPE_BYTES[dtype]
+        if self.int8_weights and held_as_int8(key, shape):
+            return int8_bytes(shape)
+        return math.prod(shape) * (self._block_size if key.startswith("blocks.") else self._element_size)
 
     def make_resident(self, names: list[str]) -> None:
         """Load the tasks of ``names`` that are not resident, evicting others (used-once first) to fit."""
@@ -165,7 +174,11 @@ class Residency:
         precision they will be kept, a copy of its kind's template holding them (``templates.py``). ``prefetch``
         runs this on the I/O thread, so the model's thread only adds the result."""
         header, tensors = read_task_file(listing.path, expected=listing.stamp)
-        return self.templates.task(header.meta, tensors, listing.path)
+        task = self.templates.task(header.meta, tensors, listing.path)
+        if self.int8_weights:
+            compute = self.block_dtype or next(self.model.backbone.parameters()).dtype
+            task = with_int8_weights(task, compute, _SHARED_HOOKS)
+        return task
 
     def _read_in(self, name: str, size: int) -> None:
         """Load a listed task's tensors (see the module docstring for a file that can no longer be loaded), from
