@@ -3,6 +3,7 @@
     python benchmarks/multitask.py                        # ViT-B/16, 224 px, random weights (nothing downloaded)
     python benchmarks/multitask.py --model vit_small_patch16_224 --requests 32
     python benchmarks/multitask.py --only-many --tasks 10000   # the scale targets alone (task files made once)
+    python benchmarks/multitask.py --only-many --tasks 10000 --task-precision int8   # tasks held with int8 weights
     python benchmarks/multitask.py --only-many --tasks 10000 --device cuda --precision bf16   # the GPU check
 
 The process and its fresh children set glibc's allocator as ``adaptformer serve`` does (``runtime/allocator.py``):
@@ -335,8 +336,13 @@ def distinct_tasks(args) -> dict:
     device = torch.device(args.device)
     precision = resolve_precision(args.precision, device)
     model = make_bank(args.model, 32).to(device)
-    if precision in ("bf16", "fp16"):  # as a task store serving in half precision keeps its resident tasks
-        half = torch.bfloat16 if precision == "bf16" else torch.float16
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if args.task_precision == "int8":  # as a task store with int8 weights keeps its resident tasks
+        from adaptformer.store.int8_weights import with_int8_weights
+
+        for task in model.tasks.values():
+            with_int8_weights(task, half or torch.float32)
+    elif half is not None and args.task_precision == "auto":  # as a store serving in half precision keeps them
         with torch.no_grad():
             for name, parameter in model.tasks.named_parameters():
                 if name.split(".", 1)[1].startswith("blocks."):
@@ -443,6 +449,7 @@ def _open_store(args, folder: Path, task_dir: bool = True, device: str | None = 
         device=device or args.device,
         precision=precision or args.precision,
         limits=ResidencyLimits(max_resident=64),
+        task_precision=args.task_precision,
     )
 
 
@@ -732,6 +739,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit_base_patch16_224")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument(
+        "--task-precision",
+        choices=("auto", "fp32", "int8"),
+        default="auto",
+        help="how the task store (and the distinct-task batches) hold resident tasks, as `serve --task-precision`",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument(
@@ -758,7 +771,11 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     allocator = "tuned as the command line sets it" if tune_allocator() else "glibc's defaults"
-    print(f"{args.model}, CPU flags: {cpu_flags()}; allocator: {allocator} (ADAPTFORMER_MALLOC)", flush=True)
+    print(
+        f"{args.model}, CPU flags: {cpu_flags()}; allocator: {allocator} (ADAPTFORMER_MALLOC); resident tasks: "
+        f"--task-precision {args.task_precision}",
+        flush=True,
+    )
     if args.only_server:
         figures = {"server": server(args)}
         if args.json:

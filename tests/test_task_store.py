@@ -564,6 +564,8 @@ def test_a_store_with_int8_weights_holds_them_at_a_quarter_and_answers_as_fp32_t
     assert all(
         t.dtype == torch.float32 for n, t in tasks.state_dict().items() if ".head." in n and t.is_floating_point()
     )
+    for tensor in tasks.state_dict().values():  # each owns its memory: no file's buffer kept alive by a head
+        assert tensor.untyped_storage().resizable()  # (a tensor over a file's buffer is not)
     for name in names:  # the estimate a chunking decision uses is what the task then takes
         assert int8.residency.estimate_bytes(name) == sum(
             t.numel() * t.element_size() for t in tasks[name].state_dict().values()

@@ -86,11 +86,26 @@ class Int8Linear(nn.Module):
 def with_int8_weights(task: Task, compute_dtype: torch.dtype, shared_hooks: dict[str, object] | None = None) -> Task:
     """``task`` as a store with int8 weights keeps it, changed in place: each ``nn.Linear`` inside its blocks an
     ``Int8Linear`` (quantized from the tensors it holds, best fp32 as read from the file), every other floating
-    tensor inside its blocks in ``compute_dtype``. ``shared_hooks``: hook tables the new modules take (a store's
-    tasks share one empty, read-only table: ``templates.py``)."""
+    tensor inside its blocks in ``compute_dtype``, and every tensor its own bytes (those read from a file are views
+    of the one buffer it was read into, which a head's few KB would otherwise keep whole). ``shared_hooks``: hook
+    tables the new modules take (a store's tasks share one empty, read-only table: ``templates.py``)."""
     blocks = getattr(task, "blocks", None)
-    if blocks is None:
-        return task
+    made = _quantize_blocks(blocks, compute_dtype, shared_hooks) if blocks is not None else set()
+    for module in task.modules():
+        for table in (module._parameters, module._buffers):
+            for name, tensor in table.items():
+                if tensor is not None and id(tensor) not in made:
+                    table[name] = _replaced(tensor, tensor.detach().clone())
+    return task
+
+
+def _replaced(old: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return nn.Parameter(value, requires_grad=False) if isinstance(old, nn.Parameter) else value
+
+
+def _quantize_blocks(blocks: nn.Module, compute_dtype: torch.dtype, shared_hooks: dict[str, object] | None) -> set[int]:
+    """The blocks' Linear layers as ``Int8Linear``, their other floating tensors cast; the ids of the new tensors."""
+    made: set[int] = set()
     for module in list(blocks.modules()):
         for name, child in list(module._modules.items()):
             if type(child) is nn.Linear:
@@ -98,12 +113,13 @@ def with_int8_weights(task: Task, compute_dtype: torch.dtype, shared_hooks: dict
                 if shared_hooks:
                     vars(replacement).update(shared_hooks)
                 module._modules[name] = replacement
+                made.update(id(t) for t in (*replacement.parameters(), *replacement.buffers()))
     for module in blocks.modules():
         if isinstance(module, Int8Linear):
             continue
         for table in (module._parameters, module._buffers):
             for name, tensor in table.items():
                 if tensor is not None and tensor.is_floating_point() and tensor.dtype != compute_dtype:
-                    cast = tensor.detach().to(compute_dtype)
-                    table[name] = nn.Parameter(cast, requires_grad=False) if isinstance(tensor, nn.Parameter) else cast
-    return task
+                    table[name] = _replaced(tensor, tensor.detach().to(compute_dtype))
+                    made.add(id(table[name]))
+    return made
