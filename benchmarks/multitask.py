@@ -676,7 +676,7 @@ def report_many(args) -> dict:
         f"{d['gathered_vs_grouped_max_abs_diff']:.2e}",
         flush=True,
     )
-    figures["overhead"] = adapted_over_plain(args)
+    figures["overhead"] = {} if args.skip_overhead else adapted_over_plain(args)
     for precision, o in figures["overhead"].items():
         print(
             f"adapted (one AdaptFormer-64 task) / plain backbone, batch 32, {precision}: {o['ratio']:.3f} "
@@ -758,6 +758,9 @@ def main() -> int:
         "--server-tasks", type=int, default=0, help="also serve N task files behind --max-resident 64 (0: skip)"
     )
     parser.add_argument("--skip-peft", action="store_true")
+    parser.add_argument(
+        "--skip-overhead", action="store_true", help="not adapted / plain (it does not depend on --task-precision)"
+    )
     parser.add_argument("--tasks", type=int, default=0, help="task files for the task-store figures (0: skip them)")
     parser.add_argument("--groups", type=int, nargs="+", default=[2, 4, 8, 32], help="tasks per batch of 32")
     parser.add_argument("--stream-batches", type=int, default=12, help="batches of the Zipf request stream")
