@@ -12,7 +12,8 @@ The matrix is made again in the serving precision whenever the task's computatio
 and batch: the forward of a task's own rows, or the router's packed branches of a mixed batch) and dropped after,
 so what stays resident is the int8 form. This is lossy: one rounding to 1/254 of the largest value sharing its
 scale, where bf16 rounds each value to 1/512 of itself; the answers it gives beside bf16 and fp32 residency are
-measured by ``benchmarks/task_precision.py`` (docs/serving.md). A task loaded outside a store is never quantized.
+measured by ``benchmarks/task_precision.py`` (docs/serving.md). A task loaded outside a task store
+(``load_task``, ``apply_task``) is never quantized.
 """
 
 from __future__ import annotations
