@@ -91,7 +91,8 @@ def test_the_bank_and_the_cli_serve_on_int8_and_still_refuse_foreign_weights(tra
     from adaptformer.serve.app import create_app
 
     with TestClient(create_app(bank), base_url="http://localhost") as client:
-        assert client.get("/health").json()["quantized"] == "int8"
+        health = client.get("/health").json()
+        assert health["quantized"] == "int8" and health["task_precision"] == "auto"
     with pytest.raises(AdaptFormerError, match="backbone"):
         bank.add(str(other))  # the fingerprint is of the float weights: these are not them
     arguments = ["predict", "--task", str(task), "--checkpoint", str(checkpoint), "--json", str(images)]
@@ -101,6 +102,11 @@ def test_the_bank_and_the_cli_serve_on_int8_and_still_refuse_foreign_weights(tra
     float32 = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(int8) == len(float32) == 3
     for a, b in zip(int8, float32, strict=True):
+        assert a["top_k"][0]["label"] == b["top_k"][0]["label"]
+        assert abs(a["top_k"][0]["prob"] - b["top_k"][0]["prob"]) < 0.05
+    assert main([*arguments, "--quantize", "int8", "--task-precision", "int8"]) == 0  # both int8: close again
+    both = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for a, b in zip(both, float32, strict=True):
         assert a["top_k"][0]["label"] == b["top_k"][0]["label"]
         assert abs(a["top_k"][0]["prob"] - b["top_k"][0]["prob"]) < 0.05
     assert main([*arguments, "--quantize", "int8", "--precision", "bf16"]) == 2

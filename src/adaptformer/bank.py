@@ -69,6 +69,8 @@ class TaskBank:
         #: which task files are listed, usable or not (``store/catalogue.py``)
         self.catalogue = Catalogue(self._describe, task_dir)
         #: which of them have their tensors in the model (``store/residency.py``)
+        #: how resident tasks hold their block tensors (``TASK_PRECISIONS``)
+        self.task_precision = task_precision
         self.residency = Residency(
             self.model, self.catalogue, limits, _block_dtype(task_precision, precision), task_precision == "int8"
         )

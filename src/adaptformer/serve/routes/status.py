@@ -28,6 +28,7 @@ def router(server: Server) -> APIRouter:
             "device": str(bank.device),
             "precision": bank.precision,
             "quantized": bank.model.quantized,  # "int8" with --quantize int8, else null
+            "task_precision": bank.task_precision,  # how resident tasks are held: auto, fp32 or int8
             "bank": bank.stats(),
             "batching": stats.to_dict(),
             "admission": {"in_progress": pool.admitted, "max_queue": pool.max_queue, "refused": pool.refused},
