@@ -9,7 +9,7 @@ from adaptformer.store.int8_weights import Int8Linear, held_as_int8, int8_bytes,
 
 def test_each_value_is_rounded_to_within_half_a_step_of_the_scale_it_shares():
     generator = torch.Generator().manual_seed(0)
-    for shape in [(6, 40), (40, 6), (7, 7)]:
+    for shape in [(6, 40), (40, 6), (7, 7), (1, 30), (30, 1), (1, 1)]:
         weight = torch.randn(shape, generator=generator) * torch.rand(shape[0], 1, generator=generator)
         values, scale = quantized(weight)
         assert values.dtype == torch.int8 and values.abs().max() == 127  # each group's largest value is +-127

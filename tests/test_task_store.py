@@ -614,3 +614,28 @@ def test_every_method_serves_with_int8_weights_close_to_its_file_applied_alone(t
         torch.testing.assert_close(got[k], want[k], atol=3e-2, rtol=3e-2)
     held = store.model.tasks[method].state_dict()
     assert store.residency.estimate_bytes(method) == sum(t.numel() * t.element_size() for t in held.values())
+
+
+def test_an_int8_store_counts_what_a_task_holds_even_where_its_estimate_misjudges_it(task_dir, monkeypatch):
+    from adaptformer.store import residency
+
+    monkeypatch.setattr(residency, "held_as_int8", lambda key, shape: False)  # as for a plugin's layer it misses
+    store = _int8_store(task_dir)
+    store.logits(inputs(1), ["t000"])
+    task = store.model.tasks["t000"]
+    held = sum(t.nbytes for t in (*task.parameters(), *task.buffers()))
+    assert store.residency.estimate_bytes("t000") > held
+    assert store.residency.sizes() == [held]
+
+
+@pytest.mark.parametrize(("method", "options"), [("adaptformer", dict(bottleneck=1)), ("lora", dict(lora_rank=1))])
+def test_a_rank_one_matrix_takes_one_scale_as_its_estimate_says(tmp_path, method, options):
+    folder = tmp_path / "tasks"
+    model = adaptformer.AdaptedModel(backbone(folder))
+    model.add_task("r1", method, 3, **options)
+    adaptformer.save_task(model, folder / "r1.safetensors", task="r1")
+    store = _int8_store(folder)
+    store.logits(inputs(1), ["r1"])
+    held = store.model.tasks["r1"].state_dict()
+    assert store.residency.estimate_bytes("r1") == sum(t.nbytes for t in held.values())
+    assert any(n.endswith(".weight_scale") and t.numel() == 1 for n, t in held.items())

@@ -370,7 +370,8 @@ def _task_arguments(parser: argparse.ArgumentParser, several: bool = False) -> N
         "--quantize",
         choices=("int8",),
         default=None,
-        help="the frozen backbone's Linear layers in int8 (CPU; tasks stay as trained, fp32 around them)",
+        help="the frozen backbone's Linear layers in int8 (CPU; fp32 around them; tasks held as trained"
+        + (", or as --task-precision says)" if several else ")"),
     )
     if not several:
         parser.add_argument("--compile", action="store_true", help="torch.compile the model first")

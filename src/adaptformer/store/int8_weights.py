@@ -8,12 +8,12 @@ inside the blocks (prompts, norms, scales) are held in the serving precision, as
 them; heads keep the backbone's precision. A ViT-B AdaptFormer-64 task takes 1.19 MB instead of 2.30 MB (bf16) or
 4.6 MB (fp32).
 
-The matrix is made again in the serving precision whenever the task's computation reads ``weight`` (once per block
-and batch: the forward of a task's own rows, or the router's packed branches of a mixed batch) and dropped after,
-so what stays resident is the int8 form. This is lossy: one rounding to 1/254 of the largest value sharing its
-scale, where bf16 rounds each value to 1/512 of itself; the answers it gives beside bf16 and fp32 residency are
-measured by ``benchmarks/task_precision.py`` (docs/serving.md). A task loaded outside a task store
-(``load_task``, ``apply_task``) is never quantized.
+The matrix is made again in the serving precision whenever the task's computation reads ``weight`` (once or twice
+per block and batch: the forward of a task's own rows, the router's packed branches of a mixed batch, DoRA's norm)
+and dropped after, so what stays resident is the int8 form. This is lossy: one rounding to 1/254 of the largest
+value sharing its scale, where bf16 rounds each value to 1/512 of itself; the answers it gives beside bf16 and
+fp32 residency are measured by ``benchmarks/task_precision.py`` (docs/serving.md). A task loaded outside a task
+store (``load_task``, ``apply_task``) is never quantized.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def quantized(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``weight`` (rows, columns), or a stack of such, as int8 and its fp32 scales (``scale_shape``): symmetric,
     rounded to nearest."""
     weight = weight.detach().float()
-    per_column = scale_shape(weight.shape[-2:])[0] == 1
+    rows, columns = weight.shape[-2:]
+    per_column = rows > columns  # as ``scale_shape``: a (1, n) matrix has one scale, not n
     # each scale's values made contiguous first: a reduction across rows ran 4x slower than this copy and one along
     grouped = weight.transpose(-1, -2).contiguous() if per_column else weight
     scale = grouped.abs().amax(dim=-1, keepdim=True).div_(127)

@@ -193,6 +193,8 @@ class Residency:
             self.catalogue.mark_unusable(name, str(error))
             raise
         self.model.insert_task(name, task, activate=False)
+        if self.int8_weights:  # what it holds, should a plugin's layer escape the rule the estimate sizes files by
+            size = sum(t.nbytes for t in (*task.parameters(), *task.buffers()))
         self._resident[name] = size
         self.counters.loads += 1
 
