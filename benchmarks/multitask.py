@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_speed import cpu_flags  # noqa: E402
 
 from adaptformer.runtime.allocator import tune_allocator  # noqa: E402
+from adaptformer.runtime.precision import TASK_PRECISIONS  # noqa: E402
 
 
 def interleaved(functions: dict, repeats: int) -> dict[str, float]:
@@ -741,7 +742,7 @@ def main() -> int:
     parser.add_argument("--precision", default="auto")
     parser.add_argument(
         "--task-precision",
-        choices=("auto", "fp32", "int8"),
+        choices=TASK_PRECISIONS,
         default="auto",
         help="how the task store (and the distinct-task batches) hold resident tasks, as `serve --task-precision`",
     )

@@ -30,7 +30,7 @@ from .errors import AdaptFormerError
 from .media import Clip, image_tensor
 from .objectives import DEFAULT_THRESHOLD, get_objective
 from .runtime.device import pick_device
-from .runtime.precision import autocast, serving_precision
+from .runtime.precision import TASK_PRECISIONS, autocast, serving_precision
 from .store.catalogue import (
     TASK_NAME,
     TASK_NAME_RULE,
@@ -379,11 +379,6 @@ class TaskBank:
         ]
         order = {name: k for k, name in enumerate(chosen)}
         return sorted(results, key=lambda r: (r["index"], order.get(r.get("task"), -1)))
-
-
-#: how resident tasks hold the tensors inside the blocks: auto = in the serving precision, fp32 = as trained,
-#: int8 = the Linear layers' weight matrices as int8 (with a few scales), the rest as auto (``store/int8_weights.py``)
-TASK_PRECISIONS = ("auto", "fp32", "int8")
 
 
 def _block_dtype(task_precision: str, precision: str) -> torch.dtype | None:

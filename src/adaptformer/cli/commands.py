@@ -518,6 +518,8 @@ def _exported_predict(args: argparse.Namespace):
 
 
 def _task_store_arguments(parser: argparse.ArgumentParser, task_dir_help: str) -> None:
+    from ..runtime.precision import TASK_PRECISIONS
+
     parser.add_argument("--task-dir", default=None, metavar="DIR", help=task_dir_help)
     parser.add_argument(
         "--max-resident", type=int, default=None, help="most tasks with their tensors in memory at once (LRU)"
@@ -527,7 +529,7 @@ def _task_store_arguments(parser: argparse.ArgumentParser, task_dir_help: str) -
     )
     parser.add_argument(
         "--task-precision",
-        choices=("auto", "fp32", "int8"),
+        choices=TASK_PRECISIONS,
         default="auto",
         help="resident tasks' adapters, prompts and updates: auto = the serving precision (bf16 halves their "
         "memory), fp32 = as trained, int8 = their weight matrices in int8 with a scale per row or column (half of "

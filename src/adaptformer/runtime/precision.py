@@ -9,6 +9,9 @@ import torch
 from ..errors import AdaptFormerError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: how a task store holds its resident tasks' block tensors: auto = in the serving precision, fp32 = as trained,
+#: int8 = the Linear layers' weight matrices as int8 (with a few scales), the rest as auto (``store/int8_weights.py``)
+TASK_PRECISIONS = ("auto", "fp32", "int8")
 
 
 def cpu_supports_bf16() -> bool:

@@ -41,18 +41,24 @@ def int8_bytes(shape: tuple[int, ...] | torch.Size) -> int:
     return math.prod(shape) + min(shape) * SCALE_BYTES
 
 
+def _scales_per_column(shape: tuple[int, ...] | torch.Size) -> bool:
+    """Whether a matrix (or a stack of them: the last two dimensions) takes one scale per column: with more rows
+    than columns. A (1, n) matrix takes one scale, not n."""
+    rows, columns = shape[-2:]
+    return rows > columns
+
+
 def scale_shape(shape: tuple[int, ...] | torch.Size) -> tuple[int, int]:
     """The shape of a matrix's scales, broadcast against it: (rows, 1) or, with more rows than columns, (1, columns)."""
     rows, columns = shape
-    return (1, columns) if rows > columns else (rows, 1)
+    return (1, columns) if _scales_per_column(shape) else (rows, 1)
 
 
 def quantized(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``weight`` (rows, columns), or a stack of such, as int8 and its fp32 scales (``scale_shape``): symmetric,
     rounded to nearest."""
     weight = weight.detach().float()
-    rows, columns = weight.shape[-2:]
-    per_column = rows > columns  # as ``scale_shape``: a (1, n) matrix has one scale, not n
+    per_column = _scales_per_column(weight.shape)
     # each scale's values made contiguous first: a reduction across rows ran 4x slower than this copy and one along
     grouped = weight.transpose(-1, -2).contiguous() if per_column else weight
     scale = grouped.abs().amax(dim=-1, keepdim=True).div_(127)
